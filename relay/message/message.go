@@ -7,6 +7,8 @@
 package message
 
 import (
+	"github.com/o365relay/o365relay/relay/reply"
+
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/binary"
@@ -65,4 +67,20 @@ type Envelope struct {
 	// Size is the body size in bytes as stored (including any Received:
 	// header the relay prepended).
 	Size int64 `json:"size"`
+}
+
+// Result is what one delivery attempt achieved, recipient by recipient. A
+// forwarder returns it together with an error: a nil error means the message
+// data was accepted for every recipient in Accepted; a non-nil error (a
+// *reply.Error with its Stage) means the transaction failed as a whole and
+// applies to every recipient not listed in Rejected.
+type Result struct {
+	// Accepted lists the recipients Exchange took the message for.
+	Accepted []string
+	// Rejected maps each recipient Exchange refused at RCPT TO to its reply;
+	// a 4xx there is retried for that recipient alone, a 5xx fails it.
+	Rejected map[string]*reply.Error
+	// Reply is Exchange's final reply to the data (its text carries
+	// Exchange's own message ID), kept for the log line.
+	Reply string
 }
