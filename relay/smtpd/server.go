@@ -1,0 +1,225 @@
+// Package smtpd owns the relay's intake: the SMTP listener that applications
+// hand mail to, unauthenticated, and the rules a message must pass before it
+// is accepted — the client's network, connection caps, sender policy, size,
+// recipients, line endings, hop count.
+//
+// A message is acknowledged with 250 only after the Sink (the spool, or the
+// spool and then Exchange) said so; every other outcome is a 4xx/5xx with an
+// enhanced status code (RFC 3463), produced in one place by reply.ForClient.
+package smtpd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+
+	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/reply"
+)
+
+// Sink takes responsibility for an accepted message. Submit reads body to
+// its end and returns only when the message is durable (or delivered); the
+// returned text follows "250 2.0.0 " in the reply to the client. An error is
+// turned into the client's reply by reply.ForClient.
+type Sink interface {
+	Submit(ctx context.Context, env *message.Envelope, body io.Reader) (string, error)
+}
+
+// Router maps an envelope sender to the mailbox the relay will authenticate
+// as. A sender no rule covers gets a *reply.Error (550 5.7.1 naming the
+// config key to change).
+type Router func(sender string) (mailbox string, err error)
+
+// Options configure a Server. Zero values take the documented defaults.
+type Options struct {
+	// Addr is the listen address, e.g. "127.0.0.1:2525".
+	Addr string
+	// AllowedNetworks lists the client networks that may connect; empty
+	// allows nobody.
+	AllowedNetworks []netip.Prefix
+	// Hostname is our name in the greeting and the Received: header.
+	Hostname string
+	Sink     Sink
+	Route    Router
+
+	MaxMessageBytes         int64         // default 35 MiB
+	MaxRecipients           int           // default 500
+	MaxConnections          int           // 0 = unlimited
+	MaxConnectionsPerClient int           // 0 = unlimited
+	CommandTimeout          time.Duration // default 1 min
+	DataTimeout             time.Duration // whole DATA phase; default 10 min
+	LineEndings             LineEndings
+
+	Logger *zap.Logger
+	Clock  func() time.Time
+	// OnRefused, if set, is called with a reason for each refused connection
+	// (for metrics).
+	OnRefused func(reason string)
+}
+
+// Server is the intake listener.
+type Server struct {
+	opts Options
+	log  *zap.Logger
+	smtp *smtp.Server
+
+	mu       sync.Mutex
+	ln       *guardedListener
+	draining atomic.Bool
+	inData   sync.WaitGroup
+	baseCtx  context.Context
+	cancel   context.CancelFunc
+}
+
+// New checks opts and builds a server; it does not listen yet.
+func New(opts Options) (*Server, error) {
+	if opts.Sink == nil || opts.Route == nil {
+		return nil, errors.New("smtpd: Sink and Route are required")
+	}
+	if opts.Hostname == "" {
+		opts.Hostname = "localhost"
+	}
+	if opts.MaxMessageBytes == 0 {
+		opts.MaxMessageBytes = 35 << 20
+	}
+	if opts.MaxRecipients == 0 {
+		opts.MaxRecipients = 500
+	}
+	if opts.CommandTimeout == 0 {
+		opts.CommandTimeout = time.Minute
+	}
+	if opts.DataTimeout == 0 {
+		opts.DataTimeout = 10 * time.Minute
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	s := &Server{opts: opts, log: opts.Logger}
+	s.baseCtx, s.cancel = context.WithCancel(context.Background())
+
+	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
+	srv.Addr = opts.Addr
+	srv.Domain = opts.Hostname
+	srv.MaxMessageBytes = opts.MaxMessageBytes
+	srv.MaxRecipients = opts.MaxRecipients
+	// RFC 5321 §4.5.3.1.4: 512 octets for a command line; go-smtp's 2000
+	// covers that and long ESMTP parameter lists. DATA lines are limited
+	// separately (RFC 5321 §4.5.3.1.6: 1000 octets SHOULD be accepted) —
+	// go-smtp applies the same reader, so keep room for the 998-byte lines
+	// RFC 5322 allows.
+	srv.MaxLineLength = 2000
+	srv.ReadTimeout = opts.CommandTimeout
+	srv.WriteTimeout = opts.CommandTimeout
+	srv.EnableSMTPUTF8 = true
+	srv.ErrorLog = zapPrintf{s.log}
+	s.smtp = srv
+	return s, nil
+}
+
+// Listen binds the address; Serve must follow. Splitting the two lets the
+// daemon report "listening" (systemd READY=1) only once the port is held.
+func (s *Server) Listen() error {
+	l, err := net.Listen("tcp", s.opts.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.opts.Addr, err)
+	}
+	s.mu.Lock()
+	s.ln = &guardedListener{
+		Listener: l, allowed: s.opts.AllowedNetworks,
+		maxTotal: s.opts.MaxConnections, maxPerIP: s.opts.MaxConnectionsPerClient,
+		log: s.log, onRefused: s.opts.OnRefused, perIP: map[netip.Addr]int{},
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// Addr returns the bound address (after Listen).
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Serve accepts connections until Shutdown; it returns nil after a clean
+// shutdown.
+func (s *Server) Serve() error {
+	s.mu.Lock()
+	ln := s.ln
+	s.mu.Unlock()
+	if ln == nil {
+		return errors.New("smtpd: Serve before Listen")
+	}
+	err := s.smtp.Serve(ln)
+	if errors.Is(err, smtp.ErrServerClosed) || s.draining.Load() {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting connections, answers new transactions with
+// "421 4.3.2", waits for sessions that are inside DATA to finish (their
+// message is being made durable) until ctx is done, then closes every
+// connection. A session cut off here never got a 250, so nothing
+// acknowledged is lost.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.mu.Lock()
+	ln := s.ln
+	s.mu.Unlock()
+	if ln != nil {
+		// Stop accepting at once; go-smtp's Close below closes it again.
+		_ = ln.Listener.Close()
+	}
+	done := make(chan struct{})
+	go func() { s.inData.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("smtpd: sessions still in DATA at shutdown deadline: %w", ctx.Err())
+	}
+	// Cancel the sink's context so a stuck Submit returns (with a 4xx).
+	s.cancel()
+	if cerr := s.smtp.Close(); cerr != nil && !errors.Is(cerr, smtp.ErrServerClosed) && !isClosedErr(cerr) {
+		err = errors.Join(err, cerr)
+	}
+	return err
+}
+
+func isClosedErr(err error) bool { return errors.Is(err, net.ErrClosed) }
+
+var errShuttingDown = reply.New(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
+
+func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+	tc, _ := c.Conn().(*trackedConn)
+	sess := &session{srv: s, conn: c, tc: tc}
+	if tc != nil {
+		sess.clientIP = tc.ip
+	}
+	if s.draining.Load() {
+		return nil, errShuttingDown.SMTP()
+	}
+	return sess, nil
+}
+
+// zapPrintf adapts zap to go-smtp's Logger. go-smtp logs accept errors and
+// handler panics here; neither contains message data.
+type zapPrintf struct{ l *zap.Logger }
+
+func (z zapPrintf) Printf(format string, v ...interface{}) { z.l.Warn(fmt.Sprintf(format, v...)) }
+func (z zapPrintf) Println(v ...interface{})               { z.l.Warn(fmt.Sprint(v...)) }

@@ -1,0 +1,360 @@
+package smtpd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/reply"
+)
+
+// recordSink keeps what it is given, or fails as told.
+type recordSink struct {
+	mu   sync.Mutex
+	envs []*message.Envelope
+	data [][]byte
+	err  error
+}
+
+func (k *recordSink) Submit(ctx context.Context, env *message.Envelope, body io.Reader) (string, error) {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return "", err
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.err != nil {
+		return "", k.err
+	}
+	env.Size = int64(len(b))
+	k.envs = append(k.envs, env)
+	k.data = append(k.data, b)
+	return "OK " + string(env.ID) + " queued", nil
+}
+
+func (k *recordSink) last(t *testing.T) (*message.Envelope, []byte) {
+	t.Helper()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if len(k.envs) == 0 {
+		t.Fatal("sink got no message")
+	}
+	return k.envs[len(k.envs)-1], k.data[len(k.data)-1]
+}
+
+func allowAll(string) (string, error) { return "relay@contoso.com", nil }
+
+func startServer(t *testing.T, mod func(*Options)) (*Server, *recordSink, *observer.ObservedLogs) {
+	t.Helper()
+	sink := &recordSink{}
+	core, logs := observer.New(zap.DebugLevel)
+	opts := Options{
+		Addr:            "127.0.0.1:0",
+		AllowedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		Hostname:        "relay.test",
+		Sink:            sink,
+		Route:           allowAll,
+		Logger:          zap.New(core),
+	}
+	if mod != nil {
+		mod(&opts)
+	}
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve() }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return s, sink, logs
+}
+
+// client is a raw SMTP dialog over TCP: what a real client sends, byte for byte.
+type client struct {
+	t *testing.T
+	c net.Conn
+	r *bufio.Reader
+}
+
+func dial(t *testing.T, addr string) *client {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	t.Cleanup(func() { _ = c.Close() })
+	return &client{t: t, c: c, r: bufio.NewReader(c)}
+}
+
+// reply reads one (possibly multi-line) reply and returns its last line.
+func (c *client) reply() string {
+	c.t.Helper()
+	for {
+		line, err := c.r.ReadString('\n')
+		if err != nil {
+			c.t.Fatalf("reading reply: %v (got %q)", err, line)
+		}
+		line = strings.TrimRight(line, "\r\n")
+		if len(line) < 4 || line[3] != '-' {
+			return line
+		}
+	}
+}
+
+func (c *client) send(s string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.c, s); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+func (c *client) cmd(line, wantPrefix string) string {
+	c.t.Helper()
+	c.send(line + "\r\n")
+	got := c.reply()
+	if !strings.HasPrefix(got, wantPrefix) {
+		c.t.Fatalf("%s: got %q, want %q...", line, got, wantPrefix)
+	}
+	return got
+}
+
+func (c *client) transaction(helo, from string, to []string, body string) string {
+	c.t.Helper()
+	if g := c.reply(); !strings.HasPrefix(g, "220 ") {
+		c.t.Fatalf("greeting %q", g)
+	}
+	c.cmd(helo, "250")
+	c.cmd("MAIL FROM:<"+from+">", "250")
+	for _, r := range to {
+		c.cmd("RCPT TO:<"+r+">", "250")
+	}
+	c.cmd("DATA", "354")
+	c.send(body)
+	return c.reply()
+}
+
+func TestAcceptsAndPrependsOnlyReceived(t *testing.T) {
+	t.Parallel()
+	s, sink, logs := startServer(t, nil)
+	c := dial(t, s.Addr().String())
+	body := "From: app@contoso.com\r\nSubject: hi\r\n\r\n..leading dot\r\n\xe9\xe8 8-bit\r\n" + strings.Repeat("x", 998) + "\r\n"
+	got := c.transaction("HELO printer", "app@contoso.com", []string{"a@example.org", "b@example.org"}, body+".\r\n")
+	env, data := sink.last(t)
+	if want := "250 2.0.0 OK " + string(env.ID) + " queued"; got != want {
+		t.Fatalf("final reply %q, want %q", got, want)
+	}
+	hdrEnd := bytes.Index(data, []byte("\r\n\t"+time.Now().Format("Mon"))) // folded date line
+	if !bytes.HasPrefix(data, []byte("Received: from printer ([127.0.0.1])\r\n\tby relay.test (o365relay) with ESMTP id "+string(env.ID)+";\r\n")) || hdrEnd < 0 {
+		t.Fatalf("Received header wrong: %q", data[:min(200, len(data))])
+	}
+	rest := data[bytes.Index(data, []byte("From: ")):]
+	// go-smtp dot-unstuffs "..leading" to ".leading"; everything else is as sent.
+	if want := strings.Replace(body, "..leading", ".leading", 1); string(rest) != want {
+		t.Fatalf("body changed:\n got %q\nwant %q", rest, want)
+	}
+	if env.From != "app@contoso.com" || len(env.To) != 2 || env.Mailbox != "relay@contoso.com" || env.Helo != "printer" {
+		t.Fatalf("envelope %+v", env)
+	}
+	if logs.FilterMessage("message accepted").Len() != 1 {
+		t.Fatal("no accepted log line")
+	}
+	for _, e := range logs.All() {
+		for _, f := range e.Context {
+			if strings.Contains(f.String, "8-bit") || strings.Contains(f.String, "leading dot") {
+				t.Fatalf("message body reached a log line: %v", e)
+			}
+		}
+	}
+}
+
+func TestRefusedNetworkIsAnsweredAndLogged(t *testing.T) {
+	t.Parallel()
+	s, _, logs := startServer(t, func(o *Options) {
+		o.AllowedNetworks = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+	})
+	c := dial(t, s.Addr().String())
+	if got := c.reply(); !strings.HasPrefix(got, "554 5.7.1 ") {
+		t.Fatalf("got %q", got)
+	}
+	if _, err := c.r.ReadByte(); err == nil {
+		t.Fatal("connection not closed after refusal")
+	}
+	if n := logs.FilterMessage("connection refused").Len(); n != 1 {
+		t.Fatalf("refusal logged %d times", n)
+	}
+}
+
+func TestEmptyAllowedNetworksDeniesEveryone(t *testing.T) {
+	t.Parallel()
+	s, _, _ := startServer(t, func(o *Options) { o.AllowedNetworks = nil })
+	c := dial(t, s.Addr().String())
+	if got := c.reply(); !strings.HasPrefix(got, "554 5.7.1 ") {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestPerClientConnectionCap(t *testing.T) {
+	t.Parallel()
+	s, _, _ := startServer(t, func(o *Options) { o.MaxConnectionsPerClient = 2 })
+	a, b := dial(t, s.Addr().String()), dial(t, s.Addr().String())
+	a.reply()
+	b.reply()
+	c := dial(t, s.Addr().String())
+	if got := c.reply(); !strings.HasPrefix(got, "421 4.7.0 ") {
+		t.Fatalf("third connection got %q", got)
+	}
+	a.cmd("QUIT", "221")
+	// The slot is given back once the first connection is closed.
+	var got string
+	for i := 0; i < 50; i++ {
+		d := dial(t, s.Addr().String())
+		if got = d.reply(); strings.HasPrefix(got, "220 ") {
+			return
+		}
+		time.Sleep(20 * time.Millisecond) // the server closes asynchronously after QUIT
+	}
+	t.Fatalf("slot never released: %q", got)
+}
+
+func TestBareLineEndings(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name, body, want string
+		mode           LineEndings
+		stored         string
+	}{
+		{"bare LF rejected", "Subject: x\n\nbody\r\n.\r\n", "550 5.6.0 ", RejectBareLineEndings, ""},
+		{"bare CR rejected", "Subject: x\r\n\r\nbo\rdy\r\n.\r\n", "550 5.6.0 ", RejectBareLineEndings, ""},
+		{"bare LF normalised", "Subject: x\n\nbody\r\n.\r\n", "250 ", NormalizeBareLineEndings, "Subject: x\r\n\r\nbody\r\n"},
+		{"bare CR normalised", "Subject: x\r\n\r\nbo\rdy\r\n.\r\n", "250 ", NormalizeBareLineEndings, "Subject: x\r\n\r\nbo\r\ndy\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s, sink, _ := startServer(t, func(o *Options) { o.LineEndings = tc.mode })
+			c := dial(t, s.Addr().String())
+			got := c.transaction("EHLO app", "app@contoso.com", []string{"a@example.org"}, tc.body)
+			if !strings.HasPrefix(got, tc.want) {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+			if tc.stored != "" {
+				_, data := sink.last(t)
+				if !bytes.HasSuffix(data, []byte(tc.stored)) {
+					t.Fatalf("stored %q", data)
+				}
+			} else if len(sink.envs) != 0 {
+				t.Fatal("a refused message reached the sink")
+			}
+			// The session survives the refusal.
+			c.cmd("NOOP", "250")
+		})
+	}
+}
+
+func TestLoopDetection(t *testing.T) {
+	t.Parallel()
+	s, _, _ := startServer(t, nil)
+	c := dial(t, s.Addr().String())
+	body := strings.Repeat("Received: from x by y; Sat, 28 Nov 2026 12:00:00 +0000\r\n", 51) + "Subject: loop\r\n\r\nx\r\n.\r\n"
+	if got := c.transaction("EHLO app", "app@contoso.com", []string{"a@example.org"}, body); !strings.HasPrefix(got, "554 5.4.6 ") {
+		t.Fatalf("got %q", got)
+	}
+	c2 := dial(t, s.Addr().String())
+	body = strings.Repeat("Received: from x by y; Sat, 28 Nov 2026 12:00:00 +0000\r\n", 50) + "Subject: ok\r\n\r\nReceived: in the body does not count\r\n.\r\n"
+	if got := c2.transaction("EHLO app", "app@contoso.com", []string{"a@example.org"}, body); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("50 hops refused: %q", got)
+	}
+}
+
+func TestSinkErrorsKeepTheirCodes(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{reply.New(452, smtp.EnhancedCode{4, 3, 1}, "Insufficient system storage"), "452 4.3.1 Insufficient system storage"},
+		{fmt.Errorf("wrapped: %w", reply.FromSMTP(&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 252}, Message: "SendAsDenied"}, reply.StageData)), "554 5.2.252 SendAsDenied"},
+		{errors.New("disk on fire at /secret/path"), "451 4.3.0 "},
+	} {
+		s, sink, _ := startServer(t, nil)
+		sink.err = tc.err
+		c := dial(t, s.Addr().String())
+		got := c.transaction("EHLO app", "app@contoso.com", []string{"a@example.org"}, "Subject: x\r\n\r\nx\r\n.\r\n")
+		if !strings.HasPrefix(got, tc.want) || strings.Contains(got, "secret") {
+			t.Errorf("%v: got %q, want %q", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestSenderPolicyAndAddressChecks(t *testing.T) {
+	t.Parallel()
+	s, _, _ := startServer(t, func(o *Options) {
+		o.Route = func(sender string) (string, error) {
+			if strings.HasSuffix(sender, "@contoso.com") {
+				return "relay@contoso.com", nil
+			}
+			return "", reply.New(550, smtp.EnhancedCode{5, 7, 1}, "Sender not allowed: add a rule under senders:")
+		}
+	})
+	c := dial(t, s.Addr().String())
+	c.reply()
+	c.cmd("EHLO app", "250")
+	c.cmd("MAIL FROM:<evil@example.net>", "550 5.7.1 Sender not allowed")
+	c.cmd("MAIL FROM:<jos\u00e9@contoso.com>", "553 5.6.7 ")
+	c.cmd("MAIL FROM:<jos\u00e9@contoso.com> SMTPUTF8", "250")
+	c.cmd("RCPT TO:<noatsign>", "501 ")
+	c.cmd("RCPT TO:<b\u00fccher@example.org>", "250")
+	c.cmd("RSET", "250")
+	c.cmd("MAIL FROM:<app@contoso.com>", "250")
+	c.cmd("RCPT TO:<b\u00fccher@example.org>", "553 5.6.7 ")
+	c.cmd("RCPT TO:<a@example.org>", "250")
+}
+
+func TestRecipientLimit(t *testing.T) {
+	t.Parallel()
+	s, _, _ := startServer(t, func(o *Options) { o.MaxRecipients = 2 })
+	c := dial(t, s.Addr().String())
+	c.reply()
+	c.cmd("EHLO app", "250")
+	c.cmd("MAIL FROM:<app@contoso.com>", "250")
+	c.cmd("RCPT TO:<a@example.org>", "250")
+	c.cmd("RCPT TO:<b@example.org>", "250")
+	c.cmd("RCPT TO:<c@example.org>", "452 4.5.3 ")
+}
+
+func TestShutdownRefusesNewTransactions(t *testing.T) {
+	t.Parallel()
+	s, _, _ := startServer(t, nil)
+	c := dial(t, s.Addr().String())
+	c.reply()
+	c.cmd("EHLO app", "250")
+	s.draining.Store(true) // as Shutdown does first
+	c.cmd("MAIL FROM:<app@contoso.com>", "421 4.3.2 ")
+	s.draining.Store(false)
+}
