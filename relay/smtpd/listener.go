@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -22,6 +23,9 @@ type guardedListener struct {
 	maxPerIP  int
 	log       *zap.Logger
 	onRefused func(reason string)
+	// maxSession bounds a whole connection's life, so a client that sends
+	// one NOOP a minute cannot hold a slot forever.
+	maxSession time.Duration
 
 	mu    sync.Mutex
 	total int
@@ -43,7 +47,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			l.refuse(c, ip, reason, "421 4.7.0 Too many connections, try again later\r\n")
 			continue
 		}
-		return &trackedConn{Conn: c, ip: ip, release: l.release, started: time.Now()}, nil
+		return &trackedConn{Conn: c, ip: ip, release: l.release, started: time.Now(), maxSession: l.maxSession, log: l.log}, nil
 	}
 }
 
@@ -113,9 +117,12 @@ func remoteIP(c net.Conn) netip.Addr {
 // correct 250, only without the ID.
 type trackedConn struct {
 	net.Conn
-	ip      netip.Addr
-	release func(netip.Addr)
-	started time.Time
+	ip         netip.Addr
+	release    func(netip.Addr)
+	started    time.Time
+	maxSession time.Duration
+	log        *zap.Logger
+	readOnce   bool
 
 	once    sync.Once
 	mu      sync.Mutex
@@ -123,6 +130,59 @@ type trackedConn struct {
 }
 
 var goSMTPQueued = []byte("250 2.0.0 OK: queued\r\n")
+
+// goSMTPReplies maps go-smtp's fixed replies to the ones this relay
+// documents. RFC 5321 §3.8: a server that closes the channel on its own
+// initiative answers 421; go-smtp closes after too many errors with a 500.
+// A command line that is too long is a syntax error (X.5.2, RFC 3463), not a
+// "network or routing" one (X.4.0).
+var goSMTPReplies = map[string][]byte{
+	"500 5.5.1 Too many errors. Quiting now\r\n":      []byte("421 4.7.0 Too many errors, closing connection\r\n"),
+	"500 5.4.0 Too long line, closing connection\r\n": []byte("500 5.5.2 Line too long (limit 2000 octets), closing connection\r\n"),
+}
+
+// Read watches the first bytes a client sends: an HTTP request or a TLS
+// ClientHello on the plain SMTP port is answered once and the connection
+// closed, instead of feeding binary or HTTP lines to the SMTP parser (which
+// would answer each with an error). It also enforces the session's maximum
+// life.
+func (c *trackedConn) Read(p []byte) (int, error) {
+	if c.maxSession > 0 && time.Since(c.started) > c.maxSession {
+		c.writeAndClose("421 4.4.2 Session too long, closing connection\r\n")
+		return 0, io.EOF
+	}
+	n, err := c.Conn.Read(p)
+	if !c.readOnce && n > 0 {
+		c.readOnce = true
+		if kind := foreignProtocol(p[:n]); kind != "" {
+			c.log.Info("non-SMTP client refused", zap.String("client", c.ip.String()), zap.String("protocol", kind))
+			c.writeAndClose("500 5.5.1 This is an SMTP server; " + kind + " is not spoken here\r\n")
+			return 0, io.EOF
+		}
+	}
+	return n, err
+}
+
+func (c *trackedConn) writeAndClose(line string) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	_, _ = c.Conn.Write([]byte(line))
+	_ = c.Close()
+}
+
+// foreignProtocol recognises the first bytes of a TLS handshake record
+// (RFC 8446 §5.1: content type 22, legacy version 3.x) and of an HTTP/1
+// request line.
+func foreignProtocol(b []byte) string {
+	if len(b) >= 2 && b[0] == 0x16 && b[1] == 0x03 {
+		return "TLS (use STARTTLS after EHLO)"
+	}
+	for _, m := range []string{"GET ", "POST ", "HEAD ", "PUT ", "OPTIONS ", "CONNECT ", "DELETE ", "PATCH "} {
+		if bytes.HasPrefix(b, []byte(m)) {
+			return "HTTP"
+		}
+	}
+	return ""
+}
 
 func (c *trackedConn) armSuccess(text string) {
 	c.mu.Lock()
@@ -142,6 +202,12 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	c.mu.Unlock()
+	if r, ok := goSMTPReplies[string(p)]; ok {
+		if _, err := c.Conn.Write(r); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
 	return c.Conn.Write(p)
 }
 

@@ -58,6 +58,7 @@ type Options struct {
 	CommandTimeout          time.Duration // default 1 min
 	DataTimeout             time.Duration // whole DATA phase; default 10 min
 	LineEndings             LineEndings
+	MaxSessionDuration      time.Duration // whole connection; default 30 min
 
 	Logger *zap.Logger
 	Clock  func() time.Time
@@ -100,6 +101,9 @@ func New(opts Options) (*Server, error) {
 	if opts.DataTimeout == 0 {
 		opts.DataTimeout = 10 * time.Minute
 	}
+	if opts.MaxSessionDuration == 0 {
+		opts.MaxSessionDuration = 30 * time.Minute
+	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
@@ -140,6 +144,7 @@ func (s *Server) Listen() error {
 		Listener: l, allowed: s.opts.AllowedNetworks,
 		maxTotal: s.opts.MaxConnections, maxPerIP: s.opts.MaxConnectionsPerClient,
 		log: s.log, onRefused: s.opts.OnRefused, perIP: map[netip.Addr]int{},
+		maxSession: s.opts.MaxSessionDuration,
 	}
 	s.mu.Unlock()
 	return nil

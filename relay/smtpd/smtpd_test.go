@@ -247,8 +247,8 @@ func TestBareLineEndings(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name, body, want string
-		mode           LineEndings
-		stored         string
+		mode             LineEndings
+		stored           string
 	}{
 		{"bare LF rejected", "Subject: x\n\nbody\r\n.\r\n", "550 5.6.0 ", RejectBareLineEndings, ""},
 		{"bare CR rejected", "Subject: x\r\n\r\nbo\rdy\r\n.\r\n", "550 5.6.0 ", RejectBareLineEndings, ""},
@@ -357,4 +357,53 @@ func TestShutdownRefusesNewTransactions(t *testing.T) {
 	s.draining.Store(true) // as Shutdown does first
 	c.cmd("MAIL FROM:<app@contoso.com>", "421 4.3.2 ")
 	s.draining.Store(false)
+}
+
+func TestForeignProtocolsAreAnsweredAndClosed(t *testing.T) {
+	t.Parallel()
+	s, _, _ := startServer(t, nil)
+	for _, first := range []string{"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"} {
+		c := dial(t, s.Addr().String())
+		c.reply()
+		c.send(first)
+		if got := c.reply(); !strings.HasPrefix(got, "500 5.5.1 This is an SMTP server") {
+			t.Fatalf("%q: got %q", first[:4], got)
+		}
+		if _, err := c.r.ReadByte(); err == nil {
+			t.Fatal("connection left open")
+		}
+	}
+}
+
+func TestTooManyErrorsIs421(t *testing.T) {
+	t.Parallel()
+	s, _, _ := startServer(t, nil)
+	c := dial(t, s.Addr().String())
+	c.reply()
+	c.cmd("EHLO x", "250")
+	for i := 0; i < 4; i++ {
+		c.cmd("BOGUS", "50")
+	}
+	if got := c.reply(); got != "421 4.7.0 Too many errors, closing connection" {
+		t.Fatalf("got %q", got)
+	}
+}
+
+func TestLongLine(t *testing.T) {
+	t.Parallel()
+	s, _, _ := startServer(t, nil)
+	c := dial(t, s.Addr().String())
+	c.reply()
+	c.cmd("EHLO "+strings.Repeat("a", 3000), "500 5.5.2 Line too long")
+}
+
+func TestSessionLifetime(t *testing.T) {
+	t.Parallel()
+	s, _, _ := startServer(t, func(o *Options) { o.MaxSessionDuration = time.Nanosecond })
+	c := dial(t, s.Addr().String())
+	c.reply()
+	c.send("EHLO x\r\n")
+	if got := c.reply(); !strings.HasPrefix(got, "421 4.4.2 ") {
+		t.Fatalf("got %q", got)
+	}
 }
