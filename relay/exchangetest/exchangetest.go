@@ -1,0 +1,834 @@
+// Package exchangetest owns a strict fake of Exchange Online's SMTP client
+// submission endpoint (smtp.office365.com:587), for the upstream client's
+// tests, end-to-end tests and the demo. It is ordinary non-test code (no
+// "testing" import) so the demo binary can embed it.
+//
+// It behaves like the observed service (exchange-online.md §2.2, §2.4, §2.5):
+// STARTTLS is offered, AUTH XOAUTH2 only after TLS, the bearer token is
+// verified like Exchange would (RS256 signature by the fake Entra ID's key,
+// exp/nbf, aud = the Exchange resource, tid, roles ∋ SMTP.SendAsApp, and the
+// app holding FullAccess on the user= mailbox), MAIL FROM is checked against
+// the mailbox and its Send-As grants, the From: header is checked after DATA
+// (554 5.2.252 SendAsDenied), and more than three concurrently authenticated
+// connections per mailbox get 432 4.3.2. Everything the client does wrong
+// that a real server might tolerate (credentials before TLS, a lowercase
+// mechanism name, an AUTH line longer than RFC 5321's 1000 octets) is
+// recorded in Violations so tests can assert there are none.
+//
+// Faults (Inject) and outages (SetDown) are scriptable so retry
+// classification can be tested against the real wire protocol.
+package exchangetest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/mail"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
+)
+
+// Hostname is the name the fake announces and puts in its replies.
+const Hostname = "fake.exchangetest"
+
+// Audiences Exchange Online accepts in an access token for SMTP: the
+// resource URI and the Office 365 Exchange Online application ID
+// (exchange-online.md §1.3, §2.3).
+var Audiences = []string{"https://outlook.office365.com", "00000002-0000-0ff1-ce00-000000000000"}
+
+// RoleSendAsApp is the application permission SMTP AUTH with client
+// credentials needs (exchange-online.md §2.3).
+const RoleSendAsApp = "SMTP.SendAsApp"
+
+// Stages at which a Fault can fire.
+const (
+	StageConnect  = "connect"  // before the greeting: reply (e.g. 421) and close, or drop
+	StageEHLO     = "ehlo"     // the next EHLO (the pre-TLS one on a new connection)
+	StageSTARTTLS = "starttls" // reply to STARTTLS (then close), or drop
+	StageAuth     = "auth"     // reply to AUTH instead of the challenge
+	StageMail     = "mail"     // reply to MAIL FROM
+	StageRcpt     = "rcpt"     // reply to RCPT TO (optionally one recipient)
+	StageData     = "data"     // Drop: close mid-body; Reply: refuse the data (sent after the dot, see Data)
+	StageDot      = "dot"      // after the whole body was read: final reply, or drop without one
+)
+
+// Mailbox is one Exchange Online mailbox an app may send as.
+type Mailbox struct {
+	// Apps are app (client) IDs granted FullAccess on the mailbox
+	// (Add-MailboxPermission, exchange-online.md §2.3 step 3).
+	Apps []string
+	// SendAs are further From addresses the mailbox may use.
+	SendAs []string
+	// AuthDisabled models Set-CASMailbox -SmtpClientAuthenticationDisabled
+	// $true: every AUTH gets 535 5.7.139.
+	AuthDisabled bool
+}
+
+// Options configures a Server.
+type Options struct {
+	// TLS is the certificate served after STARTTLS. Required unless
+	// NoSTARTTLS.
+	TLS tls.Certificate
+	// NoSTARTTLS makes a server that never offers STARTTLS (and therefore
+	// never AUTH): a misconfigured or intercepting endpoint.
+	NoSTARTTLS bool
+	// TokenKey verifies access tokens (the fake Entra ID's signing key).
+	TokenKey *rsa.PublicKey
+	// Tenant is the expected tid claim.
+	Tenant string
+	// Mailboxes by address (matched case-insensitively).
+	Mailboxes map[string]Mailbox
+	// Clock checks exp/nbf; nil means time.Now.
+	Clock func() time.Time
+	// Logger gets protocol events (never tokens or bodies); nil discards.
+	Logger *zap.Logger
+	// Discard keeps only the size and SHA-256 of message data, for load
+	// tests that would otherwise hold gigabytes.
+	Discard bool
+	// MaxConcurrentPerMailbox authenticated connections; default 3
+	// (exchange-online.md §2.5).
+	MaxConcurrentPerMailbox int
+	// ReadTimeout and WriteTimeout of the go-smtp server; defaults 5 min
+	// (Exchange receive connectors' inactivity timeout, §2.5) and 1 min.
+	ReadTimeout, WriteTimeout time.Duration
+}
+
+// Message is one message the fake accepted.
+type Message struct {
+	MailFrom string
+	RcptTo   []string
+	AuthUser string // XOAUTH2 user=
+	AppID    string // the token's appid
+	Data     []byte // exact bytes after dot-unstuffing; nil with Options.Discard
+	Size     int64
+	SHA256   [sha256.Size]byte
+	TLS      bool
+	Session  int // connection number, from 1
+	SMTPUTF8 bool
+	Body     smtp.BodyType // BODY= parameter of MAIL
+}
+
+// Stats counts what the fake saw since start or Reset.
+type Stats struct {
+	Sessions      int // TCP connections that got a greeting
+	TLSSessions   int // connections that completed STARTTLS
+	Auths         int // successful AUTH
+	AuthFailures  int // AUTH answered 4xx/5xx
+	AuthBeforeTLS int // AUTH attempted on a plaintext connection
+	// MaxConcurrentPerMailbox is the highest number of simultaneously
+	// authenticated connections seen per mailbox (refused AUTHs excluded).
+	MaxConcurrentPerMailbox map[string]int
+}
+
+// Fault is a scripted failure. Faults are kept in a queue; at each stage the
+// first queued fault for that stage (and recipient, if Rcpt is set) fires and
+// is removed after Times uses (0 means once).
+type Fault struct {
+	Stage string
+	Reply *smtp.SMTPError
+	Drop  bool   // close the TCP connection instead of replying
+	Rcpt  string // StageRcpt only: fire only for this recipient
+	Times int
+}
+
+// Server is a running fake. It is safe for concurrent use.
+type Server struct {
+	opts    Options
+	clock   func() time.Time
+	log     *zap.Logger
+	srv     *smtp.Server
+	ln      net.Listener
+	done    chan struct{} // closed when Serve returned
+	serveErr error
+
+	mailboxes map[string]mailboxEntry
+
+	down    atomic.Bool
+	session atomic.Int64
+	msgID   atomic.Int64
+
+	mu         sync.Mutex
+	cond       *sync.Cond
+	faults     []*Fault
+	messages   []Message
+	stats      Stats
+	active     map[string]int
+	violations []string
+}
+
+type mailboxEntry struct {
+	addr   string
+	apps   map[string]bool
+	sendAs map[string]bool
+	mb     Mailbox
+}
+
+// NewServer starts a fake on 127.0.0.1 with an ephemeral port.
+func NewServer(opts Options) (*Server, error) {
+	if !opts.NoSTARTTLS && len(opts.TLS.Certificate) == 0 {
+		return nil, errors.New("exchangetest: Options.TLS is required (or set NoSTARTTLS)")
+	}
+	if opts.TokenKey == nil {
+		return nil, errors.New("exchangetest: Options.TokenKey is required")
+	}
+	if opts.MaxConcurrentPerMailbox <= 0 {
+		opts.MaxConcurrentPerMailbox = 3
+	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = 5 * time.Minute
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = time.Minute
+	}
+	s := &Server{
+		opts:      opts,
+		clock:     opts.Clock,
+		log:       opts.Logger,
+		done:      make(chan struct{}),
+		mailboxes: make(map[string]mailboxEntry),
+		active:    make(map[string]int),
+	}
+	s.cond = sync.NewCond(&s.mu)
+	s.stats.MaxConcurrentPerMailbox = make(map[string]int)
+	if s.clock == nil {
+		s.clock = time.Now
+	}
+	if s.log == nil {
+		s.log = zap.NewNop()
+	}
+	for addr, mb := range opts.Mailboxes {
+		e := mailboxEntry{addr: strings.ToLower(addr), apps: map[string]bool{}, sendAs: map[string]bool{}, mb: mb}
+		for _, a := range mb.Apps {
+			e.apps[strings.ToLower(a)] = true
+		}
+		e.sendAs[e.addr] = true
+		for _, a := range mb.SendAs {
+			e.sendAs[strings.ToLower(a)] = true
+		}
+		s.mailboxes[e.addr] = e
+	}
+
+	srv := smtp.NewServer(backend{s})
+	srv.Domain = Hostname
+	// Exchange advertises SIZE 157286400 (150 MiB, §2.2).
+	srv.MaxMessageBytes = 150 << 20
+	// XOAUTH2 continuation lines carry a 1.5–3 KB token base64-encoded;
+	// go-smtp's default 2000 would cut them off (§5.4).
+	srv.MaxLineLength = 16384
+	srv.MaxRecipients = 500
+	srv.EnableSMTPUTF8 = true
+	srv.EnableDSN = true
+	srv.ReadTimeout = opts.ReadTimeout
+	srv.WriteTimeout = opts.WriteTimeout
+	// AUTH is refused on plaintext by our own session (530 5.7.0, like
+	// Exchange) rather than by go-smtp (523), so that a client sending
+	// credentials before TLS is seen and recorded as a violation.
+	srv.AllowInsecureAuth = true
+	srv.ErrorLog = zapLogger{s.log}
+	srv.Debug = &authSniffer{s: s}
+	if !opts.NoSTARTTLS {
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{opts.TLS}, MinVersion: tls.VersionTLS12}
+	}
+	s.srv = srv
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("exchangetest: listen: %w", err)
+	}
+	s.ln = ln
+	go func() {
+		// Owned by the Server: Close stops it and waits on s.done.
+		defer close(s.done)
+		s.serveErr = srv.Serve(&listener{Listener: ln, s: s})
+	}()
+	return s, nil
+}
+
+// Addr is host:port to dial.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Close stops the server and closes every connection.
+func (s *Server) Close() error {
+	err := s.srv.Close()
+	<-s.done
+	if errors.Is(err, smtp.ErrServerClosed) {
+		err = nil
+	}
+	return errors.Join(err, s.serveErr)
+}
+
+// SetDown(true) makes the fake close every new connection immediately, as
+// an outage would; SetDown(false) restores service.
+func (s *Server) SetDown(down bool) { s.down.Store(down) }
+
+// Inject queues a fault.
+func (s *Server) Inject(f Fault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if f.Times <= 0 {
+		f.Times = 1
+	}
+	s.faults = append(s.faults, &f)
+}
+
+// Reset clears recorded messages, counters, violations and pending faults.
+func (s *Server) Reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.messages = nil
+	s.faults = nil
+	s.violations = nil
+	s.stats = Stats{MaxConcurrentPerMailbox: make(map[string]int)}
+}
+
+// Messages returns a copy of the accepted messages in order of acceptance.
+func (s *Server) Messages() []Message {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Message(nil), s.messages...)
+}
+
+// WaitMessages blocks until at least n messages were accepted or ctx ends.
+func (s *Server) WaitMessages(ctx context.Context, n int) error {
+	stop := context.AfterFunc(ctx, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.cond.Broadcast()
+	})
+	defer stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.messages) < n {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("exchangetest: have %d of %d messages: %w", len(s.messages), n, err)
+		}
+		s.cond.Wait()
+	}
+	return nil
+}
+
+// Stats returns a snapshot of the counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.stats
+	st.MaxConcurrentPerMailbox = make(map[string]int, len(s.stats.MaxConcurrentPerMailbox))
+	for k, v := range s.stats.MaxConcurrentPerMailbox {
+		st.MaxConcurrentPerMailbox[k] = v
+	}
+	return st
+}
+
+// Violations lists protocol violations the clients made: credentials on a
+// plaintext connection, a mechanism name not in upper case, an AUTH line
+// longer than RFC 5321 §4.5.3.1.4 allows, a malformed XOAUTH2 response.
+func (s *Server) Violations() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.violations...)
+}
+
+// PlainAuthAttempts is the number of AUTH commands seen before STARTTLS.
+func (s *Server) PlainAuthAttempts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stats.AuthBeforeTLS
+}
+
+func (s *Server) violation(format string, args ...any) {
+	v := fmt.Sprintf(format, args...)
+	s.log.Warn("client protocol violation", zap.String("violation", v))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.violations = append(s.violations, v)
+}
+
+// take returns the first queued fault for stage (and rcpt), consuming one use.
+func (s *Server) take(stage, rcpt string) *Fault {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, f := range s.faults {
+		if f.Stage != stage {
+			continue
+		}
+		if stage == StageRcpt && f.Rcpt != "" && !strings.EqualFold(f.Rcpt, rcpt) {
+			continue
+		}
+		f.Times--
+		if f.Times <= 0 {
+			s.faults = append(s.faults[:i:i], s.faults[i+1:]...)
+		}
+		out := *f
+		return &out
+	}
+	return nil
+}
+
+func replyLine(e *smtp.SMTPError) []byte {
+	if e.EnhancedCode == smtp.NoEnhancedCode {
+		return fmt.Appendf(nil, "%d %s\r\n", e.Code, e.Message)
+	}
+	enh := e.EnhancedCode
+	if enh == smtp.EnhancedCodeNotSet {
+		enh = smtp.EnhancedCode{e.Code / 100, 0, 0}
+	}
+	return fmt.Appendf(nil, "%d %d.%d.%d %s\r\n", e.Code, enh[0], enh[1], enh[2], e.Message)
+}
+
+// listener applies SetDown and connect faults before go-smtp sees a
+// connection, and wraps each connection so later faults can drop it.
+type listener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if l.s.down.Load() {
+			if err := c.Close(); err != nil {
+				l.s.log.Debug("close refused connection", zap.Error(err))
+			}
+			continue
+		}
+		if f := l.s.take(StageConnect, ""); f != nil {
+			if f.Reply != nil && !f.Drop {
+				if err := c.SetWriteDeadline(time.Now().Add(l.s.opts.WriteTimeout)); err == nil {
+					_, _ = c.Write(replyLine(f.Reply)) // the client may already be gone
+				}
+			}
+			if err := c.Close(); err != nil {
+				l.s.log.Debug("close faulted connection", zap.Error(err))
+			}
+			continue
+		}
+		id := int(l.s.session.Add(1))
+		l.s.mu.Lock()
+		l.s.stats.Sessions++
+		l.s.mu.Unlock()
+		return &faultConn{Conn: c, s: l.s, id: id}, nil
+	}
+}
+
+// faultConn is the raw TCP connection under go-smtp (and under its TLS
+// connection after STARTTLS).
+type faultConn struct {
+	net.Conn
+	s          *Server
+	id         int
+	sawTLS     bool // only touched by go-smtp's connection goroutine
+	closedOnce sync.Once
+	closeErr   error
+}
+
+func (c *faultConn) Close() error {
+	c.closedOnce.Do(func() { c.closeErr = c.Conn.Close() })
+	return c.closeErr
+}
+
+// Read intercepts the plaintext STARTTLS command: go-smtp has no hook for
+// it, so a starttls fault is answered here and the connection closed.
+func (c *faultConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && !c.sawTLS && len(p[:n]) >= 8 && bytes.EqualFold(p[:8], []byte("STARTTLS")) {
+		c.sawTLS = true
+		if f := c.s.take(StageSTARTTLS, ""); f != nil {
+			if f.Reply != nil && !f.Drop {
+				_, _ = c.Conn.Write(replyLine(f.Reply))
+			}
+			if cerr := c.Close(); cerr != nil {
+				c.s.log.Debug("close faulted connection", zap.Error(cerr))
+			}
+			return 0, io.EOF
+		}
+	}
+	return n, err
+}
+
+func rawConn(c net.Conn) *faultConn {
+	if t, ok := c.(*tls.Conn); ok {
+		c = t.NetConn()
+	}
+	fc, _ := c.(*faultConn)
+	return fc
+}
+
+// authSniffer sees the plaintext of every connection (go-smtp's Debug
+// stream) and checks AUTH command lines for what go-smtp normalises away:
+// the case of the mechanism and the line length. It never stores the data.
+type authSniffer struct{ s *Server }
+
+func (a *authSniffer) Write(p []byte) (int, error) {
+	if len(p) < 5 || !bytes.EqualFold(p[:5], []byte("AUTH ")) {
+		return len(p), nil
+	}
+	line := p
+	if i := bytes.Index(p, []byte("\r\n")); i >= 0 {
+		line = p[:i]
+	}
+	mech, _, _ := bytes.Cut(line[5:], []byte(" "))
+	if !bytes.Equal(mech, bytes.ToUpper(mech)) {
+		a.s.violation("AUTH mechanism %q not in upper case", mech)
+	}
+	// RFC 5321 §4.5.3.1.4: 512 octets per command line; RFC 4954 §4 keeps
+	// AUTH subject to it. The brief's limit is the 998-octet text line.
+	if len(line) > 998 {
+		a.s.violation("AUTH line of %d octets (initial response too long; use the two-step form, RFC 4954 §4)", len(line))
+	}
+	return len(p), nil
+}
+
+type zapLogger struct{ l *zap.Logger }
+
+func (z zapLogger) Printf(format string, v ...any) { z.l.Debug(fmt.Sprintf(format, v...)) }
+func (z zapLogger) Println(v ...any)               { z.l.Debug(fmt.Sprintln(v...)) }
+
+type backend struct{ s *Server }
+
+func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	s := b.s
+	fc := rawConn(c.Conn())
+	if fc == nil {
+		return nil, errors.New("exchangetest: unexpected connection type")
+	}
+	_, isTLS := c.TLSConnectionState()
+	if f := s.take(StageEHLO, ""); f != nil {
+		return nil, s.fire(fc, f)
+	}
+	if isTLS {
+		s.mu.Lock()
+		s.stats.TLSSessions++
+		s.mu.Unlock()
+	}
+	return &session{s: s, fc: fc, tls: isTLS}, nil
+}
+
+// fire applies a fault: drops the connection or returns its reply.
+func (s *Server) fire(fc *faultConn, f *Fault) error {
+	if f.Drop || f.Reply == nil {
+		if err := fc.Close(); err != nil {
+			s.log.Debug("close dropped connection", zap.Error(err))
+		}
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "connection dropped (fault)"}
+	}
+	return f.Reply
+}
+
+type session struct {
+	s   *Server
+	fc  *faultConn
+	tls bool
+
+	mailbox string // authenticated mailbox, "" before AUTH
+	appID   string
+
+	from  string
+	rcpts []string
+	utf8  bool
+	body  smtp.BodyType
+}
+
+var _ smtp.AuthSession = (*session)(nil)
+
+func (ss *session) AuthMechanisms() []string {
+	// Exchange lists AUTH only after STARTTLS (§2.2).
+	if !ss.tls {
+		return nil
+	}
+	return []string{"XOAUTH2"}
+}
+
+var (
+	errMustStartTLS = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
+	errAuthFailed   = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful [fake]"}
+	errAuthDisabled = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox"}
+	errUnknownMech  = &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 7, 4}, Message: "Unrecognized authentication type"}
+	errConcurrent   = &smtp.SMTPError{Code: 432, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Concurrent connections limit exceeded"}
+	errNotAuthed    = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 57}, Message: "Client not authenticated to send mail"}
+	errSendAsEnv    = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 60}, Message: "SMTP; Client does not have permissions to send as this sender"}
+)
+
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	s := ss.s
+	if !ss.tls {
+		s.mu.Lock()
+		s.stats.AuthBeforeTLS++
+		s.stats.AuthFailures++
+		s.mu.Unlock()
+		// Return a server so that an initial response, if the client sent
+		// one, is seen: that is a credential on a plaintext connection.
+		return saslFunc(func(resp []byte) ([]byte, bool, error) {
+			if len(resp) > 0 {
+				s.violation("credentials sent on a plaintext connection (AUTH %s before STARTTLS)", mech)
+			}
+			return nil, true, errMustStartTLS
+		}), nil
+	}
+	if mech != "XOAUTH2" {
+		ss.authFailed()
+		return nil, errUnknownMech
+	}
+	if f := s.take(StageAuth, ""); f != nil {
+		ss.authFailed()
+		return nil, s.fire(ss.fc, f)
+	}
+	first := true
+	return saslFunc(func(resp []byte) ([]byte, bool, error) {
+		if resp == nil && first {
+			// Two-step form: Microsoft's example answers "334 " (§2.1).
+			first = false
+			return []byte{}, false, nil
+		}
+		if err := ss.checkXOAuth2(resp); err != nil {
+			ss.authFailed()
+			return nil, true, err
+		}
+		return nil, true, nil
+	}), nil
+}
+
+func (ss *session) authFailed() {
+	ss.s.mu.Lock()
+	defer ss.s.mu.Unlock()
+	ss.s.stats.AuthFailures++
+}
+
+type saslFunc func([]byte) ([]byte, bool, error)
+
+func (f saslFunc) Next(resp []byte) ([]byte, bool, error) { return f(resp) }
+
+// checkXOAuth2 validates "user=U\x01auth=Bearer T\x01\x01" (§2.1) and the
+// token as Exchange would, then applies the concurrency limit.
+func (ss *session) checkXOAuth2(resp []byte) error {
+	s := ss.s
+	parts := strings.Split(string(resp), "\x01")
+	if len(parts) != 4 || parts[2] != "" || parts[3] != "" ||
+		!strings.HasPrefix(parts[0], "user=") || !strings.HasPrefix(parts[1], "auth=Bearer ") {
+		s.violation("malformed XOAUTH2 response (%d fields)", len(parts))
+		return errAuthFailed
+	}
+	user := strings.ToLower(strings.TrimPrefix(parts[0], "user="))
+	raw := strings.TrimPrefix(parts[1], "auth=Bearer ")
+
+	claims := jwt.MapClaims{}
+	_, err := jwt.ParseWithClaims(raw, claims,
+		func(*jwt.Token) (any, error) { return s.opts.TokenKey, nil },
+		jwt.WithValidMethods([]string{"RS256"}),
+		jwt.WithTimeFunc(s.clock),
+		jwt.WithExpirationRequired(),
+		jwt.WithAudience(Audiences...),
+	)
+	if err != nil {
+		s.log.Info("token rejected", zap.String("user", user), zap.Error(err))
+		return errAuthFailed
+	}
+	tid, _ := claims["tid"].(string)
+	if tid != s.opts.Tenant {
+		s.log.Info("token rejected: wrong tenant", zap.String("user", user), zap.String("tid", tid))
+		return errAuthFailed
+	}
+	if !hasRole(claims["roles"], RoleSendAsApp) {
+		s.log.Info("token rejected: no SMTP.SendAsApp role", zap.String("user", user))
+		return errAuthFailed
+	}
+	appID, _ := claims["appid"].(string)
+	if appID == "" {
+		appID, _ = claims["azp"].(string) // v2 tokens name the client azp
+	}
+	mb, ok := s.mailboxes[user]
+	if !ok || !mb.apps[strings.ToLower(appID)] {
+		s.log.Info("token rejected: app has no FullAccess on mailbox", zap.String("user", user), zap.String("appid", appID))
+		return errAuthFailed
+	}
+	if mb.mb.AuthDisabled {
+		return errAuthDisabled
+	}
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active[user] >= s.opts.MaxConcurrentPerMailbox {
+		s.stats.AuthFailures++
+		return errConcurrent
+	}
+	s.active[user]++
+	if s.active[user] > s.stats.MaxConcurrentPerMailbox[user] {
+		s.stats.MaxConcurrentPerMailbox[user] = s.active[user]
+	}
+	s.stats.Auths++
+	ss.mailbox = user
+	ss.appID = appID
+	return nil
+}
+
+func hasRole(v any, role string) bool {
+	switch r := v.(type) {
+	case []any:
+		for _, x := range r {
+			if x == role {
+				return true
+			}
+		}
+	case string:
+		return r == role
+	}
+	return false
+}
+
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if ss.mailbox == "" {
+		return errNotAuthed
+	}
+	if f := ss.s.take(StageMail, ""); f != nil {
+		return ss.s.fire(ss.fc, f)
+	}
+	if !ss.s.mailboxes[ss.mailbox].sendAs[strings.ToLower(from)] {
+		return errSendAsEnv
+	}
+	ss.from = from
+	ss.rcpts = nil
+	ss.utf8 = opts != nil && opts.UTF8
+	if opts != nil {
+		ss.body = opts.Body
+	}
+	return nil
+}
+
+func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	if f := ss.s.take(StageRcpt, to); f != nil {
+		return ss.s.fire(ss.fc, f)
+	}
+	ss.rcpts = append(ss.rcpts, to)
+	return nil
+}
+
+// headerCapture keeps the first bytes of the message, enough for the header.
+type headerCapture struct {
+	buf []byte
+	max int
+}
+
+func (h *headerCapture) Write(p []byte) (int, error) {
+	if room := h.max - len(h.buf); room > 0 {
+		h.buf = append(h.buf, p[:min(room, len(p))]...)
+	}
+	return len(p), nil
+}
+
+// Data records the message. go-smtp sends "354" itself and sends whatever
+// Data returns only after the terminating dot, so a "data" Reply fault is
+// seen by the client as the final reply (as Exchange's content rejections
+// are); a "data" Drop closes the connection after the first chunk of body.
+// The success reply is returned as an *smtp.SMTPError with code 250 because
+// go-smtp writes an SMTPError's code verbatim and otherwise says "OK: queued".
+func (ss *session) Data(r io.Reader) error {
+	s := ss.s
+	if f := s.take(StageData, ""); f != nil {
+		if f.Drop || f.Reply == nil {
+			if _, err := r.Read(make([]byte, 1024)); err != nil {
+				s.log.Debug("read before drop", zap.Error(err))
+			}
+		}
+		return s.fire(ss.fc, f)
+	}
+	h := sha256.New()
+	hdr := &headerCapture{max: 256 << 10}
+	var data bytes.Buffer
+	w := io.MultiWriter(h, hdr)
+	if !s.opts.Discard {
+		w = io.MultiWriter(h, hdr, &data)
+	}
+	n, err := io.Copy(w, r)
+	if err != nil {
+		// Too large (go-smtp's 552) or the client went away: nothing is kept.
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			return se
+		}
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "data transfer failed"}
+	}
+	if f := s.take(StageDot, ""); f != nil {
+		return s.fire(ss.fc, f)
+	}
+	mb := s.mailboxes[ss.mailbox]
+	if from := headerFrom(hdr.buf); from != "" && !mb.sendAs[strings.ToLower(from)] {
+		// Observed Exchange reply after DATA (§2.2).
+		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 252},
+			Message: fmt.Sprintf("SendAsDenied; %s not allowed to send as %s; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied", ss.mailbox, from)}
+	}
+	m := Message{
+		MailFrom: ss.from,
+		RcptTo:   append([]string(nil), ss.rcpts...),
+		AuthUser: ss.mailbox,
+		AppID:    ss.appID,
+		Size:     n,
+		TLS:      ss.tls,
+		Session:  ss.fc.id,
+		SMTPUTF8: ss.utf8,
+		Body:     ss.body,
+	}
+	copy(m.SHA256[:], h.Sum(nil))
+	if !s.opts.Discard {
+		m.Data = data.Bytes()
+	}
+	id := s.msgID.Add(1)
+	s.mu.Lock()
+	s.messages = append(s.messages, m)
+	s.cond.Broadcast()
+	s.mu.Unlock()
+	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
+		Message: fmt.Sprintf("OK <%d@fake> [Hostname=%s]", id, Hostname)}
+}
+
+// headerFrom returns the address in the From: header, "" if there is none
+// (a message without From is accepted; Exchange's behaviour there is not
+// documented).
+func headerFrom(b []byte) string {
+	msg, err := mail.ReadMessage(bufio.NewReader(bytes.NewReader(b)))
+	if err != nil {
+		return ""
+	}
+	v := msg.Header.Get("From")
+	if v == "" {
+		return ""
+	}
+	a, err := mail.ParseAddress(v)
+	if err != nil {
+		return v
+	}
+	return a.Address
+}
+
+func (ss *session) Reset() {
+	ss.from = ""
+	ss.rcpts = nil
+	ss.utf8 = false
+	ss.body = ""
+}
+
+// Logout ends the session: on STARTTLS, and when the connection closes.
+func (ss *session) Logout() error {
+	if ss.mailbox != "" {
+		ss.s.mu.Lock()
+		ss.s.active[ss.mailbox]--
+		ss.s.mu.Unlock()
+		ss.mailbox = ""
+	}
+	return nil
+}
