@@ -1,0 +1,240 @@
+package token
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+
+	msalerrors "github.com/AzureAD/microsoft-authentication-library-for-go/apps/errors"
+	"github.com/emersion/go-smtp"
+
+	"github.com/o365relay/o365relay/relay/reply"
+)
+
+// EntraError is a failed token request, explained. It is built from MSAL's
+// errors.CallErr (whose Req holds the client assertion or secret, so it is
+// never kept or wrapped) or from a failure that got no HTTP answer.
+type EntraError struct {
+	// HTTPStatus is the token service's status; 0 when there was no answer
+	// (network error, timeout, TLS failure).
+	HTTPStatus int
+	// OAuthError is the OAuth "error" field (RFC 6749 §5.2), e.g.
+	// invalid_client; Microsoft advises acting on it, not on the text.
+	OAuthError string
+	// Codes are the AADSTS error_codes.
+	Codes []int
+	// Description is the first line of error_description, without the
+	// Trace ID / Correlation ID / Timestamp lines, or what went wrong when
+	// there was no answer.
+	Description string
+	// Hint is what to do, pointing at the azure-setup.md step.
+	Hint string
+}
+
+// Code is the first AADSTS code, or 0.
+func (e *EntraError) Code() int {
+	if len(e.Codes) == 0 {
+		return 0
+	}
+	return e.Codes[0]
+}
+
+// Error reads "AADSTS700027: <description> — <hint>".
+func (e *EntraError) Error() string {
+	var b strings.Builder
+	desc := e.Description
+	if c := e.Code(); c != 0 {
+		prefix := "AADSTS" + strconv.Itoa(c)
+		b.WriteString(prefix)
+		b.WriteString(": ")
+		desc = strings.TrimPrefix(strings.TrimPrefix(desc, prefix+":"), " ")
+	} else if e.HTTPStatus != 0 {
+		fmt.Fprintf(&b, "token endpoint answered HTTP %d: ", e.HTTPStatus)
+	} else {
+		b.WriteString("token request failed: ")
+	}
+	b.WriteString(shorten(desc))
+	if e.Hint != "" {
+		b.WriteString(" — ")
+		b.WriteString(e.Hint)
+	}
+	return b.String()
+}
+
+// shorten keeps the part of an Entra description that says what is wrong:
+// its "[Reason - …]" and documentation links follow and only add length.
+func shorten(s string) string {
+	if i := strings.Index(s, " Review the documentation"); i > 0 {
+		s = s[:i]
+	}
+	if len(s) > 400 {
+		s = s[:400] + "…"
+	}
+	return s
+}
+
+// transientCodes are AADSTS codes documented as retryable
+// (reference-error-codes.md, exchange-online.md §3) plus throttling.
+var transientCodes = map[int]bool{50033: true, 90006: true, 90024: true, 90090: true, 90033: true, 50196: true, 90055: true}
+
+// Temporary tells an outage (retry, keep using the held token) from a
+// configuration error (the admin must act; retrying only backs off).
+func (e *EntraError) Temporary() bool {
+	if e.HTTPStatus == 0 || e.HTTPStatus >= 500 || e.HTTPStatus == http.StatusTooManyRequests {
+		return true
+	}
+	if e.OAuthError == "temporarily_unavailable" {
+		return true
+	}
+	for _, c := range e.Codes {
+		if transientCodes[c] {
+			return true
+		}
+	}
+	return false
+}
+
+// explanation is one row of the AADSTS → azure-setup.md table.
+type explanation struct {
+	step int
+	hint string
+}
+
+// explanations map AADSTS codes to the azure-setup.md step a user must
+// revisit (0: not a setup problem). Codes: exchange-online.md §3.
+var explanations = map[int]explanation{
+	700016:  {1, "the client ID is not an app in this tenant: copy Application (client) ID and Directory (tenant) ID from the app's Overview page"},
+	90002:   {1, "tenant not found: check the Directory (tenant) ID and that the authority host is the app's cloud"},
+	9001023: {1, "use the Directory (tenant) ID, not common/consumers/organizations, as the tenant"},
+	7000112: {1, "the application is disabled in the tenant (Enterprise applications → Properties → Enabled for users to sign-in)"},
+	1000031: {1, "the application cannot be accessed at this time; ask the tenant administrator"},
+	700027:  {3, "the certificate is not registered on the app (Certificates & secrets → Upload certificate), is a different one, has expired, or was uploaded less than ~2 minutes ago"},
+	700024:  {3, "the client assertion is outside its valid time range: this host's clock is off (check NTP), or (workload identity) the projected token file is stale or expired"},
+	50012:   {3, "authentication failed: the assertion's signature, certificate or audience is wrong — the audience must be this tenant's v2.0 token endpoint (step 7)"},
+	700030:  {3, "subject name/issuer authentication: the certificate's subject is not authorized for the app"},
+	50048:   {3, "the client assertion's sub does not equal its iss (both must be the client ID)"},
+	700021:  {3, "the client assertion's iss/sub is not the client ID sent in the request"},
+	7000215: {3, "invalid client secret: use the secret's Value, not its Secret ID (Certificates & secrets → Client secrets)"},
+	7000222: {3, "the client secret has expired: create a new one under Certificates & secrets"},
+	7000218: {3, "no credential was sent: configure a certificate, a client secret or a federated token file"},
+	70021:   {3, "no federated identity credential matches the presented token's issuer/subject/audience (Certificates & secrets → Federated credentials)"},
+	5002738: {3, "the assertion's signature algorithm is not supported: Entra ID accepts RSA (RS256/PS256) only"},
+	50027:   {3, "the client assertion is not a valid JWT (malformed, missing exp or jti, or replayed)"},
+	500011:  {2, "the resource principal was not found: the scope must be https://outlook.office365.com/.default (for this cloud) and Office 365 Exchange Online must exist in the tenant"},
+	70011:   {7, "invalid scope: use https://outlook.office365.com/.default"},
+	1002012: {7, "client-credential scopes must end in /.default: use https://outlook.office365.com/.default"},
+	50049:   {7, "unknown authority instance: check the authority host for the app's cloud"},
+	50196:   {0, "Entra ID detected a request loop (too many identical requests); the relay backs off and caches tokens"},
+	90055:   {0, "Entra ID is throttling this tenant; the relay backs off and retries"},
+}
+
+// Explain maps an AADSTS code to the azure-setup.md step to revisit and a
+// hint in the user's terms. step 0 means "not a setup problem"; unknown
+// codes give (0, "").
+func Explain(code int) (step int, hint string) {
+	e, ok := explanations[code]
+	if !ok {
+		return 0, ""
+	}
+	if e.step > 0 {
+		return e.step, e.hint + fmt.Sprintf(" (azure-setup step %d)", e.step)
+	}
+	return 0, e.hint
+}
+
+// entraBody is Entra's error JSON (exchange-online.md §1.5).
+type entraBody struct {
+	Error       string `json:"error"`
+	Description string `json:"error_description"`
+	Codes       []int  `json:"error_codes"`
+}
+
+var aadstsPrefix = regexp.MustCompile(`^AADSTS(\d+)`)
+
+var jwtLike = regexp.MustCompile(`eyJ[A-Za-z0-9_\-]*\.[A-Za-z0-9_\-]*\.?[A-Za-z0-9_\-]*`)
+
+// sanitize scrubs anything that looks like a JWT from an error text we did
+// not write (MSAL's JSON decode errors quote the raw response, which may
+// hold an access token) and keeps it to one short line.
+func sanitize(s string) string {
+	s = jwtLike.ReplaceAllString(s, "[REDACTED]")
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > 300 {
+		s = s[:300] + "…"
+	}
+	return s
+}
+
+// toEntraError converts whatever MSAL returned into an *EntraError. It never
+// keeps err itself: a CallErr carries the request with the credential.
+func toEntraError(err error) *EntraError {
+	var ce msalerrors.CallErr
+	if errors.As(err, &ce) {
+		e := &EntraError{}
+		var body []byte
+		if ce.Resp != nil {
+			e.HTTPStatus = ce.Resp.StatusCode
+			if ce.Resp.Body != nil {
+				body, _ = io.ReadAll(io.LimitReader(ce.Resp.Body, 64<<10)) // MSAL buffered it; cannot fail
+			}
+		}
+		if len(body) == 0 && ce.Err != nil {
+			// The message is "http call(...) error: reply status code was N:\n<body>".
+			if _, after, ok := strings.Cut(ce.Err.Error(), "\n"); ok {
+				body = []byte(after)
+			}
+		}
+		var eb entraBody
+		if json.Unmarshal(body, &eb) == nil && (eb.Error != "" || len(eb.Codes) > 0) {
+			e.OAuthError = eb.Error
+			e.Codes = eb.Codes
+			first, _, _ := strings.Cut(eb.Description, "\n")
+			e.Description = sanitize(strings.TrimRight(first, "\r"))
+			if len(e.Codes) == 0 {
+				// Some answers carry the code only in the text.
+				if m := aadstsPrefix.FindStringSubmatch(e.Description); m != nil {
+					if c, err := strconv.Atoi(m[1]); err == nil {
+						e.Codes = []int{c}
+					}
+				}
+			}
+		} else {
+			e.Description = fmt.Sprintf("unexpected HTTP %d answer without an Entra error body", e.HTTPStatus)
+		}
+		if _, h := Explain(e.Code()); h != "" {
+			e.Hint = h
+		} else if e.Temporary() {
+			e.Hint = "Entra ID is unavailable; the relay keeps using its current token until it expires and retries with backoff"
+		}
+		return e
+	}
+	var je msalerrors.InvalidJsonErr
+	switch {
+	case errors.As(err, &je):
+		return &EntraError{Description: "the token endpoint's answer is not valid JSON", Hint: "check that the authority host is Entra ID and not a proxy or captive portal"}
+	case errors.Is(err, context.DeadlineExceeded):
+		return &EntraError{Description: "no answer from the token endpoint in time: " + sanitize(err.Error()), Hint: "check network access to the authority host (proxy, firewall, DNS)"}
+	}
+	return &EntraError{Description: sanitize(err.Error()), Hint: "check network access to the authority host (proxy, firewall, DNS, TLS trust)"}
+}
+
+// tokenReply is how a token failure reaches an SMTP client or the retry
+// logic: 451 4.7.0, StageToken, wrapping the *EntraError (find it with
+// errors.As). It is always transient: a message must wait in the spool until
+// the admin fixes the configuration or Entra recovers (house rule 1), never
+// be bounced for it. RFC 3463 §3.8: X.7.0 "Other or undefined security
+// status". Whether the cause itself is transient is EntraError.Temporary.
+func tokenReply(err error) *reply.Error {
+	text := "Cannot obtain an access token from Entra ID; try again later"
+	var ee *EntraError
+	if errors.As(err, &ee) && ee.Code() != 0 {
+		text = fmt.Sprintf("Entra ID refused the token request (AADSTS%d); try again later", ee.Code())
+	}
+	return &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: text, Stage: reply.StageToken, Err: err}
+}
