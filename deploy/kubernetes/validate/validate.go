@@ -484,18 +484,32 @@ func isRelay(ctr *corev1.Container) bool {
 
 // knownEnv is the relay's configuration contract; a name with one of its
 // prefixes that is not here is a typo the relay would ignore or reject.
-var knownEnv = map[string]bool{
-	"O365RELAY_LISTEN": true, "O365RELAY_ALLOWED_NETWORKS": true, "O365RELAY_UPSTREAM": true,
-	"O365RELAY_MAILBOX": true, "O365RELAY_SPOOL_DIR": true, "O365RELAY_ADMIN_LISTEN": true,
-	"O365RELAY_LOG_LEVEL": true, "O365RELAY_LOG_FORMAT": true, "O365RELAY_ACK": true,
-	"O365RELAY_SHUTDOWN_TIMEOUT": true,
-	"AZURE_TENANT_ID":            true, "AZURE_CLIENT_ID": true, "AZURE_CLIENT_CERTIFICATE_PATH": true,
-	"AZURE_CLIENT_CERTIFICATE_PASSWORD": true, "AZURE_AUTHORITY_HOST": true,
-	"AZURE_CLIENT_SECRET": true, "AZURE_FEDERATED_TOKEN_FILE": true,
+func knownEnv(name string) bool {
+	switch name {
+	case "O365RELAY_LISTEN",
+		"O365RELAY_ALLOWED_NETWORKS",
+		"O365RELAY_UPSTREAM",
+		"O365RELAY_MAILBOX",
+		"O365RELAY_SPOOL_DIR",
+		"O365RELAY_ADMIN_LISTEN",
+		"O365RELAY_LOG_LEVEL",
+		"O365RELAY_LOG_FORMAT",
+		"O365RELAY_ACK",
+		"O365RELAY_SHUTDOWN_TIMEOUT",
+		"AZURE_TENANT_ID",
+		"AZURE_CLIENT_ID",
+		"AZURE_CLIENT_CERTIFICATE_PATH",
+		"AZURE_CLIENT_CERTIFICATE_PASSWORD",
+		"AZURE_AUTHORITY_HOST",
+		"AZURE_CLIENT_SECRET",
+		"AZURE_FEDERATED_TOKEN_FILE":
+		return true
+	}
+	return false
 }
 
 func checkEnvName(name string) error {
-	if (strings.HasPrefix(name, "O365RELAY_") || strings.HasPrefix(name, "AZURE_")) && !knownEnv[name] {
+	if (strings.HasPrefix(name, "O365RELAY_") || strings.HasPrefix(name, "AZURE_")) && !knownEnv(name) {
 		return fmt.Errorf("%s is not a setting of the relay", name)
 	}
 	return nil
