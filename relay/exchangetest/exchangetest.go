@@ -102,6 +102,11 @@ type Options struct {
 	// MaxConcurrentPerMailbox authenticated connections; default 3
 	// (exchange-online.md §2.5).
 	MaxConcurrentPerMailbox int
+	// JSONErrorChallenge makes a rejected XOAUTH2 response get Google's
+	// error challenge (334 + base64 JSON) before the 535, as some servers
+	// do (exchange-online.md §2.1); the client must answer with an empty
+	// line.
+	JSONErrorChallenge bool
 	// ReadTimeout and WriteTimeout of the go-smtp server; defaults 5 min
 	// (Exchange receive connectors' inactivity timeout, §2.5) and 1 min.
 	ReadTimeout, WriteTimeout time.Duration
@@ -147,12 +152,12 @@ type Fault struct {
 
 // Server is a running fake. It is safe for concurrent use.
 type Server struct {
-	opts    Options
-	clock   func() time.Time
-	log     *zap.Logger
-	srv     *smtp.Server
-	ln      net.Listener
-	done    chan struct{} // closed when Serve returned
+	opts     Options
+	clock    func() time.Time
+	log      *zap.Logger
+	srv      *smtp.Server
+	ln       net.Listener
+	done     chan struct{} // closed when Serve returned
 	serveErr error
 
 	mailboxes map[string]mailboxEntry
@@ -264,10 +269,15 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 // Close stops the server and closes every connection.
 func (s *Server) Close() error {
 	err := s.srv.Close()
-	<-s.done
 	if errors.Is(err, smtp.ErrServerClosed) {
 		err = nil
 	}
+	// go-smtp closes only listeners Serve has registered; if Close races
+	// with the start of Serve, ours would stay open and Serve never end.
+	if lerr := s.ln.Close(); lerr != nil && !errors.Is(lerr, net.ErrClosed) {
+		err = errors.Join(err, lerr)
+	}
+	<-s.done
 	return errors.Join(err, s.serveErr)
 }
 
@@ -590,14 +600,28 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		return nil, s.fire(ss.fc, f)
 	}
 	first := true
+	var pending *smtp.SMTPError
 	return saslFunc(func(resp []byte) ([]byte, bool, error) {
 		if resp == nil && first {
 			// Two-step form: Microsoft's example answers "334 " (§2.1).
 			first = false
 			return []byte{}, false, nil
 		}
+		if pending != nil {
+			// Answer to the JSON error challenge: must be empty.
+			if len(resp) != 0 {
+				s.violation("non-empty response to an XOAUTH2 error challenge")
+			}
+			err := pending
+			pending = nil
+			return nil, true, err
+		}
 		if err := ss.checkXOAuth2(resp); err != nil {
 			ss.authFailed()
+			if s.opts.JSONErrorChallenge && err.Code == 535 {
+				pending = err
+				return []byte(`{"status":"401","schemes":"bearer","scope":"https://outlook.office365.com/.default"}`), false, nil
+			}
 			return nil, true, err
 		}
 		return nil, true, nil
@@ -616,7 +640,7 @@ func (f saslFunc) Next(resp []byte) ([]byte, bool, error) { return f(resp) }
 
 // checkXOAuth2 validates "user=U\x01auth=Bearer T\x01\x01" (§2.1) and the
 // token as Exchange would, then applies the concurrency limit.
-func (ss *session) checkXOAuth2(resp []byte) error {
+func (ss *session) checkXOAuth2(resp []byte) *smtp.SMTPError {
 	s := ss.s
 	parts := strings.Split(string(resp), "\x01")
 	if len(parts) != 4 || parts[2] != "" || parts[3] != "" ||
