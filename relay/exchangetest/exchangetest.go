@@ -124,7 +124,7 @@ type Message struct {
 	TLS      bool
 	Session  int // connection number, from 1
 	SMTPUTF8 bool
-	Body     smtp.BodyType // BODY= parameter of MAIL
+	BodyType smtp.BodyType // BODY= parameter of MAIL
 }
 
 // Stats counts what the fake saw since start or Reset.
@@ -805,7 +805,7 @@ func (ss *session) Data(r io.Reader) error {
 		TLS:      ss.tls,
 		Session:  ss.fc.id,
 		SMTPUTF8: ss.utf8,
-		Body:     ss.body,
+		BodyType: ss.body,
 	}
 	copy(m.SHA256[:], h.Sum(nil))
 	if !s.opts.Discard {

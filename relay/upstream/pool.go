@@ -2,7 +2,6 @@ package upstream
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -132,14 +131,15 @@ func (c *Client) reap(now time.Time) int {
 	return len(stale)
 }
 
-// Close stops the janitor and closes every idle connection (with QUIT).
+// Close stops the janitor and closes every idle connection (with QUIT). It
+// may be called more than once.
 // Connections in use are closed when their delivery finishes. Deliver
 // fails with a temporary error after Close.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return errors.New("upstream: client already closed")
+		return nil
 	}
 	c.closed = true
 	var idle []*conn

@@ -65,8 +65,9 @@ func (c *Client) Probe(ctx context.Context, mailbox string) (*ProbeResult, error
 		return err
 	}
 	var cn *conn
+	start := time.Now()
 	raw, rerr := c.dial(ctx)
-	res.Steps = append(res.Steps, ProbeStep{Name: StepConnect, Err: rerr})
+	res.Steps = append(res.Steps, ProbeStep{Name: StepConnect, Duration: time.Since(start), Err: rerr})
 	if rerr != nil {
 		return res, rerr
 	}

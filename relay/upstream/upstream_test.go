@@ -56,7 +56,7 @@ func TestDeliverByteIdentical(t *testing.T) {
 		t.Errorf("data differs:\n got %q\nwant %q", m.Data, body)
 	}
 	if !m.TLS || m.AuthUser != mailbox || m.AppID != appID || m.MailFrom != mailbox ||
-		strings.Join(m.RcptTo, ",") != "a@example.test,b@example.test" || m.Body != smtp.Body8BitMIME {
+		strings.Join(m.RcptTo, ",") != "a@example.test,b@example.test" || m.BodyType != smtp.Body8BitMIME {
 		t.Errorf("message %+v", m)
 	}
 	st := e.fake.Stats()
