@@ -9,6 +9,7 @@
 #   systemd   -> systemd-analyze verify / security --offline (Debian 12: 252)
 #   yamllint  -> YAML syntax and style of the manifests
 #   hadolint  -> not packaged by Debian; used if someone put it on PATH
+#               (BuildKit's own checks run instead, from deploy/dockerfile)
 # Exit status is non-zero if any check failed; skips do not fail.
 set -euo pipefail
 
@@ -95,6 +96,16 @@ done
 # .git stays in the context: go build stamps the version from it.
 if grep -Eq '^/?\.git/?$' "$di"; then echo "  .dockerignore excludes .git (no VCS version stamp)" >&2; ignore_ok=0; fi
 if [ "$ignore_ok" = 1 ]; then pass ".dockerignore keeps secrets out and .git in"; else fail ".dockerignore"; fi
+
+# BuildKit's build checks (what `docker build --check` runs), offline, and
+# the .dockerignore semantics: a separate Go module, like the manifests'.
+if ! have go; then
+	skip "go not installed: BuildKit build checks not run"
+elif (cd deploy/dockerfile && GOWORK=off GOFLAGS=-mod=readonly go test -count=1 ./...); then
+	pass "Dockerfile passes BuildKit's build checks; .dockerignore excludes keys, keeps .git and tracked files"
+else
+	fail "BuildKit build checks / .dockerignore (deploy/dockerfile)"
+fi
 
 if have hadolint; then
 	if hadolint "$df"; then pass "hadolint Dockerfile"; else fail "hadolint Dockerfile"; fi
