@@ -107,8 +107,11 @@ type Options struct {
 	// HTTPClient talks to Entra ID. Nil: one with timeouts and the system
 	// roots. Tests pass one trusting a tlstest CA.
 	HTTPClient *http.Client
-	Clock      func() time.Time // default time.Now
-	Logger     *zap.Logger      // default zap.NewNop()
+	// Clock is now for token expiry, assertions and backoff. Token.ExpiresOn
+	// is in this clock's frame. Run waits on real timers for the durations
+	// this clock implies.
+	Clock  func() time.Time // default time.Now
+	Logger *zap.Logger      // default zap.NewNop()
 }
 
 // Status is the EntraSource's state, for /readyz and `o365relay doctor`.
@@ -262,6 +265,15 @@ func NewSource(opts Options) (*EntraSource, error) {
 		s.thumbprint = c.ThumbprintSHA1Hex()
 		if c.key == nil {
 			return nil, errors.New("token: certificate has no private key")
+		}
+		// Entra refuses an expired certificate (AADSTS700027, azure-setup
+		// step 3); say so before the first request, and early enough to
+		// rotate.
+		switch now := s.clock(); {
+		case now.After(c.NotAfter()):
+			s.log.Error("certificate has expired; upload a new one (Certificates & secrets)", zap.Stringer("certificate", c))
+		case now.Add(30 * 24 * time.Hour).After(c.NotAfter()):
+			s.log.Warn("certificate expires within 30 days; upload its successor (Certificates & secrets)", zap.Stringer("certificate", c))
 		}
 	}
 	var cred confidential.Credential

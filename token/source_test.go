@@ -3,8 +3,12 @@ package token
 import (
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"math/big"
 	"os"
 	"strings"
 	"sync"
@@ -615,4 +619,42 @@ func BenchmarkTokenCached(b *testing.B) {
 			}
 		}
 	})
+}
+
+// An expired certificate: NewSource logs it at once, and the fake refuses
+// it as Entra does (700027, "The key used is expired").
+func TestExpiredCertificate(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	tc := certs(t)[2]
+	expired, err := x509.ParseCertificate(selfSignedWith(t, tc.key, time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.srv.RegisterCert(testClientID, expired); err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewCertificate(expired, nil, tc.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	s := f.source(t, Credential{Certificate: c}, func(o *Options) { o.Logger = zap.New(core) })
+	if logs.FilterMessage("certificate has expired; upload a new one (Certificates & secrets)").Len() != 1 {
+		t.Fatalf("no expiry error logged: %v", logs.All())
+	}
+	_, err = s.Token(ctxT(t))
+	if ee := entraErr(t, err); ee.Code() != 700027 || !strings.Contains(ee.Description, "expired") {
+		t.Fatalf("%v", ee)
+	}
+}
+
+func selfSignedWith(t *testing.T, key *rsa.PrivateKey, nb, na time.Time) []byte {
+	t.Helper()
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "expired app"}, NotBefore: nb, NotAfter: na}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
 }
