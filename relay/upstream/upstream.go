@@ -70,8 +70,9 @@ type Options struct {
 	// CommandTimeout bounds each command's reply, including the TLS
 	// handshake; default 2 min.
 	CommandTimeout time.Duration
-	// DataTimeout bounds streaming the body and the final reply; default
-	// 10 min (RFC 5321 §4.5.3.2.6 gives the server 10 min after the dot).
+	// DataTimeout bounds streaming the body, and separately the wait for
+	// the final reply; default 10 min (RFC 5321 §4.5.3.2.6 gives the
+	// server 10 min after the dot).
 	DataTimeout time.Duration
 	// Clock is used for connection age, idleness and token expiry; default
 	// time.Now. Network deadlines use the real clock.
@@ -593,7 +594,13 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 	defer p.release()
 
 	for attempt := 0; ; attempt++ {
-		cn, reused := p.takeIdle(c.opts.Clock())
+		var cn *conn
+		reused := false
+		if attempt == 0 {
+			// A retry goes to a fresh connection: other idle ones are
+			// likely as stale as the one that just failed.
+			cn, reused = p.takeIdle(c.opts.Clock())
+		}
 		if cn == nil {
 			var rerr *reply.Error
 			if cn, rerr = c.connect(ctx, env.Mailbox); rerr != nil {
