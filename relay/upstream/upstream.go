@@ -514,7 +514,15 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *message.Envelope, 
 	mailFail := func(err error, stage reply.Stage) *txError {
 		return &txError{err: c.fail(c.classify(err, stage)), beforeData: true}
 	}
-	if err := cn.smtp.Mail(env.From, &smtp.MailOptions{UTF8: env.SMTPUTF8}); err != nil {
+	if ok, _ := cn.smtp.Extension("SMTPUTF8"); env.SMTPUTF8 && !ok {
+		// RFC 6531 §3.4: without the extension the message cannot be
+		// relayed; retrying will not help.
+		return nil, &txError{err: c.fail(&reply.Error{Code: 554, Enhanced: smtp.EnhancedCode{5, 6, 7}, Stage: reply.StageMail,
+			Text: "upstream does not support SMTPUTF8; internationalized addresses cannot be relayed"})}, false
+	}
+	// SIZE= (RFC 1870 §5) lets Exchange refuse an oversized message before
+	// the body is sent (552 5.3.4).
+	if err := cn.smtp.Mail(env.From, &smtp.MailOptions{UTF8: env.SMTPUTF8, Size: env.Size}); err != nil {
 		return nil, mailFail(err, reply.StageMail), false
 	}
 	countReply(reply.StageMail, 250)
@@ -583,6 +591,16 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 	}
 	if len(env.To) == 0 {
 		return nil, reply.New(554, smtp.EnhancedCode{5, 5, 1}, "no recipients")
+	}
+	// go-smtp refuses CR/LF in addresses with a plain error, which would
+	// otherwise look like a network failure and be retried forever.
+	if strings.ContainsAny(env.From, "\r\n") {
+		return nil, reply.New(501, smtp.EnhancedCode{5, 1, 7}, "invalid sender address")
+	}
+	for _, to := range env.To {
+		if to == "" || strings.ContainsAny(to, "\r\n") {
+			return nil, reply.New(501, smtp.EnhancedCode{5, 1, 3}, "invalid recipient address")
+		}
 	}
 	p, rerr := c.pool(env.Mailbox)
 	if rerr != nil {

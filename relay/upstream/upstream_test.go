@@ -452,3 +452,27 @@ func TestProbe(t *testing.T) {
 		t.Errorf("probe left a connection open: %+v", st)
 	}
 }
+
+func TestOversizedRefusedAtMail(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{})
+	env := envelope()
+	env.Size = 200 << 20
+	_, err := e.client.Deliver(ctxT(t), env, strings.NewReader(simpleBody))
+	wantReply(t, err, 552, smtp.EnhancedCode{5, 3, 4}, reply.StageMail)
+}
+
+func TestBadAddresses(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{})
+	env := envelope("a@example.test\r\nDATA")
+	_, err := e.client.Deliver(ctxT(t), env, strings.NewReader(simpleBody))
+	wantReply(t, err, 501, smtp.EnhancedCode{5, 1, 3}, reply.StageLocal)
+	env = envelope()
+	env.From = "x@y\nRSET"
+	_, err = e.client.Deliver(ctxT(t), env, strings.NewReader(simpleBody))
+	wantReply(t, err, 501, smtp.EnhancedCode{5, 1, 7}, reply.StageLocal)
+	if st := e.fake.Stats(); st.Sessions != 0 {
+		t.Errorf("connected: %+v", st)
+	}
+}
