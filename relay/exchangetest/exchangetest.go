@@ -48,7 +48,10 @@ const Hostname = "fake.exchangetest"
 // Audiences Exchange Online accepts in an access token for SMTP: the
 // resource URI and the Office 365 Exchange Online application ID
 // (exchange-online.md §1.3, §2.3).
-var Audiences = []string{"https://outlook.office365.com", "00000002-0000-0ff1-ce00-000000000000"}
+const (
+	AudienceResource = "https://outlook.office365.com"
+	AudienceAppID    = "00000002-0000-0ff1-ce00-000000000000"
+)
 
 // RoleSendAsApp is the application permission SMTP AUTH with client
 // credentials needs (exchange-online.md §2.3).
@@ -657,7 +660,7 @@ func (ss *session) checkXOAuth2(resp []byte) *smtp.SMTPError {
 		jwt.WithValidMethods([]string{"RS256"}),
 		jwt.WithTimeFunc(s.clock),
 		jwt.WithExpirationRequired(),
-		jwt.WithAudience(Audiences...),
+		jwt.WithAudience(AudienceResource, AudienceAppID),
 	)
 	if err != nil {
 		s.log.Info("token rejected", zap.String("user", user), zap.Error(err))

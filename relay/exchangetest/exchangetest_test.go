@@ -200,7 +200,7 @@ func TestTokenChecks(t *testing.T) {
 		{"expired", mailbox, sign(f.key, Claims{AppID: app, Tenant: tenant, IssuedAt: now.Add(-2 * time.Hour)}), 535, smtp.EnhancedCode{5, 7, 3}},
 		{"not yet valid", mailbox, sign(f.key, Claims{AppID: app, Tenant: tenant, NotBefore: now.Add(time.Hour)}), 535, smtp.EnhancedCode{5, 7, 3}},
 		{"graph audience", mailbox, sign(f.key, Claims{AppID: app, Tenant: tenant, Audience: "https://graph.microsoft.com"}), 535, smtp.EnhancedCode{5, 7, 3}},
-		{"exchange app id audience", mailbox, sign(f.key, Claims{AppID: app, Tenant: tenant, Audience: Audiences[1]}), 0, smtp.EnhancedCode{}},
+		{"exchange app id audience", mailbox, sign(f.key, Claims{AppID: app, Tenant: tenant, Audience: AudienceAppID}), 0, smtp.EnhancedCode{}},
 		{"wrong tenant", mailbox, sign(f.key, Claims{AppID: app, Tenant: "other"}), 535, smtp.EnhancedCode{5, 7, 3}},
 		{"no role", mailbox, sign(f.key, Claims{AppID: app, Tenant: tenant, Roles: []string{}}), 535, smtp.EnhancedCode{5, 7, 3}},
 		{"app without FullAccess", mailbox, sign(f.key, Claims{AppID: "app-2", Tenant: tenant}), 535, smtp.EnhancedCode{5, 7, 3}},

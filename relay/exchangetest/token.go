@@ -14,7 +14,7 @@ import (
 type Claims struct {
 	AppID     string
 	Tenant    string
-	Audience  string    // default Audiences[0]
+	Audience  string    // default AudienceResource
 	Roles     []string  // default [SMTP.SendAsApp]; use []string{} for none
 	NotBefore time.Time // default IssuedAt
 	IssuedAt  time.Time // default time.Now()
@@ -35,7 +35,7 @@ func SignToken(key *rsa.PrivateKey, c Claims) (secret.Secret, error) {
 		c.Expires = c.IssuedAt.Add(time.Hour)
 	}
 	if c.Audience == "" {
-		c.Audience = Audiences[0]
+		c.Audience = AudienceResource
 	}
 	if c.Roles == nil {
 		c.Roles = []string{RoleSendAsApp}
