@@ -120,6 +120,9 @@ func (g *genBody) Read(p []byte) (int, error) {
 
 func TestDeliverLarge(t *testing.T) {
 	t.Parallel()
+	if testing.Short() {
+		t.Skip("20 MB through TLS takes seconds under -race")
+	}
 	const size = 20 << 20
 	e := newEnv(t, setup{fake: func(o *exchangetest.Options) { o.Discard = true }})
 	h := sha256.New()
