@@ -1,0 +1,551 @@
+// Package delivery owns the retry policy: workers that drain the spool to
+// Exchange Online, decide per recipient what a reply means (deliver, retry,
+// fail), and hold a mailbox whose configuration or quota makes every attempt
+// fail, so the queue is neither bounced nor hammered.
+//
+// Each attempt is recorded durably before it starts (attempts+1 and the next
+// attempt time, as mox does), so a crash mid-delivery cannot cause a hot
+// retry loop. Delivery is at-least-once: a crash between Exchange's 250 and
+// Remove sends the message again.
+package delivery
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"go.uber.org/zap"
+
+	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/spool"
+)
+
+// Forwarder sends one message upstream (relay/upstream implements it).
+type Forwarder interface {
+	Deliver(ctx context.Context, env *message.Envelope, body io.Reader) (*message.Result, error)
+}
+
+// Backoff is an exponential retry schedule with jitter.
+type Backoff struct {
+	Min, Max time.Duration
+	Factor   float64
+	Jitter   float64 // fraction, e.g. 0.2 for ±20%
+}
+
+// Options configure a Scheduler. Zero values take the defaults noted.
+type Options struct {
+	Spool     *spool.Spool
+	Forwarder Forwarder
+	Workers   int           // default 3: Exchange allows 3 connections per mailbox (§2.5)
+	Backoff   Backoff       // default {1m, 30m, 2, 0.2}
+	MaxAge    time.Duration // default 120h, Postfix's maximal_queue_lifetime
+	Clock     func() time.Time
+	// After returns a channel that fires after d (default time.After); tests
+	// inject one driven by their clock.
+	After  func(d time.Duration) <-chan time.Time
+	Logger *zap.Logger
+	Rand   func() float64 // in [0,1); default math/rand/v2
+	// RescanEvery is how often queue/ is rescanned for CLI changes (default 30s).
+	RescanEvery time.Duration
+	// ContinuousErrors is how many consecutive permanent failures mark a
+	// mailbox unhealthy (default 5).
+	ContinuousErrors int
+}
+
+// Scheduler drives delivery of the spool.
+type Scheduler struct {
+	o   Options
+	sp  *spool.Spool
+	log *zap.Logger
+
+	mu       sync.Mutex
+	due      map[message.ID]time.Time // known entries and when they are due
+	stateMod map[message.ID]time.Time
+	running  map[message.ID]chan struct{}
+	boxes    map[string]*mailbox
+	wake     chan struct{} // closed and replaced when due changes
+}
+
+// New checks opts and applies defaults.
+func New(opts Options) (*Scheduler, error) {
+	if opts.Spool == nil || opts.Forwarder == nil {
+		return nil, errors.New("delivery: Spool and Forwarder are required")
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 3
+	}
+	if opts.Backoff == (Backoff{}) {
+		opts.Backoff = Backoff{Min: time.Minute, Max: 30 * time.Minute, Factor: 2, Jitter: 0.2}
+	}
+	if opts.Backoff.Factor < 1 {
+		opts.Backoff.Factor = 2
+	}
+	if opts.MaxAge <= 0 {
+		opts.MaxAge = 120 * time.Hour
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	if opts.After == nil {
+		opts.After = time.After
+	}
+	if opts.Logger == nil {
+		opts.Logger = zap.NewNop()
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Float64
+	}
+	if opts.RescanEvery <= 0 {
+		opts.RescanEvery = 30 * time.Second
+	}
+	if opts.ContinuousErrors <= 0 {
+		opts.ContinuousErrors = 5
+	}
+	return &Scheduler{
+		o: opts, sp: opts.Spool, log: opts.Logger.Named("delivery"),
+		due: map[message.ID]time.Time{}, stateMod: map[message.ID]time.Time{},
+		running: map[message.ID]chan struct{}{}, boxes: map[string]*mailbox{},
+		wake: make(chan struct{}),
+	}, nil
+}
+
+// backoff returns the delay after the n-th attempt (n ≥ 1).
+func (s *Scheduler) backoff(n int) time.Duration {
+	b := s.o.Backoff
+	d := float64(b.Min) * math.Pow(b.Factor, float64(n-1))
+	if d > float64(b.Max) || math.IsInf(d, 0) {
+		d = float64(b.Max)
+	}
+	d *= 1 + b.Jitter*(2*s.o.Rand()-1)
+	return time.Duration(d)
+}
+
+// schedule records when id is due and wakes the workers. Callers hold mu.
+func (s *Scheduler) scheduleLocked(id message.ID, at time.Time) {
+	s.due[id] = at
+	close(s.wake)
+	s.wake = make(chan struct{})
+}
+
+// Enqueued tells the scheduler about a message just Put: deliver it now.
+func (s *Scheduler) Enqueued(id message.ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.scheduleLocked(id, s.o.Clock())
+}
+
+// Run delivers due messages with Workers workers until ctx is cancelled; it
+// returns after every worker stopped. An attempt in flight is cancelled; its
+// attempt was recorded before it began, so it is retried per the backoff.
+func (s *Scheduler) Run(ctx context.Context) error {
+	if err := s.rescan(true); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	for range s.o.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.worker(ctx)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-s.o.After(s.o.RescanEvery):
+				if err := s.rescan(false); err != nil {
+					s.log.Error("rescan failed", zap.Error(err))
+				}
+			}
+		}
+	}()
+	wg.Wait()
+	return nil
+}
+
+// Rescan picks up entries added or retried by the CLI now, instead of at
+// the next periodic scan.
+func (s *Scheduler) Rescan() error { return s.rescan(false) }
+
+func (s *Scheduler) rescan(start bool) error {
+	ids, err := s.sp.Rescan()
+	if err != nil {
+		return err
+	}
+	now := s.o.Clock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range s.due {
+		if _, ok := ids[id]; !ok && s.running[id] == nil {
+			delete(s.due, id)
+			delete(s.stateMod, id)
+		}
+	}
+	for id, mod := range ids {
+		_, known := s.due[id]
+		if known && s.stateMod[id].Equal(mod) {
+			continue
+		}
+		s.stateMod[id] = mod
+		e, err := s.sp.Get(id)
+		if err != nil {
+			continue
+		}
+		at := e.State.NextAttempt
+		if start || !known {
+			// Resume with a little jitter so a restart does not open every
+			// connection in the same second.
+			j := now.Add(time.Duration(s.o.Rand() * float64(5*time.Second)))
+			if at.Before(j) {
+				at = j
+			}
+		}
+		s.scheduleLocked(id, at)
+	}
+	return nil
+}
+
+func (s *Scheduler) worker(ctx context.Context) {
+	for {
+		s.mu.Lock()
+		now := s.o.Clock()
+		var pick message.ID
+		var next time.Time
+		for id, at := range s.due {
+			if s.running[id] != nil {
+				continue
+			}
+			if next.IsZero() || at.Before(next) {
+				pick, next = id, at
+			}
+		}
+		wake := s.wake
+		if pick != "" && !next.After(now) {
+			s.running[pick] = make(chan struct{})
+			delete(s.due, pick)
+			s.mu.Unlock()
+			s.attemptOwned(ctx, pick)
+			continue
+		}
+		s.mu.Unlock()
+		var timer <-chan time.Time
+		if pick != "" {
+			timer = s.o.After(next.Sub(now))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-wake:
+		case <-timer:
+		}
+	}
+}
+
+// acquire takes the per-message exclusivity: never two attempts of one
+// message at once.
+func (s *Scheduler) acquire(ctx context.Context, id message.ID) error {
+	for {
+		s.mu.Lock()
+		ch := s.running[id]
+		if ch == nil {
+			s.running[id] = make(chan struct{})
+			delete(s.due, id)
+			s.mu.Unlock()
+			return nil
+		}
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (s *Scheduler) release(id message.ID, next time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.running[id])
+	delete(s.running, id)
+	if !next.IsZero() {
+		s.scheduleLocked(id, next)
+	} else {
+		delete(s.stateMod, id)
+	}
+}
+
+func (s *Scheduler) attemptOwned(ctx context.Context, id message.ID) {
+	out, err := s.attempt(ctx, id)
+	var next time.Time
+	if err == nil && out != nil && !out.Removed {
+		next = out.NextAttempt
+	}
+	if err != nil && !errors.Is(err, spool.ErrNotFound) {
+		s.log.Error("attempt could not be recorded", zap.String("id", string(id)), zap.Error(err))
+		next = s.o.Clock().Add(s.o.Backoff.Min)
+	}
+	s.release(id, next)
+}
+
+// Outcome is what one attempt did to a message.
+type Outcome struct {
+	Delivered []string
+	Failed    map[string]*reply.Error
+	Pending   []string
+	// Err is the attempt's message-level error (a *reply.Error), if any.
+	Err error
+	// Reply is Exchange's final reply text on success.
+	Reply string
+	// Removed says the message left the queue (delivered or failed for all).
+	Removed bool
+	// NextAttempt is when it is due again if it stays queued.
+	NextAttempt time.Time
+}
+
+// DeliverNow runs one attempt in the caller's goroutine (ack=upstream mode)
+// and returns its outcome. A permanent failure removes the message: the
+// client is told the 5xx, so it is no longer ours. A transient one leaves it
+// queued and scheduled.
+func (s *Scheduler) DeliverNow(ctx context.Context, id message.ID) (*Outcome, error) {
+	if err := s.acquire(ctx, id); err != nil {
+		return nil, err
+	}
+	out, err := s.attemptMode(ctx, id, true)
+	var next time.Time
+	if err == nil && !out.Removed {
+		next = out.NextAttempt
+	}
+	s.release(id, next)
+	return out, err
+}
+
+func (s *Scheduler) attempt(ctx context.Context, id message.ID) (*Outcome, error) {
+	return s.attemptMode(ctx, id, false)
+}
+
+var (
+	enhExpired  = smtp.EnhancedCode{4, 4, 7} // RFC 3463 X.4.7 delivery time expired
+	enhInternal = smtp.EnhancedCode{4, 3, 0}
+)
+
+func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (*Outcome, error) {
+	// Re-read the state: the CLI may have retried or deleted the message.
+	e, err := s.sp.Get(id)
+	if err != nil {
+		return nil, err
+	}
+	env, st := e.Envelope, e.State
+	now := s.o.Clock()
+	log := s.log.With(zap.String("id", string(id)), zap.String("mailbox", env.Mailbox), zap.Int64("size", env.Size))
+	var pending []string
+	for _, r := range env.To {
+		if st.Status(r) == spool.Pending {
+			pending = append(pending, r)
+		}
+	}
+	out := &Outcome{Failed: map[string]*reply.Error{}}
+	if len(pending) == 0 {
+		return out, s.finish(log, env, &st, out, "")
+	}
+	if now.Sub(env.Received) > s.o.MaxAge {
+		re := reply.New(451, enhExpired, "Message expired: could not be delivered within the queue lifetime")
+		for _, r := range pending {
+			st.Set(r, spool.Failed, re.Error())
+			out.Failed[r] = re
+		}
+		out.Err = re
+		return out, s.finish(log, env, &st, out, "expired")
+	}
+	if !sync {
+		if until, ok := s.holdUntil(env.Mailbox, now); ok {
+			out.Pending, out.NextAttempt = pending, until
+			return out, nil
+		}
+	}
+	defer s.endProbe(env.Mailbox)
+
+	// Record the attempt before making it (mox): a crash from here on
+	// finds attempts+1 and a future NextAttempt.
+	st.Attempts++
+	if st.FirstAttempt.IsZero() {
+		st.FirstAttempt = now
+	}
+	st.LastAttempt = now
+	st.NextAttempt = now.Add(s.backoff(st.Attempts))
+	if err := s.sp.SetState(id, st); err != nil {
+		return nil, err
+	}
+
+	res, derr := s.forward(ctx, log, id, env, pending)
+	if ctx.Err() != nil && derr != nil {
+		// Abandoned (shutdown): the recorded attempt and NextAttempt stand.
+		out.Pending, out.NextAttempt, out.Err = pending, st.NextAttempt, derr
+		return out, nil
+	}
+	var panicked bool
+	if pe, ok := derr.(*panicError); ok {
+		panicked = true
+		st.Panics++
+		derr = reply.Wrap(pe, 451, enhInternal, "Internal error")
+	}
+	now = s.o.Clock()
+	accepted := map[string]bool{}
+	if res != nil {
+		for _, r := range res.Accepted {
+			accepted[r] = true
+		}
+		out.Reply = res.Reply
+	}
+	class := "250"
+	re := reply.As(derr)
+	if derr != nil && re == nil {
+		re = reply.Wrap(derr, 451, enhInternal, "Local error in delivery")
+	}
+	if re != nil {
+		class = classOf(re)
+		st.LastError = re.Error()
+	}
+	hold := s.classify(log, env.Mailbox, re, now)
+	for _, r := range pending {
+		switch {
+		case res != nil && res.Rejected[r] != nil:
+			rr := res.Rejected[r]
+			if rr.Temporary() {
+				out.Pending = append(out.Pending, r)
+				st.Set(r, spool.Pending, rr.Error())
+			} else {
+				st.Set(r, spool.Failed, rr.Error())
+				out.Failed[r] = rr
+			}
+		case re == nil && accepted[r]:
+			st.Set(r, spool.Delivered, res.Reply)
+			out.Delivered = append(out.Delivered, r)
+		case re == nil:
+			// Neither accepted nor rejected: not attempted; retry it.
+			out.Pending = append(out.Pending, r)
+		case panicked && st.Panics >= 3:
+			st.Set(r, spool.Failed, "internal error")
+			out.Failed[r] = reply.New(451, enhInternal, "internal error")
+		case hold.keep || re.Temporary() || panicked:
+			out.Pending = append(out.Pending, r)
+		default:
+			st.Set(r, spool.Failed, re.Error())
+			out.Failed[r] = re
+		}
+	}
+	out.Err = derr
+	if len(out.Delivered) > 0 {
+		messagesTotal.WithLabelValues(env.Mailbox, "delivered", "250").Inc()
+		log.Info("delivered", zap.Strings("rcpts", out.Delivered), zap.Int("attempt", st.Attempts), zap.String("reply", out.Reply))
+	}
+	if len(out.Pending) > 0 {
+		if hold.keep {
+			// Not the message's fault: the attempt does not count.
+			st.Attempts--
+		}
+		if !hold.next.IsZero() {
+			st.NextAttempt = hold.next
+		}
+		out.NextAttempt = st.NextAttempt
+	}
+	reason := ""
+	if panicked && st.Panics >= 3 {
+		reason = "internal error"
+	}
+	if len(out.Pending) > 0 {
+		if err := s.sp.SetState(id, st); err != nil {
+			return nil, err
+		}
+		messagesTotal.WithLabelValues(env.Mailbox, "deferred", class).Inc()
+		log.Warn("deferred", zap.Strings("rcpts", out.Pending), zap.Int("attempt", st.Attempts), zap.String("upstream", class), zap.Time("next_attempt", st.NextAttempt), zap.NamedError("reason", derr))
+		if len(out.Failed) > 0 {
+			log.Warn("failed for some recipients", zap.Int("failed", len(out.Failed)))
+		}
+		return out, nil
+	}
+	return out, s.finish(log, env, &st, out, reason)
+}
+
+// finish removes a message that has no pending recipient: into failed/ if
+// any failed, deleted if all were delivered.
+func (s *Scheduler) finish(log *zap.Logger, env *message.Envelope, st *spool.State, out *Outcome, reason string) error {
+	out.Removed = true
+	anyFailed := false
+	for _, r := range env.To {
+		if st.Status(r) == spool.Failed {
+			anyFailed = true
+		}
+	}
+	if !anyFailed {
+		err := s.sp.Remove(env.ID)
+		if errors.Is(err, spool.ErrNotFound) {
+			return nil
+		}
+		return err
+	}
+	if reason == "" {
+		reason = st.LastError
+	}
+	st.Final = reason
+	class := "local"
+	if re := reply.As(out.Err); re != nil {
+		class = classOf(re)
+	}
+	messagesTotal.WithLabelValues(env.Mailbox, "failed", class).Inc()
+	log.Error("failed", zap.Int("attempt", st.Attempts), zap.String("upstream", class), zap.String("final", reason))
+	err := s.sp.Fail(env.ID, *st)
+	if errors.Is(err, spool.ErrNotFound) {
+		return nil // deleted by the CLI meanwhile
+	}
+	return err
+}
+
+type panicError struct{ v any }
+
+func (p *panicError) Error() string { return fmt.Sprintf("panic during delivery: %v", p.v) }
+
+// forward calls the Forwarder with the pending recipients, containing a
+// panic to this message.
+func (s *Scheduler) forward(ctx context.Context, log *zap.Logger, id message.ID, env *message.Envelope, pending []string) (res *message.Result, err error) {
+	start := time.Now()
+	defer func() { attemptDuration.Observe(time.Since(start).Seconds()) }()
+	body, err := s.sp.Body(id)
+	if err != nil {
+		return nil, reply.Wrap(err, 451, enhInternal, "Local error reading queued message")
+	}
+	defer func() {
+		if cerr := body.Close(); cerr != nil {
+			log.Warn("closing queued body", zap.Error(cerr))
+		}
+	}()
+	defer func() {
+		if v := recover(); v != nil {
+			// The stack names code, not data; the body is not logged.
+			log.Error("panic during delivery", zap.Any("panic", fmt.Sprintf("%T", v)), zap.ByteString("stack", debug.Stack()))
+			res, err = nil, &panicError{v: fmt.Sprintf("%T", v)}
+		}
+	}()
+	e2 := *env
+	e2.To = pending
+	return s.o.Forwarder.Deliver(ctx, &e2, body)
+}
+
+func classOf(re *reply.Error) string {
+	if re.Enhanced != smtp.NoEnhancedCode && re.Enhanced != smtp.EnhancedCodeNotSet {
+		return reply.EnhancedString(re.Code, re.Enhanced)
+	}
+	return strconv.Itoa(re.Code)
+}

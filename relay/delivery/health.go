@@ -1,0 +1,134 @@
+package delivery
+
+import (
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/o365relay/o365relay/relay/reply"
+)
+
+// MailboxHealth is what the admin endpoint shows for one mailbox.
+type MailboxHealth struct {
+	Healthy bool
+	// Reason is the reply class that held the mailbox ("" when healthy).
+	Reason string
+	// HeldUntil is when the next probe attempt may run.
+	HeldUntil time.Time
+	// ConsecutivePermanent counts permanent failures in a row.
+	ConsecutivePermanent int
+}
+
+type mailbox struct {
+	MailboxHealth
+	backoff time.Duration
+	probing bool
+}
+
+type holdDecision struct {
+	keep bool      // keep recipients pending and do not count the attempt
+	next time.Time // override NextAttempt
+}
+
+// Health returns a snapshot per mailbox seen so far.
+func (s *Scheduler) Health() map[string]MailboxHealth {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]MailboxHealth{}
+	for k, b := range s.boxes {
+		out[k] = b.MailboxHealth
+	}
+	return out
+}
+
+func (s *Scheduler) box(name string) *mailbox {
+	b := s.boxes[name]
+	if b == nil {
+		b = &mailbox{MailboxHealth: MailboxHealth{Healthy: true}}
+		s.boxes[name] = b
+		mailboxHealthy.WithLabelValues(name).Set(1)
+	}
+	return b
+}
+
+// holdUntil reports whether the mailbox is held at now; when the hold has
+// expired, one caller becomes the probe and the others keep waiting.
+func (s *Scheduler) holdUntil(name string, now time.Time) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.box(name)
+	if b.HeldUntil.IsZero() {
+		return time.Time{}, false
+	}
+	if now.Before(b.HeldUntil) {
+		return b.HeldUntil, true
+	}
+	if b.probing {
+		return now.Add(s.o.Backoff.Min), true
+	}
+	b.probing = true
+	return time.Time{}, false
+}
+
+func (s *Scheduler) endProbe(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.box(name).probing = false
+}
+
+// classify applies exchange-online.md §2.4 to a message-level reply and
+// updates the mailbox's health.
+func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now time.Time) holdDecision {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.box(name)
+	hold := func(reason string, d time.Duration) holdDecision {
+		b.HeldUntil = now.Add(d)
+		if b.Healthy || b.Reason != reason {
+			log.Error("mailbox held: delivery paused", zap.String("reason", reason), zap.Time("until", b.HeldUntil))
+		}
+		b.Healthy, b.Reason = false, reason
+		mailboxHealthy.WithLabelValues(name).Set(0)
+		return holdDecision{keep: true, next: b.HeldUntil}
+	}
+	if re == nil {
+		if !b.Healthy {
+			log.Info("mailbox recovered: delivery resumed", zap.String("was", b.Reason))
+		}
+		*b = mailbox{MailboxHealth: MailboxHealth{Healthy: true}}
+		mailboxHealthy.WithLabelValues(name).Set(1)
+		return holdDecision{}
+	}
+	enh := re.Enhanced
+	switch {
+	case re.Stage == reply.StageToken,
+		re.Stage == reply.StageAuth && re.Code == 535,
+		re.Code == 530 && enh == [3]int{5, 7, 57}:
+		// Configuration: every message of this mailbox would fail the
+		// same way. Pause with backoff 1 min → 30 min, probe one at a time.
+		if b.backoff == 0 {
+			b.backoff = time.Minute
+		} else if b.backoff *= 2; b.backoff > 30*time.Minute {
+			b.backoff = 30 * time.Minute
+		}
+		return hold(classOf(re), b.backoff)
+	case re.Code == 554 && enh == [3]int{5, 2, 0}:
+		// SubmissionQuotaExceeded: 10,000 recipients per rolling 24 h.
+		return hold(classOf(re), time.Hour)
+	case re.Code == 550 && enh[0] == 5 && enh[1] == 2 && enh[2] >= 251 && enh[2] <= 255:
+		// Continuous-error throttling: stop and alert; retrying makes it worse.
+		return hold(classOf(re), time.Hour)
+	case re.Code == 432 || (re.Temporary() && enh == [3]int{4, 3, 2}):
+		// Too many concurrent connections: retry soon, 30 s – 2 min.
+		d := 30*time.Second + time.Duration(s.o.Rand()*float64(90*time.Second))
+		return holdDecision{next: now.Add(d)}
+	case !re.Temporary():
+		b.ConsecutivePermanent++
+		if b.ConsecutivePermanent >= s.o.ContinuousErrors && b.Healthy {
+			b.Healthy, b.Reason = false, "continuous permanent errors "+classOf(re)
+			mailboxHealthy.WithLabelValues(name).Set(0)
+			log.Error("mailbox unhealthy: permanent errors repeat", zap.Int("count", b.ConsecutivePermanent), zap.String("upstream", classOf(re)))
+		}
+	}
+	return holdDecision{}
+}
