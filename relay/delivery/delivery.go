@@ -358,7 +358,7 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 	}
 	out := &Outcome{Failed: map[string]*reply.Error{}}
 	if len(pending) == 0 {
-		return out, s.finish(log, env, &st, out, "")
+		return out, s.finish(log, env, &st, out, "", sync)
 	}
 	if now.Sub(env.Received) > s.o.MaxAge {
 		re := reply.New(451, enhExpired, "Message expired: could not be delivered within the queue lifetime")
@@ -367,7 +367,7 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 			out.Failed[r] = re
 		}
 		out.Err = re
-		return out, s.finish(log, env, &st, out, "expired")
+		return out, s.finish(log, env, &st, out, "expired", sync)
 	}
 	if !sync {
 		if until, ok := s.holdUntil(env.Mailbox, now); ok {
@@ -476,12 +476,15 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 		}
 		return out, nil
 	}
-	return out, s.finish(log, env, &st, out, reason)
+	return out, s.finish(log, env, &st, out, reason, sync)
 }
 
 // finish removes a message that has no pending recipient: into failed/ if
 // any failed, deleted if all were delivered.
-func (s *Scheduler) finish(log *zap.Logger, env *message.Envelope, st *spool.State, out *Outcome, reason string) error {
+//
+// In ack=upstream mode (reported) the client is told the permanent reply,
+// so the message is removed rather than kept in failed/.
+func (s *Scheduler) finish(log *zap.Logger, env *message.Envelope, st *spool.State, out *Outcome, reason string, reported bool) error {
 	out.Removed = true
 	anyFailed := false
 	for _, r := range env.To {
@@ -506,7 +509,13 @@ func (s *Scheduler) finish(log *zap.Logger, env *message.Envelope, st *spool.Sta
 	}
 	messagesTotal.WithLabelValues(env.Mailbox, "failed", class).Inc()
 	log.Error("failed", zap.Int("attempt", st.Attempts), zap.String("upstream", class), zap.String("final", reason))
-	err := s.sp.Fail(env.ID, *st)
+	var err error
+	if reported {
+		log.Info("permanent failure reported to the client; removed from the spool")
+		err = s.sp.Remove(env.ID)
+	} else {
+		err = s.sp.Fail(env.ID, *st)
+	}
 	if errors.Is(err, spool.ErrNotFound) {
 		return nil // deleted by the CLI meanwhile
 	}
