@@ -1,0 +1,391 @@
+package delivery
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/spool"
+)
+
+var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *clock) Set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.now = t }
+
+// fake is a Forwarder scripted call by call.
+type fake struct {
+	mu    sync.Mutex
+	calls []call
+	steps []func(ctx context.Context, env *message.Envelope, body []byte) (*message.Result, error)
+}
+
+type call struct {
+	to   []string
+	body []byte
+}
+
+func (f *fake) Deliver(ctx context.Context, env *message.Envelope, body io.Reader) (*message.Result, error) {
+	b, err := io.ReadAll(body)
+	if err != nil {
+		return nil, reply.Wrap(err, 451, smtp.EnhancedCode{4, 3, 0}, "read")
+	}
+	f.mu.Lock()
+	n := len(f.calls)
+	f.calls = append(f.calls, call{to: env.To, body: b})
+	step := f.steps[min(n, len(f.steps)-1)]
+	f.mu.Unlock()
+	return step(ctx, env, b)
+}
+
+func (f *fake) n() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.calls) }
+
+func ok(_ context.Context, env *message.Envelope, _ []byte) (*message.Result, error) {
+	return &message.Result{Accepted: env.To, Reply: "250 2.0.0 OK <x@prod.outlook.com>"}, nil
+}
+
+func fails(re *reply.Error) func(context.Context, *message.Envelope, []byte) (*message.Result, error) {
+	return func(context.Context, *message.Envelope, []byte) (*message.Result, error) { return nil, re }
+}
+
+type fixture struct {
+	sp    *spool.Spool
+	s     *Scheduler
+	fw    *fake
+	clk   *clock
+	dir   string
+	envID message.ID
+}
+
+func setup(t *testing.T, fw *fake) *fixture {
+	t.Helper()
+	clk := &clock{now: t0}
+	dir := t.TempDir()
+	sp, err := spool.Open(spool.Options{Dir: dir, Fsync: true, Clock: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := sp.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	s, err := New(Options{Spool: sp, Forwarder: fw, Clock: clk.Now, Rand: func() float64 { return 0.5 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &message.Envelope{ID: message.NewID(t0), From: "app@example.com", To: []string{"a@example.org", "b@example.org"}, Mailbox: "relay@example.com", Received: t0}
+	if err := sp.Put(env, bytes.NewReader([]byte("Subject: hi\r\n\r\nbody\r\n"))); err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{sp: sp, s: s, fw: fw, clk: clk, dir: dir, envID: env.ID}
+}
+
+func (f *fixture) state(t *testing.T) spool.State {
+	t.Helper()
+	e, err := f.sp.Get(f.envID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.State
+}
+
+var (
+	temp    = &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: "Temporary server error", Stage: reply.StageData}
+	auth535 = &reply.Error{Code: 535, Enhanced: smtp.EnhancedCode{5, 7, 3}, Text: "Authentication unsuccessful", Stage: reply.StageAuth}
+	perm    = &reply.Error{Code: 550, Enhanced: smtp.EnhancedCode{5, 7, 60}, Text: "not permitted to send as", Stage: reply.StageMail}
+)
+
+func TestTransientRetriedWithBackoff(t *testing.T) {
+	t.Parallel()
+	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){fails(temp)}})
+	want := []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 16 * time.Minute, 30 * time.Minute, 30 * time.Minute}
+	for i, d := range want {
+		now := f.clk.Now()
+		out, err := f.s.attempt(context.Background(), f.envID)
+		if err != nil || out.Removed || len(out.Pending) != 2 {
+			t.Fatalf("attempt %d: %+v %v", i+1, out, err)
+		}
+		st := f.state(t)
+		if st.Attempts != i+1 || !st.NextAttempt.Equal(now.Add(d)) {
+			t.Fatalf("attempt %d: attempts %d next %v, want %v", i+1, st.Attempts, st.NextAttempt.Sub(now), d)
+		}
+		f.clk.Set(st.NextAttempt)
+	}
+}
+
+func TestJitterBounds(t *testing.T) {
+	t.Parallel()
+	for _, r := range []float64{0, 0.999999} {
+		s := &Scheduler{o: Options{Backoff: Backoff{Min: time.Minute, Max: 30 * time.Minute, Factor: 2, Jitter: 0.2}, Rand: func() float64 { return r }}}
+		d := s.backoff(1)
+		if d < 48*time.Second || d > 72*time.Second {
+			t.Errorf("backoff(1) with rand %v = %v", r, d)
+		}
+	}
+}
+
+func TestPartialRcptFailure(t *testing.T) {
+	t.Parallel()
+	rej := &reply.Error{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 1}, Text: "no such user", Stage: reply.StageRcpt}
+	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){
+		func(context.Context, *message.Envelope, []byte) (*message.Result, error) {
+			return &message.Result{Accepted: []string{"a@example.org"}, Rejected: map[string]*reply.Error{"b@example.org": rej}, Reply: "250 OK"}, nil
+		},
+	}})
+	out, err := f.s.attempt(context.Background(), f.envID)
+	if err != nil || !out.Removed || len(out.Delivered) != 1 || out.Failed["b@example.org"] == nil {
+		t.Fatalf("%+v %v", out, err)
+	}
+	failed, err := f.sp.ListFailed()
+	if err != nil || len(failed) != 1 {
+		t.Fatalf("failed/ = %+v %v", failed, err)
+	}
+	st := failed[0].State
+	if st.Status("a@example.org") != spool.Delivered || st.Status("b@example.org") != spool.Failed {
+		t.Errorf("state %+v", st)
+	}
+}
+
+func TestRcpt4xxRetriedForThatRecipientOnly(t *testing.T) {
+	t.Parallel()
+	busy := &reply.Error{Code: 450, Enhanced: smtp.EnhancedCode{4, 2, 1}, Text: "try later", Stage: reply.StageRcpt}
+	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){
+		func(context.Context, *message.Envelope, []byte) (*message.Result, error) {
+			return &message.Result{Accepted: []string{"a@example.org"}, Rejected: map[string]*reply.Error{"b@example.org": busy}}, nil
+		},
+		ok,
+	}})
+	if out, err := f.s.attempt(context.Background(), f.envID); err != nil || out.Removed || len(out.Pending) != 1 {
+		t.Fatalf("%+v %v", out, err)
+	}
+	f.clk.Set(f.state(t).NextAttempt)
+	if out, err := f.s.attempt(context.Background(), f.envID); err != nil || !out.Removed {
+		t.Fatalf("%+v %v", out, err)
+	}
+	if got := f.fw.calls[1].to; len(got) != 1 || got[0] != "b@example.org" {
+		t.Errorf("second attempt to %v, want only b", got)
+	}
+	if items, _, _ := f.sp.Stats(); items != 0 {
+		t.Errorf("items = %d", items)
+	}
+}
+
+func TestAuthFailureHoldsMailbox(t *testing.T) {
+	t.Parallel()
+	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){fails(auth535), fails(auth535), ok}})
+	out, err := f.s.attempt(context.Background(), f.envID)
+	if err != nil || out.Removed || len(out.Failed) != 0 {
+		t.Fatalf("%+v %v", out, err)
+	}
+	h := f.s.Health()["relay@example.com"]
+	if h.Healthy || !h.HeldUntil.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("health %+v", h)
+	}
+	if st := f.state(t); st.Attempts != 0 || !st.NextAttempt.Equal(t0.Add(time.Minute)) {
+		t.Errorf("a configuration error counted against the message: %+v", st)
+	}
+	// Held: no attempt is made before HeldUntil.
+	f.clk.Set(t0.Add(30 * time.Second))
+	if out, err := f.s.attempt(context.Background(), f.envID); err != nil || out.Removed || f.fw.n() != 1 {
+		t.Fatalf("attempt during hold: %+v %v, %d calls", out, err, f.fw.n())
+	}
+	// Probe after the hold fails again: the hold doubles.
+	f.clk.Set(t0.Add(time.Minute))
+	if _, err := f.s.attempt(context.Background(), f.envID); err != nil {
+		t.Fatal(err)
+	}
+	if h := f.s.Health()["relay@example.com"]; !h.HeldUntil.Equal(t0.Add(3 * time.Minute)) {
+		t.Errorf("second hold until %v", h.HeldUntil)
+	}
+	// Recovered.
+	f.clk.Set(t0.Add(3 * time.Minute))
+	if out, err := f.s.attempt(context.Background(), f.envID); err != nil || !out.Removed {
+		t.Fatalf("%+v %v", out, err)
+	}
+	if h := f.s.Health()["relay@example.com"]; !h.Healthy {
+		t.Errorf("not healthy after success: %+v", h)
+	}
+}
+
+func TestCrashMidDeliveryKeepsAttempt(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	var f *fixture
+	f = setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){
+		func(c context.Context, _ *message.Envelope, _ []byte) (*message.Result, error) {
+			// "Crash" mid-attempt: the attempt is already on disk.
+			if st := f.state(t); st.Attempts != 1 {
+				t.Errorf("attempt not recorded before delivery: %+v", st)
+			}
+			cancel()
+			return nil, reply.Wrap(c.Err(), 451, smtp.EnhancedCode{4, 4, 2}, "connection lost")
+		},
+	}})
+	if _, err := f.s.attempt(ctx, f.envID); err != nil {
+		t.Fatal(err)
+	}
+	st := f.state(t)
+	if st.Attempts != 1 || !st.NextAttempt.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("after crash: %+v", st)
+	}
+	// Restart: a new scheduler over the same spool schedules it no earlier
+	// than NextAttempt.
+	s2, err := New(Options{Spool: f.sp, Forwarder: f.fw, Clock: f.clk.Now, Rand: func() float64 { return 0.5 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.rescan(true); err != nil {
+		t.Fatal(err)
+	}
+	if due := s2.due[f.envID]; due.Before(st.NextAttempt) {
+		t.Errorf("rescheduled at %v, before NextAttempt %v", due, st.NextAttempt)
+	}
+}
+
+func TestMaxAgeExpires(t *testing.T) {
+	t.Parallel()
+	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){ok}})
+	f.clk.Set(t0.Add(121 * time.Hour))
+	out, err := f.s.attempt(context.Background(), f.envID)
+	if err != nil || !out.Removed || f.fw.n() != 0 {
+		t.Fatalf("%+v %v, %d calls", out, err, f.fw.n())
+	}
+	re := out.Failed["a@example.org"]
+	if re == nil || re.Enhanced != (smtp.EnhancedCode{4, 4, 7}) {
+		t.Errorf("reply %v", re)
+	}
+	if failed, err := f.sp.ListFailed(); err != nil || len(failed) != 1 || failed[0].State.Final != "expired" {
+		t.Errorf("failed/ = %+v %v", failed, err)
+	}
+}
+
+func TestDeliverNow(t *testing.T) {
+	t.Parallel()
+	t.Run("delivered", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){ok}})
+		out, err := f.s.DeliverNow(context.Background(), f.envID)
+		if err != nil || !out.Removed || len(out.Delivered) != 2 || out.Reply == "" {
+			t.Fatalf("%+v %v", out, err)
+		}
+		if got := string(f.fw.calls[0].body); got != "Subject: hi\r\n\r\nbody\r\n" {
+			t.Errorf("body %q", got)
+		}
+	})
+	t.Run("permanent", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){fails(perm)}})
+		out, err := f.s.DeliverNow(context.Background(), f.envID)
+		if err != nil || !out.Removed || len(out.Failed) != 2 || reply.As(out.Err).Code != 550 {
+			t.Fatalf("%+v %v", out, err)
+		}
+		if items, _, _ := f.sp.Stats(); items != 0 {
+			t.Errorf("still queued")
+		}
+		if failed, _ := f.sp.ListFailed(); len(failed) != 0 {
+			t.Errorf("kept in failed/ though the client got the 5xx")
+		}
+	})
+	t.Run("transient", func(t *testing.T) {
+		t.Parallel()
+		f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){fails(temp)}})
+		out, err := f.s.DeliverNow(context.Background(), f.envID)
+		if err != nil || out.Removed || len(out.Pending) != 2 || !out.NextAttempt.Equal(t0.Add(time.Minute)) {
+			t.Fatalf("%+v %v", out, err)
+		}
+		if due, ok := f.s.due[f.envID]; !ok || !due.Equal(out.NextAttempt) {
+			t.Errorf("not scheduled: %v %v", due, ok)
+		}
+	})
+}
+
+func TestPanicContained(t *testing.T) {
+	t.Parallel()
+	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){
+		func(context.Context, *message.Envelope, []byte) (*message.Result, error) { panic("boom") },
+	}})
+	for i := 1; i <= 3; i++ {
+		out, err := f.s.attempt(context.Background(), f.envID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i < 3 {
+			if out.Removed || f.state(t).Panics != i {
+				t.Fatalf("panic %d: %+v", i, out)
+			}
+			f.clk.Set(f.state(t).NextAttempt)
+			continue
+		}
+		if !out.Removed {
+			t.Fatalf("not given up after 3 panics: %+v", out)
+		}
+	}
+	failed, err := f.sp.ListFailed()
+	if err != nil || len(failed) != 1 || failed[0].State.Final != "internal error" {
+		t.Fatalf("failed/ = %+v %v", failed, err)
+	}
+}
+
+func TestContinuousPermanentErrorsMarkUnhealthy(t *testing.T) {
+	t.Parallel()
+	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){fails(perm)}})
+	ids := []message.ID{f.envID}
+	for i := 1; i < 5; i++ {
+		env := &message.Envelope{ID: message.NewID(t0), To: []string{"c@example.org"}, Mailbox: "relay@example.com", Received: t0}
+		if err := f.sp.Put(env, bytes.NewReader([]byte("x\r\n"))); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, env.ID)
+	}
+	for i, id := range ids {
+		if h := f.s.Health()["relay@example.com"]; i > 0 && !h.Healthy {
+			t.Fatalf("unhealthy after %d", i)
+		}
+		if out, err := f.s.attempt(context.Background(), id); err != nil || !out.Removed {
+			t.Fatalf("%+v %v", out, err)
+		}
+	}
+	if h := f.s.Health()["relay@example.com"]; h.Healthy || h.ConsecutivePermanent != 5 {
+		t.Errorf("health %+v", h)
+	}
+}
+
+func TestRunDeliversEnqueued(t *testing.T) {
+	t.Parallel()
+	delivered := make(chan struct{})
+	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){
+		func(ctx context.Context, env *message.Envelope, b []byte) (*message.Result, error) {
+			close(delivered)
+			return ok(ctx, env, b)
+		},
+	}})
+	// The fake clock never moves, so timers never fire: the message must
+	// be picked up because Enqueued made it due now.
+	f.s.o.After = func(time.Duration) <-chan time.Time { return nil }
+	f.s.o.Rand = func() float64 { return 0 }
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- f.s.Run(ctx) }()
+	f.s.Enqueued(f.envID)
+	<-delivered
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if items, _, _ := f.sp.Stats(); items != 0 {
+		t.Errorf("items = %d after delivery", items)
+	}
+}
