@@ -395,6 +395,19 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 		out.Pending, out.NextAttempt, out.Err = pending, st.NextAttempt, derr
 		return out, nil
 	}
+	if errors.Is(derr, spool.ErrCorrupt) {
+		// The record on disk is damaged: the forwarder aborted before the
+		// final dot (spool.Body fails at EOF). Retrying cannot help and
+		// failing would bounce a message we cannot read; keep it for an
+		// operator.
+		messagesTotal.WithLabelValues(env.Mailbox, "failed", "corrupt").Inc()
+		log.Error("queued message is corrupt; moved to corrupt/", zap.Int("attempt", st.Attempts), zap.Error(derr))
+		out.Err, out.Removed = derr, true
+		if err := s.sp.Quarantine(id, derr); err != nil && !errors.Is(err, spool.ErrNotFound) {
+			return nil, err
+		}
+		return out, nil
+	}
 	var panicked bool
 	if pe, ok := derr.(*panicError); ok {
 		panicked = true

@@ -961,3 +961,30 @@ func (s *Spool) Close() error {
 	})
 	return s.closeErr
 }
+
+// Quarantine moves a queued message whose record turned out corrupt (its
+// body failed the checksum during delivery) to corrupt/, where an operator
+// can inspect it: it is never deleted, and never retried as if whole.
+func (s *Spool) Quarantine(id message.ID, why error) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	if _, err := s.fs.Stat(s.msgPath(s.queue, id)); err != nil {
+		return fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	s.quarantine(string(id)+".msg", why)
+	if _, err := s.fs.Stat(s.msgPath(s.queue, id)); err == nil {
+		return fmt.Errorf("spool: could not move %s to corrupt/", id)
+	}
+	if _, err := s.fs.Stat(s.statePath(s.queue, id)); err == nil {
+		s.quarantine(string(id)+".state", why)
+	}
+	s.mu.Lock()
+	s.drop(id)
+	s.publish()
+	s.mu.Unlock()
+	if err := s.syncDir(s.corrupt); err != nil {
+		return err
+	}
+	return s.syncQueue()
+}
