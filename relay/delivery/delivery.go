@@ -59,6 +59,9 @@ type Options struct {
 	// ContinuousErrors is how many consecutive permanent failures mark a
 	// mailbox unhealthy (default 5).
 	ContinuousErrors int
+	// AttemptTimeout bounds one attempt (default 10 min: a 150 MB body at
+	// a modest 2 Mbit/s still fits).
+	AttemptTimeout time.Duration
 }
 
 // Scheduler drives delivery of the spool.
@@ -107,6 +110,9 @@ func New(opts Options) (*Scheduler, error) {
 	if opts.RescanEvery <= 0 {
 		opts.RescanEvery = 30 * time.Second
 	}
+	if opts.AttemptTimeout <= 0 {
+		opts.AttemptTimeout = 10 * time.Minute
+	}
 	if opts.ContinuousErrors <= 0 {
 		opts.ContinuousErrors = 5
 	}
@@ -138,6 +144,7 @@ func (s *Scheduler) scheduleLocked(id message.ID, at time.Time) {
 
 // Enqueued tells the scheduler about a message just Put: deliver it now.
 func (s *Scheduler) Enqueued(id message.ID) {
+	s.log.Info("queued", zap.String("id", string(id)))
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.scheduleLocked(id, s.o.Clock())
@@ -339,6 +346,7 @@ func (s *Scheduler) attempt(ctx context.Context, id message.ID) (*Outcome, error
 var (
 	enhExpired  = smtp.EnhancedCode{4, 4, 7} // RFC 3463 X.4.7 delivery time expired
 	enhInternal = smtp.EnhancedCode{4, 3, 0}
+	enhHeld     = smtp.EnhancedCode{4, 3, 0} // RFC 3463 X.3.0: the mail system (upstream) is unavailable
 )
 
 func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (*Outcome, error) {
@@ -369,11 +377,13 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 		out.Err = re
 		return out, s.finish(log, env, &st, out, "expired", sync)
 	}
-	if !sync {
-		if until, ok := s.holdUntil(env.Mailbox, now); ok {
-			out.Pending, out.NextAttempt = pending, until
-			return out, nil
-		}
+	if until, ok := s.holdUntil(env.Mailbox, now); ok {
+		// Held (configuration, quota or throttling): no attempt, the
+		// attempt counter is untouched. In ack=upstream mode the client
+		// learns why the message is only queued.
+		out.Pending, out.NextAttempt = pending, until
+		out.Err = reply.New(451, enhHeld, "Delivery for this mailbox is paused; message queued")
+		return out, nil
 	}
 	defer s.endProbe(env.Mailbox)
 
@@ -562,6 +572,8 @@ func (s *Scheduler) forward(ctx context.Context, log *zap.Logger, id message.ID,
 	}()
 	e2 := *env
 	e2.To = pending
+	ctx, cancel := context.WithTimeout(ctx, s.o.AttemptTimeout)
+	defer cancel()
 	return s.o.Forwarder.Deliver(ctx, &e2, body)
 }
 
