@@ -176,6 +176,9 @@ func (s *Spool) recover() error {
 				continue // checked with its .msg
 			}
 			if strings.HasPrefix(name, ".") { // our own atomic-write temporaries
+				if info, err := de.Info(); err == nil && now.Sub(info.ModTime()) >= TmpMaxAge {
+					_ = s.fs.Remove(filepath.Join(s.queue, name)) // best effort: an abandoned state write
+				}
 				continue
 			}
 			s.quarantine(name, errors.New("unexpected file"))
@@ -760,8 +763,8 @@ func (s *Spool) Remove(id message.ID) error {
 
 func (s *Spool) removeFiles(dir string, id message.ID) error {
 	// The .msg goes first: a crash in between leaves an orphaned .state,
-	// which Open discards, never a message without its attempts counter
-	// being taken for a fresh one... (a .msg without .state is "fresh").
+	// which Open discards. The other order could leave a .msg without its
+	// .state, which would be retried as fresh, attempts reset.
 	for _, p := range []string{s.msgPath(dir, id), s.statePath(dir, id)} {
 		if err := s.fs.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("spool: remove %s: %w", id, err)
