@@ -1,0 +1,373 @@
+// Package relay owns the running daemon: it assembles the intake listener,
+// the spool, the delivery scheduler, the Exchange Online client, the token
+// source and the admin endpoint from a config.Config, and starts and stops
+// them in the order that keeps every acknowledged message safe.
+//
+// Start order: the spool is opened (recovery, quarantine) before the listener
+// binds, so no 250 can be given before the queue is usable; both ports are
+// bound in New so a taken port stops the daemon at start.
+//
+// Stop order (SIGTERM): the listener stops accepting and answers 421 4.3.2 to
+// new transactions, sessions inside DATA finish up to the shutdown timeout;
+// then delivery workers are cancelled (an attempt in flight was recorded before
+// it began and is retried after the restart), pooled upstream connections are
+// closed, and the spool is closed last.
+package relay
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/o365relay/o365relay/config"
+	"github.com/o365relay/o365relay/relay/admin"
+	"github.com/o365relay/o365relay/relay/delivery"
+	"github.com/o365relay/o365relay/relay/smtpd"
+	"github.com/o365relay/o365relay/relay/spool"
+	"github.com/o365relay/o365relay/relay/upstream"
+	"github.com/o365relay/o365relay/token"
+)
+
+// Deps are what the daemon takes from outside its configuration; tests and
+// the demo inject them, the serve command leaves them zero.
+type Deps struct {
+	Logger *zap.Logger
+	// HTTPClient talks to Entra ID; nil means the token package's default
+	// (system roots, which SSL_CERT_FILE extends).
+	HTTPClient *http.Client
+	// RootCAs verify Exchange Online; nil means the system roots.
+	RootCAs *x509.CertPool
+	// Clock; nil means time.Now.
+	Clock func() time.Time
+	// OnReady is called once, when the listener is bound and a token is held
+	// (systemd's READY=1).
+	OnReady func()
+}
+
+// Relay is an assembled daemon.
+type Relay struct {
+	cfg    *config.Config
+	log    *zap.Logger
+	tokens *token.EntraSource
+	up     *upstream.Client
+	sp     *spool.Spool
+	sched  *delivery.Scheduler
+	smtp   *smtpd.Server
+	admin  *admin.Server
+	onRdy  func()
+}
+
+// New builds every part and binds the listeners. On error everything opened
+// so far is closed again.
+func New(cfg *config.Config, d Deps) (r *Relay, err error) {
+	if err := cfg.CheckDaemon(); err != nil {
+		return nil, err
+	}
+	log := d.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	clock := d.Clock
+	if clock == nil {
+		clock = time.Now
+	}
+	r = &Relay{cfg: cfg, log: log, onRdy: d.OnReady}
+	var closers []func() error
+	defer func() {
+		if err != nil {
+			for i := len(closers) - 1; i >= 0; i-- {
+				if cerr := closers[i](); cerr != nil {
+					log.Warn("closing after a failed start", zap.Error(cerr))
+				}
+			}
+		}
+	}()
+
+	cred, err := Credential(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	r.tokens, err = token.NewSource(token.Options{
+		AuthorityHost: cfg.AuthorityHost,
+		TenantID:      cfg.TenantID,
+		ClientID:      cfg.ClientID,
+		Scope:         cfg.Scope,
+		Credential:    cred,
+		HTTPClient:    d.HTTPClient,
+		Clock:         clock,
+		Logger:        log.Named("token"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, r.tokens.Close)
+
+	r.up, err = upstream.New(upstream.Options{
+		Addr:               cfg.Upstream,
+		RootCAs:            d.RootCAs,
+		Tokens:             r.tokens,
+		HelloName:          cfg.Hostname,
+		Clock:              clock,
+		Logger:             log.Named("upstream"),
+		MaxConnsPerMailbox: cfg.MailboxConnections,
+	})
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, r.up.Close)
+
+	r.sp, err = spool.Open(spool.Options{
+		Dir:      cfg.SpoolDir,
+		Fsync:    true,
+		MaxItems: cfg.SpoolMaxItems,
+		MaxBytes: cfg.SpoolMaxBytes,
+		Clock:    clock,
+		Logger:   log.Named("spool"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("spool_dir %s: %w (set O365RELAY_SPOOL_DIR to a directory this user can write)", cfg.SpoolDir, err)
+	}
+	closers = append(closers, r.sp.Close)
+
+	r.sched, err = delivery.New(delivery.Options{
+		Spool:     r.sp,
+		Forwarder: r.up,
+		Workers:   cfg.MailboxConnections,
+		MaxAge:    cfg.QueueLifetime,
+		Clock:     clock,
+		Logger:    log.Named("delivery"),
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	le := smtpd.RejectBareLineEndings
+	if cfg.LineEndings == "normalize" {
+		le = smtpd.NormalizeBareLineEndings
+	}
+	mailbox := cfg.Mailbox
+	r.smtp, err = smtpd.New(smtpd.Options{
+		Addr:            cfg.Listen,
+		AllowedNetworks: cfg.AllowedNetworks,
+		Hostname:        cfg.Hostname,
+		Sink:            &sink{spool: r.sp, sched: r.sched, mode: AckMode(cfg.Ack)},
+		// One mailbox for every sender; per-sender rules are issue 4's.
+		Route:                   func(string) (string, error) { return mailbox, nil },
+		MaxMessageBytes:         cfg.MaxMessageBytes,
+		MaxRecipients:           cfg.MaxRecipients,
+		MaxConnections:          cfg.MaxConnections,
+		MaxConnectionsPerClient: cfg.MaxConnectionsPerClient,
+		LineEndings:             le,
+		Logger:                  log.Named("smtpd"),
+		Clock:                   clock,
+		OnRefused:               func(reason string) { connectionsRefused.WithLabelValues(reason).Inc() },
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := r.smtp.Listen(); err != nil {
+		return nil, fmt.Errorf("listen (O365RELAY_LISTEN): %w", err)
+	}
+	closers = append(closers, func() error { return r.smtp.Shutdown(context.Background()) })
+
+	if cfg.AdminListen != "" {
+		var cs []prometheus.Collector
+		cs = append(cs, token.Collectors()...)
+		cs = append(cs, upstream.Collectors()...)
+		cs = append(cs, spool.Collectors()...)
+		cs = append(cs, delivery.Collectors()...)
+		cs = append(cs, Collectors()...)
+		r.admin, err = admin.New(admin.Options{
+			Addr:       cfg.AdminListen,
+			Collectors: cs,
+			Ready: map[string]admin.Check{
+				"token": r.tokenReady,
+				"spool": r.spoolReady,
+			},
+			Logger: log.Named("admin"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		if err := r.admin.Listen(); err != nil {
+			return nil, fmt.Errorf("admin_listen (O365RELAY_ADMIN_LISTEN): %w", err)
+		}
+	}
+	return r, nil
+}
+
+// Credential builds the token credential the configuration names. A
+// certificate is loaded and checked here, so a key that does not match its
+// certificate stops the daemon at start.
+func Credential(cfg *config.Config, log *zap.Logger) (token.Credential, error) {
+	switch cfg.Credential() {
+	case "certificate":
+		cert, err := token.LoadCertificate(cfg.CertificatePath, cfg.CertificatePassword)
+		if err != nil {
+			return token.Credential{}, fmt.Errorf("client_certificate_path (AZURE_CLIENT_CERTIFICATE_PATH): %w", err)
+		}
+		warnKeyPermissions(cfg.CertificatePath, log)
+		return token.Credential{Certificate: cert, Algorithm: token.Algorithm(cfg.AssertionAlgorithm)}, nil
+	case "federated":
+		return token.Credential{FederatedTokenFile: cfg.FederatedTokenFile}, nil
+	case "secret":
+		return token.Credential{ClientSecret: cfg.ClientSecret}, nil
+	}
+	return token.Credential{}, errors.New("no credential configured")
+}
+
+// warnKeyPermissions warns when the private key is readable by others than
+// its owner (and the group, where Kubernetes' fsGroup makes 0440 normal).
+func warnKeyPermissions(path string, log *zap.Logger) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return
+	}
+	if fi.Mode().Perm()&0o004 != 0 {
+		log.Warn("the certificate's private key file is world-readable; chmod 600 it (or 0440 with a dedicated group)",
+			zap.String("path", path), zap.String("mode", fi.Mode().Perm().String()))
+	}
+}
+
+// SMTPAddr is the bound SMTP address.
+func (r *Relay) SMTPAddr() net.Addr { return r.smtp.Addr() }
+
+// AdminAddr is the bound admin address, or nil when it is off.
+func (r *Relay) AdminAddr() net.Addr {
+	if r.admin == nil {
+		return nil
+	}
+	return r.admin.Addr()
+}
+
+// Tokens returns the token source (the demo and tests inspect it).
+func (r *Relay) Tokens() *token.EntraSource { return r.tokens }
+
+// Spool returns the spool.
+func (r *Relay) Spool() *spool.Spool { return r.sp }
+
+func (r *Relay) tokenReady(context.Context) error {
+	st := r.tokens.Status()
+	if st.HasToken {
+		return nil
+	}
+	if st.LastError != nil {
+		// EntraError text: AADSTS code, description and hint; no secrets.
+		return st.LastError
+	}
+	return errors.New("no token from Entra ID yet")
+}
+
+func (r *Relay) spoolReady(context.Context) error {
+	// Prove the spool is writable now (a full or read-only disk makes
+	// every new message a 452); the file is tiny and removed at once.
+	p := filepath.Join(r.cfg.SpoolDir, "tmp", ".readyz")
+	if err := os.WriteFile(p, []byte("ok"), 0o600); err != nil {
+		return fmt.Errorf("spool not writable: %w", err)
+	}
+	return os.Remove(p)
+}
+
+// Run serves until ctx is done, then shuts down in order. It returns nil
+// after a clean shutdown.
+func (r *Relay) Run(ctx context.Context) error {
+	log := r.log
+	workCtx, stopWork := context.WithCancel(context.Background())
+	defer stopWork()
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 4)
+	goFn := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	goFn("token", func() error { return r.tokens.Run(workCtx) })
+	goFn("delivery", func() error { return r.sched.Run(workCtx) })
+	goFn("smtp listener", r.smtp.Serve)
+	if r.admin != nil {
+		goFn("admin listener", r.admin.Serve)
+	}
+	log.Info("listening", zap.Stringer("smtp", r.smtp.Addr()), zap.String("admin", r.cfg.AdminListen),
+		zap.String("upstream", r.cfg.Upstream), zap.String("mailbox", r.cfg.Mailbox), zap.String("ack", r.cfg.Ack))
+
+	// Ready once a token is held: before that every message would only
+	// queue. The wait ends with ctx too.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(50 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if r.tokens.Status().HasToken {
+				log.Info("ready: listener up and token held")
+				if r.onRdy != nil {
+					r.onRdy()
+				}
+				return
+			}
+			select {
+			case <-workCtx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		log.Error("a part of the relay stopped; shutting down", zap.Error(runErr))
+	}
+	log.Info("shutting down", zap.Duration("timeout", r.cfg.ShutdownTimeout))
+	sctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
+	defer cancel()
+	var errs []error
+	if err := r.smtp.Shutdown(sctx); err != nil {
+		errs = append(errs, err)
+	}
+	stopWork()
+	if r.admin != nil {
+		if err := r.admin.Shutdown(sctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		if runErr == nil || err.Error() != runErr.Error() {
+			errs = append(errs, err)
+		}
+	}
+	if err := r.up.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("upstream: %w", err))
+	}
+	if err := r.tokens.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("token: %w", err))
+	}
+	if err := r.sp.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("spool: %w", err))
+	}
+	if runErr != nil {
+		errs = append([]error{runErr}, errs...)
+	}
+	if len(errs) == 0 {
+		log.Info("stopped")
+	}
+	return errors.Join(errs...)
+}
