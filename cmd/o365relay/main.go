@@ -1,0 +1,120 @@
+// Command o365relay is an SMTP relay that lets applications which speak only
+// plain, unauthenticated SMTP send through Exchange Online, authenticating
+// with an OAuth2 token obtained from Entra ID (certificate-signed client
+// assertion, client-credentials flow, SMTP.SendAsApp).
+//
+// main only parses the subcommand, loads configuration and hands over to the
+// relay packages; see README.md for the subcommands and settings.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+)
+
+type command struct {
+	name, summary string
+	run           func(ctx context.Context, args []string, stdout, stderr io.Writer) int
+}
+
+func commands() []command {
+	return []command{
+		{"serve", "run the relay daemon", runServe},
+		{"demo", "run the relay against built-in imitations of Entra ID and Exchange Online and send one message", runDemo},
+		{"queue", "inspect and manage the spool: list | show ID | retry ID|all | delete ID | failed", runQueue},
+		{"healthcheck", "exit 0 if the running relay's /readyz says ready, 1 otherwise", runHealthcheck},
+		{"version", "print the version", runVersion},
+	}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			// The first SIGINT/SIGTERM cancels ctx (a graceful stop); the
+			// daemon restores default handling afterwards so a second signal
+			// ends the process at once.
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return c.run(ctx, args[1:], stdout, stderr)
+		}
+	}
+	fmt.Fprintf(stderr, "o365relay: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "Usage: o365relay <command> [flags]\n\nCommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, "\nRun 'o365relay <command> --help' for a command's flags.\n")
+}
+
+// version reports the module version and VCS revision Go stamped into the
+// binary (no ldflags needed: `go build` records them in build info).
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	var rev, modified string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				modified = "+dirty"
+			}
+		}
+	}
+	if rev != "" {
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		v += " (" + rev + modified + ")"
+	}
+	return v + " " + bi.GoVersion
+}
+
+func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+		fmt.Fprintln(stderr, "Usage: o365relay version\n\nPrints the version, VCS revision and Go version.")
+		return 0
+	}
+	fmt.Fprintln(stdout, "o365relay", version())
+	return 0
+}
+
+// exitErr prints err and returns the exit code for it.
+func exitErr(stderr io.Writer, err error) int {
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, errUsage) {
+		return 2
+	}
+	fmt.Fprintln(stderr, "o365relay:", err)
+	return 1
+}
+
+var errUsage = errors.New("usage")

@@ -1,0 +1,170 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/o365relay/o365relay/config"
+	"github.com/o365relay/o365relay/relay"
+)
+
+// settingFlags registers --config and one flag per setting on fs, and
+// returns a function that reads what was given into a config.Input.
+func settingFlags(fs *flag.FlagSet) func() config.Input {
+	file := fs.String("config", "", "YAML configuration `file` (flags beat environment beat file)")
+	vals := map[string]*string{}
+	for _, s := range config.Settings() {
+		def := s.Default
+		if s.Secret {
+			def = ""
+		}
+		usage := s.Doc + " (env " + s.Env + ")"
+		if def != "" {
+			usage += " (default " + def + ")"
+		}
+		vals[s.Key] = fs.String(s.Flag(), "", usage)
+	}
+	return func() config.Input {
+		in := config.Input{File: *file, Env: os.Environ(), Flags: map[string]string{}}
+		fs.Visit(func(f *flag.Flag) {
+			for _, s := range config.Settings() {
+				if s.Flag() == f.Name {
+					in.Flags[s.Key] = *vals[s.Key]
+				}
+			}
+		})
+		return in
+	}
+}
+
+// newFlagSet makes a FlagSet whose errors and help go to stderr.
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: o365relay %s\n\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args; it returns (exit code, done) for --help and errors.
+func parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, true
+		}
+		return 2, true
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "o365relay %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return 2, true
+	}
+	return 0, false
+}
+
+// newLogger builds the daemon's logger. Messages are structured; no part of
+// the relay passes a token, key or body to it, at any level.
+func newLogger(cfg *config.Config, w io.Writer) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(cfg.LogLevel)
+	if err != nil {
+		return nil, err
+	}
+	ec := zap.NewProductionEncoderConfig()
+	ec.TimeKey = "ts"
+	ec.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if cfg.LogFormat == "console" {
+		ec.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(ec)
+	} else {
+		enc = zapcore.NewJSONEncoder(ec)
+	}
+	core := zapcore.NewCore(enc, zapcore.AddSync(w), lvl)
+	return zap.New(core, zap.ErrorOutput(zapcore.AddSync(w))), nil
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := newFlagSet("serve", "serve [--config FILE] [--SETTING VALUE ...]\n\nRuns the relay. Every setting is also an environment variable and a key of the\nconfiguration file (README.md, Configuration reference).", stderr)
+	input := settingFlags(fs)
+	if code, done := parseFlags(fs, args); done {
+		return code
+	}
+	cfg, err := config.Load(input())
+	if err != nil {
+		fmt.Fprintf(stderr, "o365relay: configuration:\n%s\n", indent(err.Error()))
+		return 2
+	}
+	if err := cfg.CheckDaemon(); err != nil {
+		fmt.Fprintf(stderr, "o365relay: configuration:\n%s\n", indent(err.Error()))
+		return 2
+	}
+	log, err := newLogger(cfg, stderr)
+	if err != nil {
+		return exitErr(stderr, err)
+	}
+	defer func() { _ = log.Sync() }()
+	for _, w := range cfg.Warnings {
+		log.Warn("configuration: " + w)
+	}
+	eff := cfg.Effective()
+	keys := make([]string, 0, len(eff))
+	for k := range eff {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	fields := []zap.Field{zap.String("version", version())}
+	for _, k := range keys {
+		fields = append(fields, zap.String(k, eff[k]))
+	}
+	log.Info("starting", fields...)
+
+	r, err := relay.New(cfg, relay.Deps{
+		Logger: log,
+		OnReady: func() {
+			if err := sdNotify("READY=1"); err != nil {
+				log.Warn("systemd notify", zap.Error(err))
+			}
+		},
+	})
+	if err != nil {
+		log.Error("cannot start", zap.Error(err))
+		fmt.Fprintln(stderr, "o365relay:", err)
+		return 1
+	}
+	done := make(chan error, 1)
+	runCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { done <- r.Run(runCtx) }()
+	select {
+	case <-ctx.Done():
+		// First signal: drain. Restore default handling so a second
+		// SIGINT/SIGTERM ends the process at once (nothing acknowledged
+		// is lost: it is on disk).
+		signal.Reset(os.Interrupt, syscall.SIGTERM)
+		_ = sdNotify("STOPPING=1")
+		cancel()
+		err = <-done
+	case err = <-done:
+	}
+	if err != nil {
+		log.Error("stopped with an error", zap.Error(err))
+		return 1
+	}
+	return 0
+}
+
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
+}
