@@ -171,9 +171,16 @@ func (p *proc) kill() {
 // output and exit code.
 func runTool(t *testing.T, stdin []byte, name string, args ...string) (string, int) {
 	t.Helper()
+	return runToolWith(t, nil, stdin, name, args...)
+}
+
+// runToolWith is runTool with an explicit environment (nil: inherit).
+func runToolWith(t *testing.T, env []string, stdin []byte, name string, args ...string) (string, int) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Env = env
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}

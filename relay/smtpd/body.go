@@ -37,10 +37,10 @@ const maxReceived = 50
 var (
 	errBareLF = reply.New(550, smtp.EnhancedCode{5, 6, 0},
 		"Message has a line ending in bare LF (no CR); SMTP requires CRLF (RFC 5321 section 2.3.8). "+
-			"Fix the sender, or set bare_line_endings: normalize in the relay's configuration")
+			"Fix the sender, or set line_endings: normalize (O365RELAY_LINE_ENDINGS) in the relay's configuration")
 	errBareCR = reply.New(550, smtp.EnhancedCode{5, 6, 0},
 		"Message has a bare CR not followed by LF; SMTP requires CRLF (RFC 5321 section 2.3.8). "+
-			"Fix the sender, or set bare_line_endings: normalize in the relay's configuration")
+			"Fix the sender, or set line_endings: normalize (O365RELAY_LINE_ENDINGS) in the relay's configuration")
 	errLoop = reply.New(554, smtp.EnhancedCode{5, 4, 6},
 		fmt.Sprintf("Too many Received: headers (more than %d): mail loop detected", maxReceived))
 )
