@@ -64,6 +64,8 @@ type Config struct {
 	SpoolMaxBytes   int64
 	Ack             string // "spool" or "upstream"
 	QueueLifetime   time.Duration
+	RetryMin        time.Duration
+	RetryMax        time.Duration
 	ShutdownTimeout time.Duration
 
 	// Operations.
@@ -233,6 +235,9 @@ func (c *Config) check() []error {
 		// wider must be a decision someone wrote down (style.md, smtprelay's
 		// "empty allowed_nets means everyone" is the trap to avoid).
 		errs = append(errs, c.errf("listen", "%s is not a loopback address and the relay does not authenticate SMTP clients; also set allowed_networks (O365RELAY_ALLOWED_NETWORKS) to the networks of the clients that may relay, e.g. 10.244.0.0/16", c.Listen))
+	}
+	if c.RetryMax < c.RetryMin {
+		errs = append(errs, c.errf("retry_max", "%s is shorter than retry_min (%s); make it at least as long", c.RetryMax, c.RetryMin))
 	}
 	if len(c.AllowedNetworks) == 0 {
 		c.Warnings = append(c.Warnings, "allowed_networks is empty: every client connection will be refused")

@@ -190,6 +190,20 @@ func Settings() []Setting {
 			c.QueueLifetime = d
 			return err
 		}, func(c *Config) string { return c.QueueLifetime.String() }})
+	add(Setting{Group: "Spool and delivery", Key: "retry_min", Env: "O365RELAY_RETRY_MIN", Default: "1m",
+		Doc: "First retry delay after a transient failure; it doubles (±20% jitter) up to retry_max (Postfix's minimal_backoff_time)."},
+		accessor{func(c *Config, v string) error {
+			d, err := parseDuration(v)
+			c.RetryMin = d
+			return err
+		}, func(c *Config) string { return c.RetryMin.String() }})
+	add(Setting{Group: "Spool and delivery", Key: "retry_max", Env: "O365RELAY_RETRY_MAX", Default: "30m",
+		Doc: "Longest retry delay (Postfix's maximal_backoff_time)."},
+		accessor{func(c *Config, v string) error {
+			d, err := parseDuration(v)
+			c.RetryMax = d
+			return err
+		}, func(c *Config) string { return c.RetryMax.String() }})
 	add(Setting{Group: "Spool and delivery", Key: "shutdown_timeout", Env: "O365RELAY_SHUTDOWN_TIMEOUT", Default: "30s",
 		Doc: "How long SIGTERM waits for sessions in DATA before closing them (they got no 250, so nothing is lost)."},
 		accessor{func(c *Config, v string) error {

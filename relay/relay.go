@@ -144,6 +144,7 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 		Forwarder: r.up,
 		Workers:   cfg.MailboxConnections,
 		MaxAge:    cfg.QueueLifetime,
+		Backoff:   delivery.Backoff{Min: cfg.RetryMin, Max: cfg.RetryMax, Factor: 2, Jitter: 0.2},
 		Clock:     clock,
 		Logger:    log.Named("delivery"),
 	})

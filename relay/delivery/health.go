@@ -104,12 +104,13 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 	case re.Stage == reply.StageToken,
 		re.Stage == reply.StageAuth && re.Code == 535,
 		re.Code == 530 && enh == [3]int{5, 7, 57}:
-		// Configuration: every message of this mailbox would fail the
-		// same way. Pause with backoff 1 min → 30 min, probe one at a time.
+		// Configuration (or an Entra outage): every message of this
+		// mailbox would fail the same way. Pause along the retry schedule
+		// (1 min → 30 min by default), probe one at a time.
 		if b.backoff == 0 {
-			b.backoff = time.Minute
-		} else if b.backoff *= 2; b.backoff > 30*time.Minute {
-			b.backoff = 30 * time.Minute
+			b.backoff = s.o.Backoff.Min
+		} else if b.backoff *= 2; b.backoff > s.o.Backoff.Max {
+			b.backoff = s.o.Backoff.Max
 		}
 		return hold(classOf(re), b.backoff)
 	case re.Code == 554 && enh == [3]int{5, 2, 0}:
@@ -118,8 +119,12 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 	case re.Code == 550 && enh[0] == 5 && enh[1] == 2 && enh[2] >= 251 && enh[2] <= 255:
 		// Continuous-error throttling: stop and alert; retrying makes it worse.
 		return hold(classOf(re), time.Hour)
-	case re.Code == 432 || (re.Temporary() && enh == [3]int{4, 3, 2}):
-		// Too many concurrent connections: retry soon, 30 s – 2 min.
+	case re.Code == 432 || (re.Temporary() && re.Code != 421 && enh == [3]int{4, 3, 2}):
+		// Too many concurrent connections ("432 4.3.2 Concurrent
+		// connections limit exceeded", "4.3.2 STOREDRV.ClientSubmit;
+		// sender thread limit exceeded"): retry soon, 30 s – 2 min.
+		// "421 4.3.2 Service not available" is the server going away,
+		// an outage like any other: the ordinary backoff applies.
 		d := 30*time.Second + time.Duration(s.o.Rand()*float64(90*time.Second))
 		return holdDecision{next: now.Add(d)}
 	case !re.Temporary():

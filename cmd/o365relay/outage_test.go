@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/o365relay/o365relay/relay/exchangetest"
+	"github.com/o365relay/o365relay/relay/relaytest"
+)
+
+// deferral is one "deferred" log line of the relay.
+type deferral struct {
+	ID   string    `json:"id"`
+	TS   time.Time `json:"ts"`
+	Next time.Time `json:"next_attempt"`
+	Msg  string    `json:"msg"`
+}
+
+func deferrals(out string) map[string][]deferral {
+	m := map[string][]deferral{}
+	for _, line := range strings.Split(out, "\n") {
+		var d deferral
+		if json.Unmarshal([]byte(line), &d) == nil && d.Msg == "deferred" {
+			m[d.ID] = append(m[d.ID], d)
+		}
+	}
+	return m
+}
+
+func sendN(t *testing.T, addr string, n int, subject string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for i := 0; i < n; i++ {
+		if _, err := sendOne(ctx, addr, relaytest.Mailbox, "x@fabrikam.example", testBody(relaytest.Mailbox, "x@fabrikam.example", subject)); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+}
+
+// Exchange is unreachable, then answers 421 and 451: every message was
+// acknowledged from the spool, nothing is delivered meanwhile, attempts
+// follow the doubling backoff (1 s, 2 s, 4 s, capped at 4 s here), and
+// everything goes out once Exchange is back.
+func TestE2EExchangeOutage(t *testing.T) {
+	t.Parallel()
+	cloud := newCloud(t)
+	cloud.Exchange.SetDown(true)
+	e := startE2E(t, cloud, "O365RELAY_RETRY_MIN=1s", "O365RELAY_RETRY_MAX=4s")
+	sendN(t, e.smtp, 3, "outage")
+
+	// Let it fail a few times against a dead upstream.
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		d := deferrals(e.relay.out.String())
+		if len(d) == 3 && len(d[firstKey(d)]) >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("messages not retried:\n%s", e.relay.out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := len(cloud.Exchange.Messages()); n != 0 {
+		t.Fatalf("%d messages delivered while Exchange was down", n)
+	}
+	out, code := runTool(t, nil, binPath, "queue", "--spool-dir", e.spool, "list")
+	if code != 0 || !strings.Contains(out, "3 message(s)") || !strings.Contains(out, "451 4.4.") {
+		t.Errorf("queue list during the outage (exit %d):\n%s", code, out)
+	}
+
+	// Back, but grumpy: two connections get 421 at the greeting, one MAIL 451.
+	cloud.Exchange.Inject(exchangetest.Fault{Stage: exchangetest.StageConnect, Reply: &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Service not available"}, Times: 2})
+	cloud.Exchange.Inject(exchangetest.Fault{Stage: exchangetest.StageMail, Reply: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary server error"}})
+	cloud.Exchange.SetDown(false)
+	e.waitMessages(3)
+
+	// The schedule: each recorded delay is the doubling backoff ±20%.
+	for id, ds := range deferrals(e.relay.out.String()) {
+		want := time.Second
+		for i, d := range ds {
+			got := d.Next.Sub(d.TS)
+			if got < want*7/10 || got > want*13/10 {
+				t.Errorf("message %s attempt %d: next attempt after %v, want %v ±20%%", id, i+1, got, want)
+			}
+			want = min(2*want, 4*time.Second)
+		}
+	}
+	checkUpstreamClean(t, cloud)
+	e.relay.stop()
+}
+
+func firstKey(m map[string][]deferral) string {
+	for k := range m {
+		return k
+	}
+	return ""
+}
+
+// Entra ID is down for longer than the held token lives: messages keep
+// being accepted, wait in the spool once the token has expired, and are
+// delivered when Entra answers again.
+func TestE2EEntraOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out a 40 s token")
+	}
+	t.Parallel()
+	cloud := newCloud(t)
+	// 40 s: the token source hands out a token only while it has 30 s
+	// left, so this one is usable for ~10 s after it is issued.
+	cloud.Entra.SetLifetime(40 * time.Second)
+	e := startE2E(t, cloud, "O365RELAY_RETRY_MIN=1s", "O365RELAY_RETRY_MAX=2s")
+	waitFor(t, e.relay, "token acquired")
+	cloud.Entra.SetOutage(503)
+	sendN(t, e.smtp, 1, "held token")
+	e.waitMessages(1) // the held token still works
+
+	// Wait until the held token is no longer usable (/readyz turns
+	// not ready), then send more: they wait in the spool.
+	deadline := time.Now().Add(60 * time.Second)
+	for runCode(t, "healthcheck", "--admin-listen", e.admin) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the token never expired")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	sendN(t, e.smtp, 2, "after expiry")
+	waitFor(t, e.relay, `"upstream":"4.7.0"`)
+	if n := len(cloud.Exchange.Messages()); n != 1 {
+		t.Fatalf("%d messages delivered without a valid token", n)
+	}
+	cloud.Entra.SetOutage(0)
+	e.waitMessages(3)
+	checkUpstreamClean(t, cloud)
+	e.relay.stop()
+}
+
+func runCode(t *testing.T, args ...string) int {
+	t.Helper()
+	_, code := runTool(t, nil, binPath, args...)
+	return code
+}
+
+// A restart with damaged spool files: a bit-flipped and a truncated record
+// go to corrupt/ (kept, not deleted), the intact one is delivered.
+func TestE2ERestartWithCorruptSpool(t *testing.T) {
+	t.Parallel()
+	cloud := newCloud(t)
+	cloud.Exchange.SetDown(true)
+	e := startE2E(t, cloud, "O365RELAY_RETRY_MIN=1s", "O365RELAY_RETRY_MAX=2s")
+	sendN(t, e.smtp, 3, "restart")
+	e.relay.stop()
+
+	msgs, err := filepath.Glob(filepath.Join(e.spool, "queue", "*.msg"))
+	if err != nil || len(msgs) != 3 {
+		t.Fatalf("queue holds %v (%v), want 3 records", msgs, err)
+	}
+	b, err := os.ReadFile(msgs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x20
+	if err := os.WriteFile(msgs[0], b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(msgs[1], 100); err != nil {
+		t.Fatal(err)
+	}
+
+	cloud.Exchange.SetDown(false)
+	p := startRelay(t, e.env, e.smtp, "serve")
+	e.relay = p
+	got := e.waitMessages(1)
+	time.Sleep(2 * time.Second) // nothing else may arrive
+	if n := len(cloud.Exchange.Messages()); n != 1 {
+		t.Errorf("%d messages delivered, want only the intact one", n)
+	}
+	if !bytes.Contains(got[0].Data, []byte("Subject: restart")) {
+		t.Errorf("unexpected message delivered")
+	}
+	corrupt, err := os.ReadDir(filepath.Join(e.spool, "corrupt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := 0
+	for _, c := range corrupt {
+		if strings.HasSuffix(c.Name(), ".msg") {
+			names++
+		}
+	}
+	if names != 2 {
+		t.Errorf("corrupt/ holds %d records, want 2: %v", names, corrupt)
+	}
+	p.stop()
+}
