@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -200,4 +201,45 @@ func TestE2ERestartWithCorruptSpool(t *testing.T) {
 		t.Errorf("corrupt/ holds %d records, want 2: %v", names, corrupt)
 	}
 	p.stop()
+}
+
+// ack=upstream: the client waits for Exchange. A permanent refusal (the
+// From: header is an address the mailbox may not send as: 554 5.2.252
+// SendAsDenied after DATA) goes back to the client and nothing is kept; a
+// transient failure is acknowledged from the spool and delivered later.
+func TestE2EAckUpstream(t *testing.T) {
+	t.Parallel()
+	cloud := newCloud(t)
+	e := startE2E(t, cloud, "O365RELAY_ACK=upstream", "O365RELAY_RETRY_MIN=1s", "O365RELAY_RETRY_MAX=2s")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	text, err := sendOne(ctx, e.smtp, relaytest.Mailbox, "x@fabrikam.example", testBody(relaytest.Mailbox, "x@fabrikam.example", "upstream ok"))
+	if err != nil || !strings.Contains(text, "delivered") {
+		t.Fatalf("delivered message: %q, %v", text, err)
+	}
+	if n := len(cloud.Exchange.Messages()); n != 1 {
+		t.Fatalf("250 before Exchange had it: %d messages", n)
+	}
+
+	_, err = sendOne(ctx, e.smtp, relaytest.Mailbox, "x@fabrikam.example", testBody("ceo@contoso.example", "x@fabrikam.example", "spoofed"))
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code != 554 || se.EnhancedCode != (smtp.EnhancedCode{5, 2, 252}) {
+		t.Fatalf("SendAs-denied message: %v, want Exchange's 554 5.2.252", err)
+	}
+	if out, _ := runTool(t, nil, binPath, "queue", "--spool-dir", e.spool, "list"); !strings.Contains(out, "0 message(s)") {
+		t.Errorf("refused message kept in the queue:\n%s", out)
+	}
+	if out, _ := runTool(t, nil, binPath, "queue", "--spool-dir", e.spool, "failed"); !strings.Contains(out, "0 message(s)") {
+		t.Errorf("refused message (the client was told) kept in failed/:\n%s", out)
+	}
+
+	cloud.Exchange.Inject(exchangetest.Fault{Stage: exchangetest.StageDot, Reply: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: "Temporary server error"}})
+	text, err = sendOne(ctx, e.smtp, relaytest.Mailbox, "x@fabrikam.example", testBody(relaytest.Mailbox, "x@fabrikam.example", "deferred"))
+	if err != nil || !strings.Contains(text, "queued") {
+		t.Fatalf("transiently refused message: %q, %v; want 250 queued", text, err)
+	}
+	e.waitMessages(2)
+	checkUpstreamClean(t, cloud)
+	e.relay.stop()
 }
