@@ -66,6 +66,9 @@ type bodyChecker struct {
 	lineBuf []byte // first bytes of the current header line, for "Received:"
 	lineLen int
 	hops    int
+	// marker reports whether a NUL right after a bare CR was inserted by
+	// the connection (trackedConn.splitCRCR); nil means none ever is.
+	marker func() bool
 }
 
 func newBodyChecker(r io.Reader, mode LineEndings) *bodyChecker {
@@ -118,6 +121,18 @@ func (c *bodyChecker) fail(err *reply.Error) bool {
 
 // step consumes one input byte; it returns false once an error is set.
 func (c *bodyChecker) step(b byte) bool {
+	if c.pendCR && b == 0 {
+		if c.marker != nil && c.marker() {
+			// The marker between two CRs: the CR before it is bare.
+			c.pendCR = false
+			if c.fail(errBareCR) {
+				return false
+			}
+			c.emit('\r', '\n')
+			c.endLine()
+			return c.err == nil
+		}
+	}
 	if c.pendCR {
 		c.pendCR = false
 		if b == '\n' {

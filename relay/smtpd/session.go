@@ -80,6 +80,7 @@ func (s *session) Data(r io.Reader) error {
 	// slow-drip client cannot hold a connection slot forever.
 	if s.tc != nil {
 		_ = s.tc.SetReadDeadline(time.Now().Add(srv.opts.DataTimeout))
+		s.tc.startData()
 	}
 	now := srv.opts.Clock()
 	env := &message.Envelope{
@@ -95,7 +96,11 @@ func (s *session) Data(r io.Reader) error {
 	}
 	_, isTLS := s.conn.TLSConnectionState()
 	hdr := receivedHeader(env.Helo, env.Client, srv.opts.Hostname, string(env.ID), true, isTLS, false, now)
-	body := io.MultiReader(strings.NewReader(hdr), newBodyChecker(r, srv.opts.LineEndings))
+	checker := newBodyChecker(r, srv.opts.LineEndings)
+	if s.tc != nil {
+		checker.marker = s.tc.takeMarker
+	}
+	body := io.MultiReader(strings.NewReader(hdr), checker)
 
 	text, err := srv.opts.Sink.Submit(srv.baseCtx, env, body)
 	log := srv.log.With(zap.String("id", string(env.ID)), zap.String("client", env.Client),

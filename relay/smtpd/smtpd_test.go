@@ -254,6 +254,13 @@ func TestBareLineEndings(t *testing.T) {
 		{"bare CR rejected", "Subject: x\r\n\r\nbo\rdy\r\n.\r\n", "550 5.6.0 ", RejectBareLineEndings, ""},
 		{"bare LF normalised", "Subject: x\n\nbody\r\n.\r\n", "250 ", NormalizeBareLineEndings, "Subject: x\r\n\r\nbody\r\n"},
 		{"bare CR normalised", "Subject: x\r\n\r\nbo\rdy\r\n.\r\n", "250 ", NormalizeBareLineEndings, "Subject: x\r\n\r\nbo\r\ndy\r\n"},
+		// What curl --crlf makes of CRLF input: CR CR LF. go-smtp's own
+		// DATA reader misses the end of data after it (listener.go,
+		// splitCRCR); without the repair these hang until the DATA timeout.
+		{"CR CR LF before the end rejected", "Subject: x\r\r\n\r\r\nbody\r\r\n.\r\n", "550 5.6.0 ", RejectBareLineEndings, ""},
+		{"CR CR LF before the end normalised", "Subject: x\r\r\n\r\r\nbody\r\r\n..dot\r\r\n.\r\n", "250 ", NormalizeBareLineEndings,
+			"Subject: x\r\n\r\n\r\n\r\nbody\r\n\r\n.dot\r\n\r\n"},
+		{"NUL after a bare CR is data", "Subject: x\r\n\r\nbo\r\x00dy\r\n.\r\n", "250 ", NormalizeBareLineEndings, "Subject: x\r\n\r\nbo\r\n\x00dy\r\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
