@@ -5,6 +5,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/o365relay/o365relay/config/secret"
 )
@@ -84,6 +85,14 @@ func size(p func(*Config) *int64, positive bool) accessor {
 	}, func(c *Config) string {
 		return strconv.FormatInt(*p(c), 10)
 	}}
+}
+
+func duration(p func(*Config) *time.Duration) accessor {
+	return accessor{func(c *Config, v string) error {
+		d, err := parseDuration(v)
+		*p(c) = d
+		return err
+	}, func(c *Config) string { return p(c).String() }}
 }
 
 func choice(p func(*Config) *string, allowed ...string) accessor {
@@ -185,32 +194,16 @@ func Settings() []Setting {
 		choice(func(c *Config) *string { return &c.Ack }, "spool", "upstream"))
 	add(Setting{Group: "Spool and delivery", Key: "queue_lifetime", Env: "O365RELAY_QUEUE_LIFETIME", Default: "120h",
 		Doc: "How long a message is retried before it goes to failed/ (Postfix's maximal_queue_lifetime)."},
-		accessor{func(c *Config, v string) error {
-			d, err := parseDuration(v)
-			c.QueueLifetime = d
-			return err
-		}, func(c *Config) string { return c.QueueLifetime.String() }})
+		duration(func(c *Config) *time.Duration { return &c.QueueLifetime }))
 	add(Setting{Group: "Spool and delivery", Key: "retry_min", Env: "O365RELAY_RETRY_MIN", Default: "1m",
 		Doc: "First retry delay after a transient failure; it doubles (±20% jitter) up to retry_max (Postfix's minimal_backoff_time)."},
-		accessor{func(c *Config, v string) error {
-			d, err := parseDuration(v)
-			c.RetryMin = d
-			return err
-		}, func(c *Config) string { return c.RetryMin.String() }})
+		duration(func(c *Config) *time.Duration { return &c.RetryMin }))
 	add(Setting{Group: "Spool and delivery", Key: "retry_max", Env: "O365RELAY_RETRY_MAX", Default: "30m",
 		Doc: "Longest retry delay (Postfix's maximal_backoff_time)."},
-		accessor{func(c *Config, v string) error {
-			d, err := parseDuration(v)
-			c.RetryMax = d
-			return err
-		}, func(c *Config) string { return c.RetryMax.String() }})
+		duration(func(c *Config) *time.Duration { return &c.RetryMax }))
 	add(Setting{Group: "Spool and delivery", Key: "shutdown_timeout", Env: "O365RELAY_SHUTDOWN_TIMEOUT", Default: "30s",
 		Doc: "How long SIGTERM waits for sessions in DATA before closing them (they got no 250, so nothing is lost)."},
-		accessor{func(c *Config, v string) error {
-			d, err := parseDuration(v)
-			c.ShutdownTimeout = d
-			return err
-		}, func(c *Config) string { return c.ShutdownTimeout.String() }})
+		duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout }))
 
 	add(Setting{Group: "Operations", Key: "admin_listen", Env: "O365RELAY_ADMIN_LISTEN", Default: "127.0.0.1:9025",
 		Doc: "HTTP address of /metrics, /healthz and /readyz; empty disables it."},

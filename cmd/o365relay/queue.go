@@ -10,7 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/relay/admin"
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/spool"
@@ -39,10 +38,9 @@ func runQueue(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	cfg, err := config.Load(input())
-	if err != nil {
-		fmt.Fprintf(stderr, "o365relay: configuration:\n%s\n", indent(err.Error()))
-		return 2
+	cfg, code := loadConfig(input(), stderr)
+	if cfg == nil {
+		return code
 	}
 	sp, err := spool.OpenAdmin(spool.Options{Dir: cfg.SpoolDir, Fsync: true})
 	if err != nil {
@@ -190,10 +188,9 @@ func runHealthcheck(ctx context.Context, args []string, stdout, stderr io.Writer
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
-	cfg, err := config.Load(input())
-	if err != nil {
-		fmt.Fprintf(stderr, "o365relay: configuration:\n%s\n", indent(err.Error()))
-		return 2
+	cfg, code := loadConfig(input(), stderr)
+	if cfg == nil {
+		return code
 	}
 	if cfg.AdminListen == "" {
 		fmt.Fprintln(stderr, "o365relay healthcheck: admin_listen (O365RELAY_ADMIN_LISTEN) is empty, so there is no /readyz to ask")

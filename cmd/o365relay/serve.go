@@ -74,6 +74,17 @@ func parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
 	return 0, false
 }
 
+// loadConfig loads the configuration; on error it prints every bad
+// setting and returns exit status 2.
+func loadConfig(in config.Input, stderr io.Writer) (*config.Config, int) {
+	cfg, err := config.Load(in)
+	if err != nil {
+		fmt.Fprintf(stderr, "o365relay: configuration:\n%s\n", indent(err.Error()))
+		return nil, 2
+	}
+	return cfg, 0
+}
+
 // newLogger builds the daemon's logger. Messages are structured; no part of
 // the relay passes a token, key or body to it, at any level.
 func newLogger(cfg *config.Config, w io.Writer) (*zap.Logger, error) {
@@ -101,10 +112,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if code, done := parseFlags(fs, args); done {
 		return code
 	}
-	cfg, err := config.Load(input())
-	if err != nil {
-		fmt.Fprintf(stderr, "o365relay: configuration:\n%s\n", indent(err.Error()))
-		return 2
+	cfg, code := loadConfig(input(), stderr)
+	if cfg == nil {
+		return code
 	}
 	if err := cfg.CheckDaemon(); err != nil {
 		fmt.Fprintf(stderr, "o365relay: configuration:\n%s\n", indent(err.Error()))
