@@ -68,7 +68,8 @@ type Relay struct {
 }
 
 // New builds every part and binds the listeners. On error everything opened
-// so far is closed again.
+// so far is closed again. A configuration that lacks what the daemon needs
+// is refused with CheckDaemon's error (errors.As finds a *config.Error).
 func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 	if err := cfg.CheckDaemon(); err != nil {
 		return nil, err
@@ -243,17 +244,6 @@ func warnKeyPermissions(path string, log *zap.Logger) {
 // SMTPAddr is the bound SMTP address.
 func (r *Relay) SMTPAddr() net.Addr { return r.smtp.Addr() }
 
-// AdminAddr is the bound admin address, or nil when it is off.
-func (r *Relay) AdminAddr() net.Addr {
-	if r.admin == nil {
-		return nil
-	}
-	return r.admin.Addr()
-}
-
-// Tokens returns the token source (the demo and tests inspect it).
-func (r *Relay) Tokens() *token.EntraSource { return r.tokens }
-
 // Spool returns the spool.
 func (r *Relay) Spool() *spool.Spool { return r.sp }
 
@@ -350,10 +340,8 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	wg.Wait()
 	close(errc)
-	for err := range errc {
-		if runErr == nil || err.Error() != runErr.Error() {
-			errs = append(errs, err)
-		}
+	for err := range errc { // runErr, if any, was taken from errc already
+		errs = append(errs, err)
 	}
 	if err := r.up.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("upstream: %w", err))

@@ -64,7 +64,6 @@ func demo(ctx context.Context, stdout, stderr io.Writer, verbose bool, from, to 
 	if err != nil {
 		return err
 	}
-	cfg.LogLevel = "info"
 	log := zap.NewNop()
 	if verbose {
 		cfg.LogFormat = "console"

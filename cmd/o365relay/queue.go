@@ -26,21 +26,13 @@ func runQueue(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		"  retry ID|all  make a queued message due now, or move a failed one back into the queue\n"+
 		"  delete ID     remove a message from the queue or from failed/\n"+
 		"  failed        messages that failed for good, with the reason", stderr)
-	input := settingFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		if err.Error() == "flag: help requested" {
-			return 0
-		}
-		return 2
+	cfg, rest, code := loadCommand(fs, args, true, stderr)
+	if cfg == nil {
+		return code
 	}
-	rest := fs.Args()
 	if len(rest) == 0 {
 		fs.Usage()
 		return 2
-	}
-	cfg, code := loadConfig(input(), stderr)
-	if cfg == nil {
-		return code
 	}
 	sp, err := spool.OpenAdmin(spool.Options{Dir: cfg.SpoolDir, Fsync: true})
 	if err != nil {
@@ -184,11 +176,7 @@ func printEntries(w io.Writer, es []spool.Entry, failed bool) {
 // otherwise. It is the container HEALTHCHECK in images without a shell.
 func runHealthcheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("healthcheck", "healthcheck [--config FILE] [--admin-listen ADDR]\n\nExits 0 if the relay's /readyz (at admin_listen) says ready, 1 otherwise.", stderr)
-	input := settingFlags(fs)
-	if code, done := parseFlags(fs, args); done {
-		return code
-	}
-	cfg, code := loadConfig(input(), stderr)
+	cfg, _, code := loadCommand(fs, args, false, stderr)
 	if cfg == nil {
 		return code
 	}

@@ -19,33 +19,49 @@ import (
 	"github.com/o365relay/o365relay/relay"
 )
 
-// settingFlags registers --config and one flag per setting on fs, and
-// returns a function that reads what was given into a config.Input.
-func settingFlags(fs *flag.FlagSet) func() config.Input {
+// loadCommand registers --config and one flag per setting on fs, parses
+// args and loads the configuration (flags beat environment beat file). With
+// positional false no arguments may follow the flags. A nil config means the
+// command is done: help was shown (code 0) or the flags or a setting were
+// wrong (code 2, every bad setting printed).
+func loadCommand(fs *flag.FlagSet, args []string, positional bool, stderr io.Writer) (cfg *config.Config, rest []string, code int) {
 	file := fs.String("config", "", "YAML configuration `file` (flags beat environment beat file)")
 	vals := map[string]*string{}
+	keyOf := map[string]string{}
 	for _, s := range config.Settings() {
-		def := s.Default
-		if s.Secret {
-			def = ""
-		}
 		usage := s.Doc + " (env " + s.Env + ")"
-		if def != "" {
-			usage += " (default " + def + ")"
+		if s.Default != "" && !s.Secret {
+			usage += " (default " + s.Default + ")"
 		}
 		vals[s.Key] = fs.String(s.Flag(), "", usage)
+		keyOf[s.Flag()] = s.Key
 	}
-	return func() config.Input {
-		in := config.Input{File: *file, Env: os.Environ(), Flags: map[string]string{}}
-		fs.Visit(func(f *flag.Flag) {
-			for _, s := range config.Settings() {
-				if s.Flag() == f.Name {
-					in.Flags[s.Key] = *vals[s.Key]
-				}
-			}
-		})
-		return in
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, nil, 0
+		}
+		return nil, nil, 2
 	}
+	if !positional && fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "o365relay %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return nil, nil, 2
+	}
+	in := config.Input{File: *file, Env: os.Environ(), Flags: map[string]string{}}
+	fs.Visit(func(f *flag.Flag) {
+		if k, ok := keyOf[f.Name]; ok {
+			in.Flags[k] = *vals[k]
+		}
+	})
+	cfg, err := config.Load(in)
+	if err != nil {
+		printConfigError(stderr, err)
+		return nil, nil, 2
+	}
+	return cfg, fs.Args(), 0
+}
+
+func printConfigError(stderr io.Writer, err error) {
+	fmt.Fprintf(stderr, "o365relay: configuration:\n%s\n", indent(err.Error()))
 }
 
 // newFlagSet makes a FlagSet whose errors and help go to stderr.
@@ -74,17 +90,6 @@ func parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
 	return 0, false
 }
 
-// loadConfig loads the configuration; on error it prints every bad
-// setting and returns exit status 2.
-func loadConfig(in config.Input, stderr io.Writer) (*config.Config, int) {
-	cfg, err := config.Load(in)
-	if err != nil {
-		fmt.Fprintf(stderr, "o365relay: configuration:\n%s\n", indent(err.Error()))
-		return nil, 2
-	}
-	return cfg, 0
-}
-
 // newLogger builds the daemon's logger. Messages are structured; no part of
 // the relay passes a token, key or body to it, at any level.
 func newLogger(cfg *config.Config, w io.Writer) (*zap.Logger, error) {
@@ -108,17 +113,9 @@ func newLogger(cfg *config.Config, w io.Writer) (*zap.Logger, error) {
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("serve", "serve [--config FILE] [--SETTING VALUE ...]\n\nRuns the relay. Every setting is also an environment variable and a key of the\nconfiguration file (README.md, Configuration reference).", stderr)
-	input := settingFlags(fs)
-	if code, done := parseFlags(fs, args); done {
-		return code
-	}
-	cfg, code := loadConfig(input(), stderr)
+	cfg, _, code := loadCommand(fs, args, false, stderr)
 	if cfg == nil {
 		return code
-	}
-	if err := cfg.CheckDaemon(); err != nil {
-		fmt.Fprintf(stderr, "o365relay: configuration:\n%s\n", indent(err.Error()))
-		return 2
 	}
 	log, err := newLogger(cfg, stderr)
 	if err != nil {
@@ -150,6 +147,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	})
 	if err != nil {
 		log.Error("cannot start", zap.Error(err))
+		// A setting the daemon needs is missing (relay.New runs
+		// CheckDaemon): a usage error, exit 2. Anything else (a key that
+		// does not match, a taken port) is a failed start, exit 1.
+		if ce := (*config.Error)(nil); errors.As(err, &ce) {
+			printConfigError(stderr, err)
+			return 2
+		}
 		fmt.Fprintln(stderr, "o365relay:", err)
 		return 1
 	}
