@@ -1,13 +1,17 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -242,4 +246,73 @@ func TestE2EAckUpstream(t *testing.T) {
 	e.waitMessages(2)
 	checkUpstreamClean(t, cloud)
 	e.relay.stop()
+}
+
+// SIGTERM drains: a session inside DATA holds the shutdown (it has no 250
+// yet) until shutdown_timeout; a second SIGTERM ends the process at once.
+// Nothing acknowledged is at stake: the half-sent message never got a 250.
+func TestE2ESecondSignalExitsAtOnce(t *testing.T) {
+	t.Parallel()
+	e := startE2E(t, nil, "O365RELAY_SHUTDOWN_TIMEOUT=10m")
+	c, err := net.DialTimeout("tcp", e.smtp, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
+	r := bufio.NewReader(c)
+	expect := func(cmd, code string) {
+		t.Helper()
+		if cmd != "" {
+			if _, err := c.Write([]byte(cmd + "\r\n")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("after %q: %v", cmd, err)
+			}
+			if !strings.HasPrefix(line, code) {
+				t.Fatalf("after %q: %q, want %s", cmd, line, code)
+			}
+			if len(line) < 4 || line[3] != '-' {
+				return
+			}
+		}
+	}
+	expect("", "220")
+	expect("EHLO slow.test", "250")
+	expect("MAIL FROM:<"+relaytest.Mailbox+">", "250")
+	expect("RCPT TO:<x@fabrikam.example>", "250")
+	expect("DATA", "354")
+	if _, err := c.Write([]byte("Subject: half\r\n\r\nstill typing")); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := e.relay.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, e.relay, "shutting down")
+	select {
+	case err := <-e.relay.done:
+		t.Fatalf("exited during the drain with a session in DATA: %v", err)
+	case <-time.After(time.Second):
+	}
+	if err := e.relay.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-e.relay.done:
+		e.relay.done <- err
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+			t.Errorf("after the second SIGTERM: %v, want death by SIGTERM", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a second SIGTERM did not end the process")
+	}
+	if n := len(e.cloud.Exchange.Messages()); n != 0 {
+		t.Errorf("%d messages delivered; the half-sent one never got a 250", n)
+	}
 }
