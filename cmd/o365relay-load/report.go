@@ -1,0 +1,204 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/o365relay/o365relay/relay/exchangetest"
+)
+
+type fsyncStats struct {
+	file []time.Duration // write 10 KB + fsync
+	put  []time.Duration // + rename + directory fsync
+}
+
+// report is what one run measured.
+type report struct {
+	cfg    config
+	dir    string
+	target string
+	pid    int // child relay; 0 with -relay
+
+	fsync fsyncStats
+
+	results           []result // by sequence number; [0] is the warm-up slot
+	started, finished time.Time
+
+	delivered   []time.Duration // 250 → Exchange, by message
+	lastArrival time.Time
+	unmatched   int // Exchange messages that are not ours or not acked
+
+	idleOpen   int
+	idleErrors map[string]int
+
+	rssIdle, rssWithIdle, rssPeak, hwm int64
+	cpu                                time.Duration
+
+	tokens0, tokens1 int
+	tls0, tls1       int
+	violations       int
+
+	notes        []string
+	relayLogTail string
+}
+
+func (r *report) acked() int {
+	n := 0
+	for _, x := range r.results[1:] {
+		if x.ok {
+			n++
+		}
+	}
+	return n
+}
+
+// matchDeliveries pairs each message Exchange accepted (in order, with the
+// time the watch saw it) with the 250 that acknowledged it, by recipient.
+func (r *report) matchDeliveries(msgs []exchangetest.Message, at []time.Time) {
+	for i, m := range msgs {
+		if i >= len(at) || len(m.RcptTo) != 1 {
+			r.unmatched++
+			continue
+		}
+		seq := seqOf(m.RcptTo[0])
+		if seq <= 0 || seq >= len(r.results) || !r.results[seq].ok {
+			r.unmatched++
+			continue
+		}
+		r.delivered = append(r.delivered, at[i].Sub(r.results[seq].acked))
+	}
+}
+
+func (r *report) print(w io.Writer) {
+	c := r.cfg
+	p := func(format string, a ...any) { fmt.Fprintf(w, format+"\n", a...) }
+	mode := fmt.Sprintf("child process pid %d (ack=%s, spool on the run's directory), fakes of Entra ID and Exchange in-process", r.pid, c.Ack)
+	if c.Relay != "" {
+		mode = "external " + c.Relay + " (client-side figures only)"
+	}
+	conn := "each client reuses its connection"
+	if c.NewConn {
+		conn = "one connection per message"
+	}
+	p("o365relay-load: %d messages x %s, %d clients (%s), %d idle connections", c.Messages, bytesize(int64(c.Size)), c.Clients, conn, c.Idle)
+	p("relay:          %s", mode)
+	if len(r.fsync.file) > 0 {
+		p("fsync floor:    write+fsync 10 KB p50 %s p99 %s; +rename+dir fsync p50 %s p99 %s (%d samples, same filesystem, before the load)",
+			ms(pct(r.fsync.file, 0.50)), ms(pct(r.fsync.file, 0.99)), ms(pct(r.fsync.put, 0.50)), ms(pct(r.fsync.put, 0.99)), len(r.fsync.file))
+	}
+	if r.results == nil {
+		return
+	}
+	var to250, tx []time.Duration
+	errs := map[string]int{}
+	tried := 0
+	for _, x := range r.results[1:] {
+		switch {
+		case x.ok:
+			to250 = append(to250, x.to250)
+			tx = append(tx, x.tx)
+			tried++
+		case x.err != "":
+			errs[x.err]++
+			tried++
+		}
+	}
+	elapsed := r.finished.Sub(r.started)
+	rate := float64(len(to250)) / elapsed.Seconds()
+	p("sent:           %d of %d acknowledged in %s: %.0f messages/s (%s/s)", len(to250), c.Messages, sec(elapsed), rate, bytesize(int64(rate*float64(c.Size))))
+	if tried < c.Messages {
+		p("                %d messages not tried (stopped early)", c.Messages-tried)
+	}
+	if len(to250) > 0 {
+		p("time-to-250:    p50 %s p95 %s p99 %s max %s (end of data -> reply)", ms(pct(to250, .5)), ms(pct(to250, .95)), ms(pct(to250, .99)), ms(pct(to250, 1)))
+		p("transaction:    p50 %s p95 %s p99 %s max %s (MAIL FROM -> 250)", ms(pct(tx, .5)), ms(pct(tx, .95)), ms(pct(tx, .99)), ms(pct(tx, 1)))
+	}
+	if r.pid != 0 {
+		d := r.delivered
+		if len(d) > 0 {
+			span := r.lastArrival.Sub(r.started)
+			p("delivery:       p50 %s p95 %s p99 %s max %s (250 -> fake Exchange has it); %d of %d delivered, last %s after the first MAIL (%.0f messages/s end to end)",
+				ms(pct(d, .5)), ms(pct(d, .95)), ms(pct(d, .99)), ms(pct(d, 1)), len(d), len(to250), sec(span), float64(len(d))/span.Seconds())
+		} else {
+			p("delivery:       none of %d delivered", len(to250))
+		}
+		if r.unmatched > 0 {
+			p("                %d messages at Exchange not matched to an acknowledgement", r.unmatched)
+		}
+	}
+	p("errors:         %s", counts(errs))
+	if c.Idle > 0 {
+		p("idle:           %d of %d connections open; errors: %s", r.idleOpen, c.Idle, counts(r.idleErrors))
+	}
+	if r.pid != 0 {
+		line := fmt.Sprintf("relay RSS:      idle %s (after warm-up)", bytesize(r.rssIdle))
+		if c.Idle > 0 {
+			line += fmt.Sprintf(", with %d idle connections %s", r.idleOpen, bytesize(r.rssWithIdle))
+		}
+		line += fmt.Sprintf(", peak during the run %s, VmHWM %s", bytesize(r.rssPeak), bytesize(r.hwm))
+		p("%s", line)
+		if n := len(to250); n > 0 {
+			p("relay CPU:      %s during the run (%.2f ms per message)", sec(r.cpu), float64(r.cpu.Microseconds())/1000/float64(n))
+		}
+		per100 := 0.0
+		if n := len(to250); n > 0 {
+			per100 = float64(r.tls1-r.tls0) * 100 / float64(n)
+		}
+		p("Entra ID:       %d token requests, %d of them during the run", r.tokens1, r.tokens1-r.tokens0)
+		p("Exchange:       %d TLS sessions, %d of them during the run (%.2f per 100 messages); %d protocol violations", r.tls1, r.tls1-r.tls0, per100, r.violations)
+	}
+	for _, n := range r.notes {
+		p("note:           %s", n)
+	}
+	if c.KeepFiles {
+		p("files:          %s", r.dir)
+	}
+	if r.relayLogTail != "" {
+		p("relay log (tail):\n%s", r.relayLogTail)
+	}
+}
+
+// pct is the nearest-rank percentile (q in (0,1]).
+func pct(d []time.Duration, q float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[max(0, min(i, len(s)-1))]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.2f ms", float64(d.Microseconds())/1000) }
+
+func sec(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+
+func bytesize(n int64) string {
+	switch {
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+func counts(m map[string]int) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s: %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
+}
