@@ -29,6 +29,10 @@ var (
 		Name: "o365relay_upstream_dials_total",
 		Help: "TCP connections opened to Exchange Online.",
 	})
+	reconnectsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "o365relay_upstream_reconnects_total",
+		Help: "Deliveries that recovered on another connection: stale (a pooled connection was closed by Exchange), token_expired (501 5.5.127), 432 (concurrent connections limit; the mailbox's limit was lowered).",
+	}, []string{"reason"})
 	repliesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "o365relay_upstream_replies_total",
 		Help: "Outcomes of upstream commands by stage and reply code (synthetic 451 for network and TLS failures).",
@@ -37,7 +41,7 @@ var (
 
 // Collectors returns this package's metrics for registration.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{handshakeSeconds, authSeconds, connectionsOpen, dialsTotal, repliesTotal}
+	return []prometheus.Collector{handshakeSeconds, authSeconds, connectionsOpen, dialsTotal, reconnectsTotal, repliesTotal}
 }
 
 func countReply(stage reply.Stage, code int) {

@@ -2,6 +2,7 @@ package upstream
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -10,43 +11,128 @@ import (
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
-// mailboxPool holds one mailbox's connections. slots limits connections in
-// use (Exchange allows three per mailbox, exchange-online.md §2.5). A caller
-// takes an idle connection before dialing, so idle + in use never exceeds
-// the limit: a new connection is only dialed when none is idle.
+// mailboxPool holds one mailbox's connections. inUse counts deliveries
+// holding a slot; limit caps it (Exchange allows three connections per
+// mailbox, exchange-online.md §2.5). A caller takes an idle connection before
+// dialing, so idle + in use never exceeds the limit: a new connection is only
+// dialed when none is idle.
+//
+// The limit starts at the mailbox's configured maximum and is lowered when
+// Exchange answers AUTH with 432 4.3.2 while we hold other connections for
+// the mailbox: someone else (another relay, an application, a connection
+// Exchange has not yet released) uses a slot, so we back off to what
+// Exchange evidently grants. It grows back by one per RestoreAfter without
+// another 432.
 type mailboxPool struct {
-	cl    *Client
-	slots chan struct{}
-	idle  []*conn // guarded by cl.mu; most recently used last
+	cl      *Client
+	name    string
+	max     int
+	limit   int       // guarded by cl.mu
+	inUse   int       // guarded by cl.mu
+	lowered time.Time // guarded by cl.mu; last 432 (or restore step)
+	freed   chan struct{}
+	idle    []*conn // guarded by cl.mu; most recently used last
 }
 
 var errClosed = &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 3, 2}, Stage: reply.StageLocal,
 	Text: "upstream client is shutting down"}
 
 func (c *Client) pool(mailbox string) (*mailboxPool, *reply.Error) {
+	key := strings.ToLower(mailbox)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
 		return nil, errClosed
 	}
-	p := c.pools[mailbox]
+	p := c.pools[key]
 	if p == nil {
-		p = &mailboxPool{cl: c, slots: make(chan struct{}, c.opts.MaxConnsPerMailbox)}
-		c.pools[mailbox] = p
+		n := c.opts.MaxConnsPerMailbox
+		if c.opts.ConnsFor != nil {
+			if m := c.opts.ConnsFor(mailbox); m > 0 {
+				n = m
+			}
+		}
+		p = &mailboxPool{cl: c, name: mailbox, max: n, limit: n, freed: make(chan struct{})}
+		c.pools[key] = p
 	}
 	return p, nil
 }
 
+// acquire waits for a slot under the current limit.
 func (p *mailboxPool) acquire(ctx context.Context) error {
-	select {
-	case p.slots <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
+	for {
+		p.cl.mu.Lock()
+		p.restoreLocked(p.cl.opts.Clock())
+		if p.inUse < p.limit {
+			p.inUse++
+			p.cl.mu.Unlock()
+			return nil
+		}
+		ch := p.freed
+		p.cl.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
-func (p *mailboxPool) release() { <-p.slots }
+func (p *mailboxPool) release() {
+	p.cl.mu.Lock()
+	defer p.cl.mu.Unlock()
+	p.inUse--
+	p.wakeLocked()
+}
+
+func (p *mailboxPool) wakeLocked() {
+	close(p.freed)
+	p.freed = make(chan struct{})
+}
+
+// restoreLocked raises a lowered limit by one per RestoreAfter.
+func (p *mailboxPool) restoreLocked(now time.Time) {
+	if p.limit < p.max && now.Sub(p.lowered) >= p.cl.opts.RestoreAfter {
+		p.limit++
+		p.lowered = now
+		p.cl.log.Info("raising connection limit again after 432 4.3.2", zap.String("mailbox", p.name), zap.Int("limit", p.limit))
+		p.wakeLocked()
+	}
+}
+
+// lower reacts to 432 4.3.2 at AUTH on a new connection. The caller holds a
+// slot. If we hold other connections for the mailbox, the limit drops to
+// their number and lower returns true: the caller should give up its slot
+// and wait for one of them. Otherwise the slots are taken by someone else
+// and the 432 is the caller's to report (the scheduler retries soon).
+func (p *mailboxPool) lower(now time.Time) bool {
+	p.cl.mu.Lock()
+	defer p.cl.mu.Unlock()
+	others := p.inUse - 1 + len(p.idle)
+	p.lowered = now
+	if others <= 0 {
+		p.limit = 1
+		return false
+	}
+	if others < p.limit {
+		p.limit = others
+		p.cl.log.Warn("Exchange refused a connection with 432 4.3.2; lowering this mailbox's connection limit for a while",
+			zap.String("mailbox", p.name), zap.Int("limit", p.limit))
+	}
+	return true
+}
+
+// Limit reports a mailbox's current connection limit (the configured one
+// until a 432 4.3.2 lowered it).
+func (c *Client) Limit(mailbox string) int {
+	p, rerr := c.pool(mailbox)
+	if rerr != nil {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return p.limit
+}
 
 // usable says whether a pooled connection may carry another message.
 func (c *Client) usable(cn *conn, now time.Time) bool {
@@ -77,9 +163,12 @@ func (p *mailboxPool) takeIdle(now time.Time) (*conn, bool) {
 	return nil, false
 }
 
+// putIdle pools a healthy connection, unless that would keep more
+// connections open than the (possibly lowered) limit allows. The caller
+// still holds its slot.
 func (p *mailboxPool) putIdle(cn *conn) {
 	p.cl.mu.Lock()
-	if !p.cl.closed {
+	if !p.cl.closed && p.inUse-1+len(p.idle) < p.limit {
 		p.idle = append(p.idle, cn)
 		p.cl.mu.Unlock()
 		return

@@ -309,3 +309,108 @@ func BenchmarkDeliver(b *testing.B) {
 		})
 	}
 }
+
+// 501 5.5.127 on a pooled session: the token is refreshed, the idle
+// sessions that used it are dropped, and the message goes out on a new
+// connection instead of failing.
+func TestTokenExpiredReconnects(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{})
+	deliver := func() {
+		t.Helper()
+		if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deliver()
+	e.fake.Inject(exchangetest.Fault{Stage: "mail", Reply: smtpErr(501, smtp.EnhancedCode{5, 5, 127}, "token expired")})
+	deliver()
+	if e.tokens.refreshes() != 1 {
+		t.Errorf("token not refreshed: %d refreshes", e.tokens.refreshes())
+	}
+	if st := e.client.Stats(); st.Dials != 2 || st.Auths != 2 || st.Open != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	if n := len(e.fake.Messages()); n != 2 {
+		t.Errorf("%d messages", n)
+	}
+	checkClean(t, e)
+}
+
+// 432 4.3.2 at AUTH while we hold other connections for the mailbox: the
+// limit drops to what Exchange grants and the message waits for one of our
+// connections instead of failing; without another connection of ours the
+// 432 is reported.
+func TestConcurrencyLimitBacksOff(t *testing.T) {
+	t.Parallel()
+	clk := newFakeClock()
+	e := newEnv(t, setup{clock: clk.Now})
+	bb := &blockingBody{started: make(chan struct{}), release: make(chan struct{}), r: strings.NewReader(simpleBody)}
+	first := make(chan error, 1)
+	go func() {
+		_, err := e.client.Deliver(ctxT(t), envelope(), bb)
+		first <- err
+	}()
+	<-bb.started
+	e.fake.Inject(exchangetest.Fault{Stage: "auth", Reply: smtpErr(432, smtp.EnhancedCode{4, 3, 2}, "Concurrent connections limit exceeded")})
+	second := make(chan error, 1)
+	go func() {
+		_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+		second <- err
+	}()
+	// The second delivery hit 432 and now waits for the first connection.
+	deadline := time.Now().Add(10 * time.Second)
+	for e.client.Limit(mailbox) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("limit %d, want 1 after 432", e.client.Limit(mailbox))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(bb.release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-second; err != nil {
+		t.Fatalf("second delivery failed instead of waiting: %v", err)
+	}
+	if st := e.client.Stats(); st.Auths != 1 || st.Open != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	// The limit grows back, one step per RestoreAfter.
+	clk.Advance(e.client.opts.RestoreAfter)
+	_ = e.client.pools[mailbox].acquire(ctxT(t))
+	e.client.pools[mailbox].release()
+	if l := e.client.Limit(mailbox); l != 2 {
+		t.Errorf("limit %d after RestoreAfter, want 2", l)
+	}
+	// Alone, a 432 is the caller's.
+	e.fake.Inject(exchangetest.Fault{Stage: "auth", Reply: smtpErr(432, smtp.EnhancedCode{4, 3, 2}, "Concurrent connections limit exceeded")})
+	ctx := ctxT(t)
+	if err := e.client.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e2 := newEnv(t, setup{})
+	e2.fake.Inject(exchangetest.Fault{Stage: "auth", Reply: smtpErr(432, smtp.EnhancedCode{4, 3, 2}, "Concurrent connections limit exceeded")})
+	_, err := e2.client.Deliver(ctx, envelope(), strings.NewReader(simpleBody))
+	wantReply(t, err, 432, smtp.EnhancedCode{4, 3, 2}, reply.StageAuth)
+	checkClean(t, e)
+}
+
+// Per-mailbox limits: ConnsFor overrides MaxConnsPerMailbox.
+func TestConnsFor(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, setup{client: func(o *Options) {
+		o.ConnsFor = func(mb string) int {
+			if mb == mailbox {
+				return 1
+			}
+			return 0
+		}
+	}})
+	if l := e.client.Limit(mailbox); l != 1 {
+		t.Errorf("limit %d", l)
+	}
+	if l := e.client.Limit("other@contoso.test"); l != 3 {
+		t.Errorf("default limit %d", l)
+	}
+}

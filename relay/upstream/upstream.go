@@ -91,6 +91,12 @@ type Options struct {
 	MaxConnAge time.Duration
 	// PoolDisabled makes every Deliver use a new connection and QUIT it.
 	PoolDisabled bool
+	// ConnsFor, if set, gives a mailbox its own connection limit (a value
+	// ≤ 0 means MaxConnsPerMailbox). It is asked once per mailbox.
+	ConnsFor func(mailbox string) int
+	// RestoreAfter is how long after a 432 4.3.2 a lowered connection limit
+	// grows back by one; default 1 min.
+	RestoreAfter time.Duration
 }
 
 // tokenMargin: a pooled connection is retired when the token it
@@ -156,6 +162,7 @@ func New(opts Options) (*Client, error) {
 	def(&opts.DataTimeout, 10*time.Minute)
 	def(&opts.IdleTimeout, 2*time.Minute)
 	def(&opts.MaxConnAge, 8*time.Minute)
+	def(&opts.RestoreAfter, time.Minute)
 	if opts.MaxConnsPerMailbox <= 0 {
 		opts.MaxConnsPerMailbox = 3
 	}
@@ -609,19 +616,40 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 	if err := p.acquire(ctx); err != nil {
 		return nil, ctxError(ctx, reply.StageConnect)
 	}
-	defer p.release()
+	held := true
+	defer func() {
+		if held {
+			p.release()
+		}
+	}()
 
-	for attempt := 0; ; attempt++ {
+	// Each recovery below happens at most a few times per message; after
+	// that the failure is reported and the scheduler's policy applies.
+	var staleRetries, tokenRetries, lowerings int
+	fresh := false // the next connection must be a new one
+	for {
 		var cn *conn
 		reused := false
-		if attempt == 0 {
-			// A retry goes to a fresh connection: other idle ones are
-			// likely as stale as the one that just failed.
+		if !fresh {
 			cn, reused = p.takeIdle(c.opts.Clock())
 		}
 		if cn == nil {
 			var rerr *reply.Error
 			if cn, rerr = c.connect(ctx, env.Mailbox); rerr != nil {
+				if concurrencyLimited(rerr) && lowerings < 3 && p.lower(c.opts.Clock()) {
+					// 432 4.3.2 while we hold other connections: wait for
+					// one of ours instead of failing the message.
+					lowerings++
+					reconnectsTotal.WithLabelValues("432").Inc()
+					p.release()
+					held = false
+					if err := p.acquire(ctx); err != nil {
+						return nil, ctxError(ctx, reply.StageConnect)
+					}
+					held = true
+					fresh = false
+					continue
+				}
 				return nil, rerr
 			}
 		}
@@ -636,14 +664,73 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 			return res, nil
 		}
 		cn.close(false)
-		if reused && attempt == 0 && txe.beforeData && txe.err.Temporary() {
+		if TokenExpired(txe.err) {
+			// The session's token ran out under us. Other pooled
+			// sessions authenticated with it are as dead; the source is
+			// told so it hands out a new token, and a transaction that
+			// sent nothing of the body is retried at once.
+			c.log.Info("Exchange says the session's token expired; reconnecting with a fresh token",
+				zap.String("mailbox", env.Mailbox), zap.String("reply", txe.err.Error()))
+			reconnectsTotal.WithLabelValues("token_expired").Inc()
+			p.dropIdleWith(cn.tok)
+			if _, err := c.opts.Tokens.Refresh(ctx, cn.tok); err != nil {
+				return res, tokenError(err)
+			}
+			if txe.beforeData && tokenRetries == 0 {
+				tokenRetries++
+				fresh = true
+				continue
+			}
+			return res, txe.err
+		}
+		if reused && staleRetries == 0 && txe.beforeData && txe.err.Temporary() {
 			// A pooled connection Exchange had closed or was closing (idle
 			// timeout, 421): nothing of the message was sent, so retry once
-			// on a fresh connection instead of failing the message.
+			// on a fresh connection instead of failing the message. Other
+			// idle ones are likely as stale as this one.
 			c.log.Debug("pooled connection failed before data; retrying on a new one",
 				zap.String("mailbox", env.Mailbox), zap.String("reply", txe.err.Error()))
+			reconnectsTotal.WithLabelValues("stale").Inc()
+			staleRetries++
+			fresh = true
 			continue
 		}
 		return res, txe.err
+	}
+}
+
+// concurrencyLimited reports Exchange's "432 4.3.2 Concurrent connections
+// limit exceeded" at AUTH (exchange-online.md §2.4, §2.5).
+func concurrencyLimited(re *reply.Error) bool {
+	return re.Stage == reply.StageAuth && re.Temporary() && re.Enhanced == smtp.EnhancedCode{4, 3, 2}
+}
+
+// TokenExpired reports Exchange's "501 5.5.127" on an authenticated
+// session, which the relay reads as "the access token this session
+// authenticated with is no longer valid" (the reply is reported by users of
+// long-lived sessions; Microsoft does not document it). It is neither the
+// message's fault nor a configuration error: a fresh connection with a fresh
+// token fixes it.
+func TokenExpired(re *reply.Error) bool {
+	return re != nil && re.Code == 501 && re.Enhanced == smtp.EnhancedCode{5, 5, 127}
+}
+
+// dropIdleWith closes idle connections authenticated with tok.
+func (p *mailboxPool) dropIdleWith(tok token.Token) {
+	var drop []*conn
+	p.cl.mu.Lock()
+	keep := p.idle[:0]
+	for _, cn := range p.idle {
+		if cn.tok.Value == tok.Value {
+			drop = append(drop, cn)
+		} else {
+			keep = append(keep, cn)
+		}
+	}
+	clear(p.idle[len(keep):])
+	p.idle = keep
+	p.cl.mu.Unlock()
+	for _, cn := range drop {
+		cn.close(true)
 	}
 }

@@ -268,7 +268,7 @@ func TestFaults(t *testing.T) {
 		{"auth drop", []exchangetest.Fault{{Stage: "auth", Drop: true}}, 451, smtp.EnhancedCode{4, 4, 2}, reply.StageAuth},
 		{"mail 451", []exchangetest.Fault{{Stage: "mail", Reply: smtpErr(451, smtp.EnhancedCode{4, 7, 0}, "Temporary server error")}}, 451, smtp.EnhancedCode{4, 7, 0}, reply.StageMail},
 		{"mail 421", []exchangetest.Fault{{Stage: "mail", Reply: smtpErr(421, smtp.EnhancedCode{4, 3, 2}, "Service not available")}}, 421, smtp.EnhancedCode{4, 3, 2}, reply.StageMail},
-		{"mail 501", []exchangetest.Fault{{Stage: "mail", Reply: smtpErr(501, smtp.EnhancedCode{5, 5, 127}, "SMTPSEND.Bad sender")}}, 501, smtp.EnhancedCode{5, 5, 127}, reply.StageMail},
+		{"mail 501 5.5.127 twice", []exchangetest.Fault{{Stage: "mail", Reply: smtpErr(501, smtp.EnhancedCode{5, 5, 127}, "SMTPSEND.Bad sender"), Times: 2}}, 501, smtp.EnhancedCode{5, 5, 127}, reply.StageMail},
 		{"rcpt 550 only rcpt", []exchangetest.Fault{{Stage: "rcpt", Reply: smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "RESOLVER.ADR.RecipNotFound")}}, 550, smtp.EnhancedCode{5, 1, 1}, reply.StageRcpt},
 		{"rcpt drop", []exchangetest.Fault{{Stage: "rcpt", Drop: true}}, 451, smtp.EnhancedCode{4, 4, 2}, reply.StageRcpt},
 		{"data 554 quota", []exchangetest.Fault{{Stage: "data", Reply: smtpErr(554, smtp.EnhancedCode{5, 2, 0}, "STOREDRV.Submission.Exception:SubmissionQuotaExceededException")}}, 554, smtp.EnhancedCode{5, 2, 0}, reply.StageData},
