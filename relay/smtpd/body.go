@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -41,7 +42,11 @@ var (
 	errBareCR = reply.New(550, smtp.EnhancedCode{5, 6, 0},
 		"Message has a bare CR not followed by LF; SMTP requires CRLF (RFC 5321 section 2.3.8). "+
 			"Fix the sender, or set line_endings: normalize (O365RELAY_LINE_ENDINGS) in the relay's configuration")
-	errLoop = reply.New(554, smtp.EnhancedCode{5, 4, 6},
+	// go-smtp applies one line limit to commands and DATA alike (see
+	// New); past it the rest of the stream cannot be framed, so the
+	// connection is closed after this reply.
+	errLineTooLong = reply.New(500, smtp.EnhancedCode{5, 5, 2}, "Line too long (limit 2000 octets), closing connection")
+	errLoop        = reply.New(554, smtp.EnhancedCode{5, 4, 6},
 		fmt.Sprintf("Too many Received: headers (more than %d): mail loop detected", maxReceived))
 )
 
@@ -102,6 +107,9 @@ func (c *bodyChecker) Read(p []byte) (int, error) {
 			c.eof = true
 		} else if err != nil && c.err == nil {
 			c.err = err
+			if errors.Is(err, smtp.ErrTooLongLine) {
+				c.err = errLineTooLong
+			}
 		}
 	}
 	n := copy(p, c.out)
@@ -167,6 +175,25 @@ func (c *bodyChecker) step(b byte) bool {
 	}
 	c.lineLen++
 	return true
+}
+
+// readErr returns the error reading the DATA stream failed with (a
+// timeout, the client gone), or nil. After one, where the message ends in
+// the stream is unknown: what follows must not be read as commands.
+func (c *bodyChecker) readErr() error {
+	if c.err == nil || reply.As(c.err) != nil {
+		return nil
+	}
+	return c.err
+}
+
+// refusal returns the reply for a rule the body broke (including go-smtp's
+// 552 5.3.4 for a message over the size limit, whatever SIZE= said), or nil.
+func (c *bodyChecker) refusal() *reply.Error {
+	if c.err == nil {
+		return nil
+	}
+	return reply.As(c.err)
 }
 
 func (c *bodyChecker) emit(bs ...byte) { c.out = append(c.out, bs...) }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -134,7 +135,28 @@ type trackedConn struct {
 	prevCR  bool
 	pending []byte
 	markers int // NULs inserted and not yet consumed by the body checker
+
+	// syntaxErrors counts replies that say the client does not speak SMTP
+	// properly (see countSyntaxError).
+	syntaxErrors int
+	// closing is connOpen, connCloseAfterReply (the next reply is the last
+	// one the client hears) or connClosed (later replies are dropped and
+	// reads end). Set from the session and read by go-smtp's goroutine.
+	closing atomic.Int32
 }
+
+const (
+	connOpen int32 = iota
+	connCloseAfterReply
+	connClosed
+)
+
+// maxSyntaxErrors is how many syntax errors a connection may make: the
+// third is answered and followed by 421 and a close (a client that cannot
+// form a command is not going to send a good message; RFC 5321 §4.3.2's
+// 421 is how a server closes on its own initiative). go-smtp's own limit is
+// one more than this, and counts fewer kinds of error.
+const maxSyntaxErrors = 3
 
 var goSMTPQueued = []byte("250 2.0.0 OK: queued\r\n")
 
@@ -143,17 +165,48 @@ var goSMTPQueued = []byte("250 2.0.0 OK: queued\r\n")
 // initiative answers 421; go-smtp closes after too many errors with a 500.
 // A command line that is too long is a syntax error (X.5.2, RFC 3463), not a
 // "network or routing" one (X.4.0).
+// go-smtp answers a panic in a command handler with 421 4.0.0; X.3.0 (RFC
+// 3463 "other or undefined mail system status") is what this relay uses for
+// its own faults.
 var goSMTPReplies = map[string][]byte{
-	"500 5.5.1 Too many errors. Quiting now\r\n":      []byte("421 4.7.0 Too many errors, closing connection\r\n"),
-	"500 5.4.0 Too long line, closing connection\r\n": []byte("500 5.5.2 Line too long (limit 2000 octets), closing connection\r\n"),
+	"500 5.5.1 Too many errors. Quiting now\r\n":      []byte(replyTooManyErrors),
+	"500 5.4.0 Too long line, closing connection\r\n": []byte(replyLineTooLong),
+	"421 4.0.0 Internal server error\r\n":             []byte(replyInternal),
 }
+
+const (
+	replyTooManyErrors = "421 4.7.0 Too many errors, closing connection\r\n"
+	replyLineTooLong   = "500 5.5.2 Line too long (limit 2000 octets), closing connection\r\n"
+	replyInternal      = "421 4.3.0 Internal error, closing connection; try again later\r\n"
+)
+
+// goSMTPBadParam starts go-smtp's reply to a MAIL or RCPT parameter it does
+// not know or cannot parse (it uses 500 5.5.4 for nothing else).
+var goSMTPBadParam = []byte("500 5.5.4 ")
+
+// goSMTPChunking is the EHLO line advertising CHUNKING (RFC 3030), which
+// go-smtp always sends. BDAT is refused (see session.Data): go-smtp runs
+// Session.Data for BDAT on a second goroutine, concurrently with the
+// connection's own, which this package's per-connection state does not
+// allow. It is never the last EHLO line (SMTPUTF8 and SIZE follow it).
+var goSMTPChunking = []byte("250-CHUNKING\r\n")
 
 // Read watches the first bytes a client sends: an HTTP request or a TLS
 // ClientHello on the plain SMTP port is answered once and the connection
 // closed, instead of feeding binary or HTTP lines to the SMTP parser (which
 // would answer each with an error). It also enforces the session's maximum
 // life.
-func (c *trackedConn) Read(p []byte) (int, error) {
+func (c *trackedConn) Read(p []byte) (n int, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			logPanic(c.log, v, c.ip, "reading from the client")
+			c.writeAndClose(replyInternal)
+			n, err = 0, io.EOF
+		}
+	}()
+	if c.closing.Load() != connOpen {
+		return 0, io.EOF
+	}
 	if c.maxSession > 0 && time.Since(c.started) > c.maxSession {
 		c.writeAndClose("421 4.4.2 Session too long, closing connection\r\n")
 		return 0, io.EOF
@@ -163,7 +216,7 @@ func (c *trackedConn) Read(p []byte) (int, error) {
 		c.pending = c.pending[n:]
 		return n, nil
 	}
-	n, err := c.Conn.Read(p)
+	n, err = c.Conn.Read(p)
 	if c.inData && n > 0 {
 		n = c.splitCRCR(p, n)
 	}
@@ -224,6 +277,7 @@ func (c *trackedConn) takeMarker() bool {
 }
 
 func (c *trackedConn) writeAndClose(line string) {
+	c.closing.Store(connClosed)
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	_, _ = c.Conn.Write([]byte(line))
 	_ = c.Close()
@@ -250,10 +304,36 @@ func (c *trackedConn) armSuccess(text string) {
 	c.mu.Unlock()
 }
 
-func (c *trackedConn) Write(p []byte) (int, error) {
+// closeAfterReply makes the next reply the connection's last: later replies
+// are dropped and reads report EOF, so go-smtp ends the session (and does
+// not answer commands the client had already pipelined).
+func (c *trackedConn) closeAfterReply() {
+	c.closing.CompareAndSwap(connOpen, connCloseAfterReply)
+}
+
+// Write passes go-smtp's replies on, rewriting the few this relay words
+// differently (see goSMTPReplies), counting syntax errors, and honouring
+// closeAfterReply.
+func (c *trackedConn) Write(p []byte) (n int, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			logPanic(c.log, v, c.ip, "writing to the client")
+			c.writeAndClose(replyInternal)
+			n, err = 0, net.ErrClosed
+		}
+	}()
+	switch c.closing.Load() {
+	case connClosed:
+		return len(p), nil
+	case connCloseAfterReply:
+		defer c.closing.Store(connClosed)
+	}
 	// go-smtp writes nothing while it reads a message: the first write
 	// after DATA started is the reply to it.
 	c.inData, c.markers = false, 0
+	if bytes.Equal(p, goSMTPChunking) {
+		return len(p), nil
+	}
 	c.mu.Lock()
 	repl := c.success
 	if repl != nil && bytes.Equal(p, goSMTPQueued) {
@@ -265,13 +345,43 @@ func (c *trackedConn) Write(p []byte) (int, error) {
 		return len(p), nil
 	}
 	c.mu.Unlock()
+	out := p
 	if r, ok := goSMTPReplies[string(p)]; ok {
-		if _, err := c.Conn.Write(r); err != nil {
+		out = r
+	} else if bytes.HasPrefix(p, goSMTPBadParam) {
+		// go-smtp answers an unknown or malformed MAIL/RCPT parameter
+		// with 500, the code for an unrecognised command; RFC 5321
+		// §4.2.2's 501 is "syntax error in parameters or arguments".
+		out = append([]byte("501"), p[3:]...)
+	}
+	if _, err := c.Conn.Write(out); err != nil {
+		return 0, err
+	}
+	if c.countSyntaxError(out) {
+		if _, err := c.Conn.Write([]byte(replyTooManyErrors)); err != nil {
 			return 0, err
 		}
-		return len(p), nil
+		c.closing.Store(connClosed)
 	}
-	return c.Conn.Write(p)
+	return len(p), nil
+}
+
+// countSyntaxError reports whether reply is the client's maxSyntaxErrors-th
+// syntax error. A syntax error is a 500 or 501 with an X.5.x enhanced code
+// (RFC 3463 §3.6: "mail delivery protocol status"): an unknown command, a
+// command or argument that does not parse. Not counted: 502/503 (a command
+// out of sequence, which a pipelining client legitimately produces after a
+// refused MAIL FROM), address and policy refusals, and go-smtp's own
+// closing replies.
+func (c *trackedConn) countSyntaxError(reply []byte) bool {
+	if len(reply) < 9 || reply[3] != ' ' || string(reply) == replyLineTooLong || string(reply) == replyTooManyErrors {
+		return false
+	}
+	if !bytes.HasPrefix(reply, []byte("500 5.5.")) && !bytes.HasPrefix(reply, []byte("501 5.5.")) {
+		return false
+	}
+	c.syntaxErrors++
+	return c.syntaxErrors == maxSyntaxErrors
 }
 
 func (c *trackedConn) Close() error {

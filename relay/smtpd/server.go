@@ -15,6 +15,9 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -210,21 +213,60 @@ func isClosedErr(err error) bool { return errors.Is(err, net.ErrClosed) }
 
 var errShuttingDown = reply.New(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
 
-func (s *Server) newSession(c *smtp.Conn) (smtp.Session, error) {
+func (s *Server) newSession(c *smtp.Conn) (sess smtp.Session, err error) {
 	tc, _ := c.Conn().(*trackedConn)
-	sess := &session{srv: s, conn: c, tc: tc}
-	if tc != nil {
-		sess.clientIP = tc.ip
-	}
+	defer func() {
+		if v := recover(); v != nil {
+			var ip netip.Addr
+			if tc != nil {
+				ip = tc.ip
+				tc.closeAfterReply()
+			}
+			logPanic(s.log, v, ip, "EHLO")
+			sess, err = nil, errPanic.SMTP()
+		}
+	}()
 	if s.draining.Load() {
 		return nil, errShuttingDown.SMTP()
 	}
-	return sess, nil
+	ss := &session{srv: s, conn: c, tc: tc}
+	if tc != nil {
+		ss.clientIP = tc.ip
+	}
+	return ss, nil
+}
+
+// logPanic logs a recovered panic. Its value is logged only when it is a
+// runtime error (index out of range, nil dereference: the runtime's own
+// words); any other value may be a string or error built from message data
+// or a credential (house rule 2), so only its type is. The stack names
+// functions and holds argument words, not the bytes they point to.
+func logPanic(log *zap.Logger, v any, client netip.Addr, where string) {
+	val := fmt.Sprintf("%T (value withheld: it may hold message data)", v)
+	if re, ok := v.(runtime.Error); ok {
+		val = re.Error()
+	}
+	log.Error("panic contained; connection closed with 421 4.3.0", zap.String("client", client.String()),
+		zap.String("during", where), zap.String("panic", val), zap.String("stack", string(debug.Stack())))
 }
 
 // zapPrintf adapts zap to go-smtp's Logger. go-smtp logs accept errors and
-// handler panics here; neither contains message data.
+// the panics it recovers here; a panic goes through logPanic so its value
+// is withheld.
 type zapPrintf struct{ l *zap.Logger }
 
-func (z zapPrintf) Printf(format string, v ...interface{}) { z.l.Warn(fmt.Sprintf(format, v...)) }
-func (z zapPrintf) Println(v ...interface{})               { z.l.Warn(fmt.Sprint(v...)) }
+func (z zapPrintf) Printf(format string, v ...interface{}) {
+	if strings.HasPrefix(format, "panic serving") && len(v) >= 2 {
+		var ip netip.Addr
+		if a, ok := v[0].(net.Addr); ok {
+			if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+				ip = ap.Addr().Unmap()
+			}
+		}
+		logPanic(z.l, v[1], ip, "a go-smtp command handler")
+		return
+	}
+	z.l.Warn(fmt.Sprintf(format, v...))
+}
+
+func (z zapPrintf) Println(v ...interface{}) { z.l.Warn(fmt.Sprint(v...)) }

@@ -30,13 +30,42 @@ type session struct {
 	rcpts    []string
 }
 
+// errPanic answers a command whose handling panicked. RFC 5321 §3.8: a
+// server that ends the session on its own answers 421; X.3.0 (RFC 3463) is
+// a fault of the mail system, not of the message, so the client retries.
+var errPanic = reply.New(421, smtp.EnhancedCode{4, 3, 0}, "Internal error, closing connection; try again later")
+
+// contain is deferred by every method go-smtp calls: a panic while
+// handling one connection becomes that connection's 421 4.3.0 and its end,
+// logged without the panic's value (see logPanic); the daemon and the other
+// sessions go on. go-smtp recovers panics in command handlers too, but its
+// reply is 421 4.0.0 and its log line prints the panic value.
+func (s *session) contain(errp *error, where string) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	logPanic(s.srv.log, v, s.clientIP, where)
+	if s.tc != nil {
+		s.tc.closeAfterReply()
+	}
+	if errp != nil {
+		*errp = errPanic.SMTP()
+	}
+}
+
 func (s *session) Reset() {
+	defer s.contain(nil, "RSET")
 	s.from, s.haveFrom, s.mailbox, s.utf8, s.eightBit, s.rcpts = "", false, "", false, false, nil
 }
 
-func (s *session) Logout() error { return nil }
+func (s *session) Logout() (err error) {
+	defer s.contain(&err, "logout")
+	return nil
+}
 
-func (s *session) Mail(from string, opts *smtp.MailOptions) error {
+func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
+	defer s.contain(&err, "MAIL")
 	if s.srv.draining.Load() {
 		return errShuttingDown.SMTP()
 	}
@@ -46,11 +75,11 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	if err := checkAddress(from, opts.UTF8, true); err != nil {
 		return err.SMTP()
 	}
-	mailbox, err := s.srv.opts.Route(from)
-	if err != nil {
+	mailbox, rerr := s.srv.opts.Route(from)
+	if rerr != nil {
 		s.srv.log.Info("sender refused", zap.String("client", s.clientIP.String()),
-			zap.String("from", from), zap.Error(err))
-		return reply.ForClient(err)
+			zap.String("from", from), zap.Error(rerr))
+		return reply.ForClient(rerr)
 	}
 	s.from, s.haveFrom, s.mailbox = from, true, mailbox
 	s.utf8 = opts.UTF8
@@ -58,7 +87,8 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) error {
 	return nil
 }
 
-func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
+	defer s.contain(&err, "RCPT")
 	if s.srv.draining.Load() {
 		return errShuttingDown.SMTP()
 	}
@@ -69,10 +99,26 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	return nil
 }
 
-func (s *session) Data(r io.Reader) error {
+// errBDAT refuses BDAT (RFC 3030), which CHUNKING is not advertised for
+// (trackedConn.Write drops it from go-smtp's EHLO reply): go-smtp runs Data
+// for BDAT on its own goroutine while the connection goroutine goes on
+// reading commands, so the session's fields and the connection's DATA state
+// would be shared between two goroutines. Every client falls back to DATA.
+var errBDAT = reply.New(502, smtp.EnhancedCode{5, 5, 1}, "BDAT is not supported here; use DATA")
+
+// errDataRead answers a DATA phase cut short by its deadline or the client
+// (X.4.2, RFC 3463: bad connection). Nothing was stored; the client retries.
+var errDataRead = reply.New(421, smtp.EnhancedCode{4, 4, 2}, "Message data not received in time, closing connection")
+
+func (s *session) Data(r io.Reader) (err error) {
+	if _, bdat := r.(*io.PipeReader); bdat {
+		// Before touching any state: this is the BDAT goroutine.
+		return errBDAT.SMTP()
+	}
 	srv := s.srv
 	srv.inData.Add(1)
 	defer srv.inData.Done()
+	defer s.contain(&err, "DATA")
 
 	// go-smtp reads the whole body under the deadline it set when the DATA
 	// line arrived (one CommandTimeout). Give the body its own, longer,
@@ -103,6 +149,37 @@ func (s *session) Data(r io.Reader) error {
 	body := io.MultiReader(strings.NewReader(hdr), checker)
 
 	text, err := srv.opts.Sink.Submit(srv.baseCtx, env, body)
+	if rerr := checker.readErr(); rerr != nil {
+		// A DATA deadline (a slow-drip client) or a dropped connection:
+		// the rest of the message must not be taken for commands, so the
+		// session ends here (RFC 5321 §4.5.3.2.5 lets a server close
+		// after a timeout in DATA).
+		srv.log.Info("message data not received", zap.String("id", string(env.ID)),
+			zap.String("client", env.Client), zap.Error(rerr))
+		if err == nil {
+			srv.log.Error("sink accepted a body that was not received in full", zap.String("id", string(env.ID)))
+		}
+		err = errDataRead
+		if s.tc != nil {
+			s.tc.closeAfterReply()
+		}
+	}
+	if refusal := checker.refusal(); refusal != nil {
+		// The body broke a rule (line ending, hop count, size, line
+		// length): that is the client's answer, however the sink passed on
+		// the read error. A sink that stored such a body anyway is a bug;
+		// the client still hears the refusal.
+		if err == nil {
+			srv.log.Error("sink accepted a body the checks refused", zap.String("id", string(env.ID)))
+		}
+		err = refusal
+		if refusal == errLineTooLong && s.tc != nil {
+			// go-smtp's line reader stays over its limit and would
+			// answer again with its own "too long line": this reply is
+			// the last.
+			s.tc.closeAfterReply()
+		}
+	}
 	log := srv.log.With(zap.String("id", string(env.ID)), zap.String("client", env.Client),
 		zap.String("from", env.From), zap.Int("rcpts", len(env.To)), zap.String("mailbox", env.Mailbox))
 	if err != nil {

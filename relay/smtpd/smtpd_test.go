@@ -388,11 +388,19 @@ func TestTooManyErrorsIs421(t *testing.T) {
 	c := dial(t, s.Addr().String())
 	c.reply()
 	c.cmd("EHLO x", "250")
-	for i := 0; i < 4; i++ {
-		c.cmd("BOGUS", "50")
-	}
+	// Not syntax errors: out of sequence, and an address refusal.
+	c.cmd("RCPT TO:<a@example.org>", "502 5.5.1 ")
+	c.cmd("DATA", "502 5.5.1 ")
+	c.cmd("MAIL FROM:<jos\u00e9@contoso.com>", "553 5.6.7 ")
+	// Syntax errors: the third is answered, then 421 and close.
+	c.cmd("BOGUS", "501 5.5.2 ")
+	c.cmd("MAIL FROM:<<>>", "501 5.5.2 ")
+	c.cmd("MAIL FROM:<app@contoso.com> NOSUCH=1", "501 5.5.4 ")
 	if got := c.reply(); got != "421 4.7.0 Too many errors, closing connection" {
 		t.Fatalf("got %q", got)
+	}
+	if _, err := c.r.ReadByte(); err == nil {
+		t.Fatal("connection left open after 421")
 	}
 }
 
