@@ -3,7 +3,9 @@
 // The envelope is what the SMTP transaction said about a message (RFC 5321
 // §2.3.1: originator, recipients) plus what the relay decided at intake (the
 // mailbox it will authenticate as). The body is never held here: it streams
-// from the client into the spool and from the spool to Exchange.
+// from the client into the spool and from the spool to Exchange; the one
+// transform applied on the way out, a sender rule's From: rewrite
+// (RewriteFrom), holds only the header section.
 package message
 
 import (
