@@ -109,12 +109,12 @@ type explanation struct {
 // explanations map AADSTS codes to the azure-setup.md step a user must
 // revisit (0: not a setup problem). Codes: exchange-online.md §3.
 var explanations = map[int]explanation{
-	700016:  {1, "the client ID is not an app in this tenant: copy Application (client) ID and Directory (tenant) ID from the app's Overview page"},
+	700016:  {1, "wrong client ID or tenant: the client ID is not an app in this tenant; copy Application (client) ID and Directory (tenant) ID from the app's Overview page"},
 	90002:   {1, "tenant not found: check the Directory (tenant) ID and that the authority host is the app's cloud"},
 	9001023: {1, "use the Directory (tenant) ID, not common/consumers/organizations, as the tenant"},
 	7000112: {1, "the application is disabled in the tenant (Enterprise applications → Properties → Enabled for users to sign-in)"},
 	1000031: {1, "the application cannot be accessed at this time; ask the tenant administrator"},
-	700027:  {3, "the certificate is not registered on the app (Certificates & secrets → Upload certificate), is a different one, has expired, or was uploaded less than ~2 minutes ago"},
+	700027:  {3, "the certificate is not registered on the app (Certificates & secrets → Upload certificate), is a different one, has expired, or was uploaded less than ~2 minutes ago (wait 2 minutes after uploading)"},
 	700024:  {3, "the client assertion is outside its valid time range: this host's clock is off (check NTP), or (workload identity) the projected token file is stale or expired"},
 	50012:   {3, "authentication failed: the assertion's signature, certificate or audience is wrong — the audience must be this tenant's v2.0 token endpoint (step 7)"},
 	700030:  {3, "subject name/issuer authentication: the certificate's subject is not authorized for the app"},
@@ -237,4 +237,74 @@ func tokenReply(err error) *reply.Error {
 		text = fmt.Sprintf("Entra ID refused the token request (AADSTS%d); try again later", ee.Code())
 	}
 	return &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: text, Stage: reply.StageToken, Err: err}
+}
+
+// SetupIDs are the user's own identifiers that a fix names, so that the
+// user can copy the command or find the portal page without translating.
+type SetupIDs struct {
+	TenantID      string
+	ClientID      string
+	AuthorityHost string
+	// Thumbprint is the certificate's SHA-1 thumbprint as the Azure portal
+	// shows it (uppercase hex); empty for other credentials.
+	Thumbprint string
+	// CertificatePath is the credential file, for the openssl commands.
+	CertificatePath string
+}
+
+// Fix says what to do about an AADSTS code, step by step, with ids filled
+// in; it is the long form of Explain's one-line hint, for `o365relay
+// doctor`. Lines are separated by "\n". Unknown codes give "".
+func Fix(code int, ids SetupIDs) string {
+	app := "Entra ID → App registrations → the app with Application (client) ID " + ids.ClientID
+	path := ids.CertificatePath
+	if path == "" {
+		path = "<certificate file>"
+	}
+	switch code {
+	case 700016:
+		return app + " → Overview: copy Application (client) ID into AZURE_CLIENT_ID and Directory (tenant) ID into AZURE_TENANT_ID.\n" +
+			"This relay asked tenant " + ids.TenantID + " for client " + ids.ClientID + "; if the app is registered in another tenant, use that tenant's ID."
+	case 90002, 50049:
+		return "Tenant " + ids.TenantID + " is not known at " + ids.AuthorityHost + ": set AZURE_TENANT_ID to the Directory (tenant) ID on the app's Overview page.\n" +
+			"National clouds need their own authority host: US Government AZURE_AUTHORITY_HOST=https://login.microsoftonline.us/ (with O365RELAY_UPSTREAM=smtp.office365.us:587 and O365RELAY_SCOPE=https://outlook.office365.us/.default)."
+	case 9001023:
+		return "Set AZURE_TENANT_ID to the Directory (tenant) ID (a GUID or the tenant's domain), not common, consumers or organizations."
+	case 700027:
+		tp := ids.Thumbprint
+		if tp == "" {
+			tp = "<thumbprint>"
+		}
+		return app + " → Certificates & secrets → Certificates must list thumbprint " + tp + " with a future expiry date.\n" +
+			"If it is not listed: Upload certificate with the public part of " + path + " (openssl x509 -in " + path + " -out o365relay-cert.pem).\n" +
+			"If you uploaded it just now: wait 2 minutes after uploading (Entra ID takes 30-90 s to propagate it), then run o365relay doctor again.\n" +
+			"If it is listed but expired: make a new certificate, upload it, and point AZURE_CLIENT_CERTIFICATE_PATH at the new file."
+	case 700024:
+		return "Make the local clock right (timedatectl set-ntp true; chronyc tracking); the doctor's clock check shows the offset from Entra ID.\n" +
+			"With workload identity (AZURE_FEDERATED_TOKEN_FILE), check that the kubelet keeps rotating the projected token file."
+	case 7000215:
+		return app + " → Certificates & secrets → Client secrets: put the secret's Value (shown once, when it is created) into AZURE_CLIENT_SECRET, not its Secret ID; or use a certificate (AZURE_CLIENT_CERTIFICATE_PATH), which is recommended."
+	case 7000222:
+		return app + " → Certificates & secrets → Client secrets: create a new secret and put its Value into AZURE_CLIENT_SECRET; or use a certificate (AZURE_CLIENT_CERTIFICATE_PATH), which does not need rotating as often."
+	case 70021:
+		return app + " → Certificates & secrets → Federated credentials: the issuer must be the cluster's OIDC issuer URL, the subject system:serviceaccount:<namespace>:<service account> and the audience api://AzureADTokenExchange, exactly as in the projected token."
+	case 7000218:
+		return "Configure one credential: AZURE_CLIENT_CERTIFICATE_PATH (recommended), AZURE_FEDERATED_TOKEN_FILE or AZURE_CLIENT_SECRET."
+	case 500011, 70011, 1002012:
+		return "Set O365RELAY_SCOPE to https://outlook.office365.com/.default (the default; https://outlook.office365.us/.default for GCC High); a Graph scope gives a token Exchange SMTP refuses."
+	case 7000112, 1000031:
+		return "Entra ID → Enterprise applications → the app " + ids.ClientID + " → Properties: set Enabled for users to sign-in to Yes, or ask the tenant administrator why the app is blocked."
+	case 50012, 50048, 700021, 5002738, 50027, 700030:
+		return "The client assertion was refused; with a certificate credential the relay builds it itself (PS256, x5t#S256), so check that AZURE_AUTHORITY_HOST is " + DefaultAuthorityHost + " (or your cloud's) and that the tenant is right; with workload identity, check the projected token."
+	}
+	return ""
+}
+
+// AsEntraError finds the *EntraError in a token failure, or nil.
+func AsEntraError(err error) *EntraError {
+	var ee *EntraError
+	if errors.As(err, &ee) {
+		return ee
+	}
+	return nil
 }

@@ -46,6 +46,10 @@ type Options struct {
 	Logger *zap.Logger
 	// Mailboxes beyond Mailbox, each granted to the app.
 	Mailboxes []string
+	// Exchange, if set, may change the fake Exchange's options before it
+	// starts: misconfigure a mailbox (AuthDisabled, no grant), serve a
+	// certificate from another CA, or turn STARTTLS off.
+	Exchange func(*exchangetest.Options)
 }
 
 // Cloud is a running fake Entra ID and Exchange Online.
@@ -106,14 +110,18 @@ func New(o Options) (c *Cloud, err error) {
 	for _, m := range o.Mailboxes {
 		mbx[m] = exchangetest.Mailbox{Apps: []string{ClientID}}
 	}
-	c.Exchange, err = exchangetest.NewServer(exchangetest.Options{
+	xo := exchangetest.Options{
 		TLS:       serverCert,
 		TokenKey:  c.Entra.PublicKey(),
 		Tenant:    c.Entra.Tenant(),
 		Mailboxes: mbx,
 		Logger:    o.Logger,
 		Discard:   o.Discard,
-	})
+	}
+	if o.Exchange != nil {
+		o.Exchange(&xo)
+	}
+	c.Exchange, err = exchangetest.NewServer(xo)
 	if err != nil {
 		return nil, err
 	}

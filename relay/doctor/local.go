@@ -1,0 +1,223 @@
+package doctor
+
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/o365relay/o365relay/token"
+)
+
+// thumbprintSHA256Hex is the SHA-256 of the certificate's DER in uppercase
+// hex, the form certificate tools and newer portal views print (the
+// assertion's x5t#S256 is the same digest in base64url).
+func thumbprintSHA256Hex(c *token.Certificate) string {
+	sum := sha256.Sum256(c.Leaf.Raw)
+	return strings.ToUpper(hex.EncodeToString(sum[:]))
+}
+
+// keyPermissionWarning is the daemon's warning about a world-readable key
+// file (relay.warnKeyPermissions), as text.
+func keyPermissionWarning(path string) string {
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm()&0o004 == 0 {
+		return ""
+	}
+	return fmt.Sprintf("the private key file %s is world-readable (mode %s)", path, fi.Mode().Perm())
+}
+
+// federatedInfo reads a workload-identity token file and describes it from
+// its unverified claims (only Entra ID can verify it); an expired token is
+// an error (AADSTS700024 would follow).
+func federatedInfo(path string, now time.Time) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", err
+	}
+	parts := strings.Split(strings.TrimSpace(string(b)), ".")
+	if len(parts) != 3 {
+		return "", errors.New("not a JWT (a projected service account token has three dot-separated parts)")
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return "", errors.New("JWT payload is not base64url")
+	}
+	var c struct {
+		Iss string          `json:"iss"`
+		Sub string          `json:"sub"`
+		Aud json.RawMessage `json:"aud"`
+		Exp int64           `json:"exp"`
+	}
+	if err := json.Unmarshal(payload, &c); err != nil {
+		return "", errors.New("JWT payload is not JSON")
+	}
+	var aud []string
+	if json.Unmarshal(c.Aud, &aud) != nil {
+		var one string
+		if json.Unmarshal(c.Aud, &one) == nil {
+			aud = []string{one}
+		}
+	}
+	exp := time.Unix(c.Exp, 0)
+	if c.Exp != 0 && now.After(exp) {
+		return "", fmt.Errorf("the token expired at %s; the kubelet is not rotating it (is the pod's projected volume azure-identity-token mounted?)", exp.UTC().Format(time.RFC3339))
+	}
+	return fmt.Sprintf("issuer %s, subject %s, audience %s, expires %s (the federated credential on the app must match issuer, subject and audience)",
+		c.Iss, c.Sub, strings.Join(aud, ","), exp.UTC().Format(time.RFC3339)), nil
+}
+
+// --- 7. spool and listeners ------------------------------------------------------
+
+func (d *doctor) checkSpool() {
+	dir := d.cfg.SpoolDir
+	c := Check{Step: 7, Name: "spool", Target: dir}
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		parent := existingParent(dir)
+		if werr := syscall.Access(parent, 2 /* W_OK */); werr != nil {
+			c.Status = Fail
+			c.Message = fmt.Sprintf("%s does not exist and %s is not writable for this user: %v", dir, parent, werr)
+			c.Fix = fmt.Sprintf("mkdir -p %s && chown <relay user> %s && chmod 700 %s, or set O365RELAY_SPOOL_DIR to a directory this user can write (systemd: StateDirectory=).", dir, dir, dir)
+		} else {
+			c.Status = OK
+			c.Message = fmt.Sprintf("%s does not exist yet; the relay creates it (%s is writable)", dir, parent)
+		}
+	case err != nil:
+		c.Status, c.Message = Fail, err.Error()
+		c.Fix = "Set O365RELAY_SPOOL_DIR to a directory this user can write."
+	case !fi.IsDir():
+		c.Status, c.Message = Fail, dir+" is not a directory"
+		c.Fix = "Set O365RELAY_SPOOL_DIR to a directory."
+	default:
+		// Write, sync and remove a file where the spool writes (tmp/, if
+		// the spool was opened before): permission, read-only mounts and a
+		// full disk all show here.
+		where := dir
+		if st, err := os.Stat(filepath.Join(dir, "tmp")); err == nil && st.IsDir() {
+			where = filepath.Join(dir, "tmp")
+		}
+		if err := writeProbe(where); err != nil {
+			c.Status = Fail
+			c.Message = fmt.Sprintf("cannot write in %s: %v", where, err)
+			c.Fix = fmt.Sprintf("chown -R <relay user> %s (or fix the mount / free space), or set O365RELAY_SPOOL_DIR to a directory this user can write.", dir)
+		} else {
+			c.Status = OK
+			c.Message = dir + " is writable"
+		}
+	}
+	d.add(c)
+}
+
+func writeProbe(dir string) (err error) {
+	f, err := os.CreateTemp(dir, ".doctor-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if rerr := os.Remove(f.Name()); err == nil {
+			err = rerr
+		}
+	}()
+	if _, err := f.Write([]byte("o365relay doctor\n")); err != nil {
+		_ = f.Close() // the write error is the one to report
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func existingParent(dir string) string {
+	p := filepath.Clean(dir)
+	for {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+		next := filepath.Dir(p)
+		if next == p {
+			return p
+		}
+		p = next
+	}
+}
+
+// checkListeners binds each listen address for a moment. A taken address is
+// fine when this relay holds it: the spool's lock file is then locked by
+// the running daemon (relay/spool takes an exclusive flock on spool_dir/lock
+// for as long as it runs).
+func (d *doctor) checkListeners() {
+	type addr struct{ key, env, value string }
+	addrs := []addr{{"listen", "O365RELAY_LISTEN", d.cfg.Listen}}
+	if d.cfg.AdminListen != "" {
+		addrs = append(addrs, addr{"admin_listen", "O365RELAY_ADMIN_LISTEN", d.cfg.AdminListen})
+	}
+	running := spoolLocked(d.cfg.SpoolDir)
+	for _, a := range addrs {
+		c := Check{Step: 7, Name: "listener", Target: a.value}
+		ln, err := net.Listen("tcp", a.value)
+		switch {
+		case err == nil:
+			if cerr := ln.Close(); cerr != nil {
+				c.Status, c.Message = Warn, cerr.Error()
+				break
+			}
+			c.Status = OK
+			c.Message = fmt.Sprintf("%s %s is free", a.key, a.value)
+		case errors.Is(err, syscall.EADDRINUSE) && running:
+			c.Status = OK
+			c.Message = fmt.Sprintf("%s %s is held by the running relay (its spool %s is locked)", a.key, a.value, d.cfg.SpoolDir)
+		case errors.Is(err, syscall.EADDRINUSE):
+			c.Status = Fail
+			c.Message = fmt.Sprintf("%s %s is in use by another program (no relay holds the spool %s)", a.key, a.value, d.cfg.SpoolDir)
+			c.Fix = fmt.Sprintf("Find it with: ss -ltnp 'sport = :%s'; stop it, or set %s to a free address.", port(a.value), a.env)
+		default:
+			c.Status = Fail
+			c.Message = fmt.Sprintf("%s %s: %v", a.key, a.value, err)
+			c.Fix = fmt.Sprintf("Set %s to an address of this host (ports below 1024 need CAP_NET_BIND_SERVICE).", a.env)
+		}
+		d.add(c)
+	}
+}
+
+func port(hostport string) string {
+	_, p, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return hostport
+	}
+	return p
+}
+
+// spoolLocked reports whether a daemon holds the spool's lock. The lock is
+// tried without blocking and released at once; the file is not created.
+func spoolLocked(dir string) bool {
+	f, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_RDWR, 0)
+	if err != nil {
+		return false
+	}
+	defer func() { _ = f.Close() }() // read-only use; closing releases our lock
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		return errors.Is(err, syscall.EWOULDBLOCK)
+	}
+	_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN) // Close would release it too
+	return false
+}
