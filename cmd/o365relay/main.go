@@ -29,6 +29,9 @@ func commands() []command {
 		{"demo", "run the relay against built-in imitations of Entra ID and Exchange Online and send one message", runDemo},
 		{"queue", "inspect and manage the spool: list | show ID | retry ID|all | delete ID | failed", runQueue},
 		{"healthcheck", "exit 0 if the running relay's /readyz says ready, 1 otherwise", runHealthcheck},
+		{"doctor", "check the Azure and Exchange setup step by step and print the fix for what is wrong", runDoctor},
+		{"send", "send one test message straight to Exchange Online, reporting each step", runSend},
+		{"token", "obtain an access token and print its claims (never the token unless --print-token)", runToken},
 		{"version", "print the version", runVersion},
 	}
 }
