@@ -386,7 +386,7 @@ func (d *doctor) checkCertificate() {
 		"thumbprint_sha1":    cert.ThumbprintSHA1Hex(),
 		"thumbprint_sha256":  sha256hex,
 		"x5t#S256":           cert.ThumbprintSHA256(),
-		"assertion_algoritm": cfg.AssertionAlgorithm,
+		"assertion_algorithm": cfg.AssertionAlgorithm,
 	}
 	now := d.o.Clock()
 	thumbs := fmt.Sprintf("SHA-1 thumbprint %s (as the Azure portal shows it), SHA-256 %s", cert.ThumbprintSHA1Hex(), sha256hex)
