@@ -170,7 +170,7 @@ type EntraSource struct {
 	httpClient                  *http.Client
 	clock                       func() time.Time
 	log                         *zap.Logger
-	thumbprint                  string // SHA-1 hex of the certificate, for hints
+	discovery                   bool   // MSAL instance discovery (public clouds only)
 
 	backoffMin, backoffMax time.Duration // fields so tests can shorten them
 
@@ -180,6 +180,8 @@ type EntraSource struct {
 	kick   chan struct{} // buffered 1: the schedule changed, Run recomputes
 
 	mu          sync.Mutex
+	cert        *Certificate // signs assertions; swapped by RotateCertificate
+	thumbprint  string       // SHA-1 hex of cert, for hints
 	closed      bool
 	wg          sync.WaitGroup // in-flight requests
 	tok         Token
@@ -262,19 +264,11 @@ func NewSource(opts Options) (*EntraSource, error) {
 		s.httpClient = defaultHTTPClient()
 	}
 	if c := opts.Credential.Certificate; c != nil {
-		s.thumbprint = c.ThumbprintSHA1Hex()
 		if c.key == nil {
 			return nil, errors.New("token: certificate has no private key")
 		}
-		// Entra refuses an expired certificate (AADSTS700027, azure-setup
-		// step 3); say so before the first request, and early enough to
-		// rotate.
-		switch now := s.clock(); {
-		case now.After(c.NotAfter()):
-			s.log.Error("certificate has expired; upload a new one (Certificates & secrets)", zap.Stringer("certificate", c))
-		case now.Add(30 * 24 * time.Hour).After(c.NotAfter()):
-			s.log.Warn("certificate expires within 30 days; upload its successor (Certificates & secrets)", zap.Stringer("certificate", c))
-		}
+		s.cert, s.thumbprint = c, c.ThumbprintSHA1Hex()
+		s.warnExpiry(c)
 	}
 	var cred confidential.Credential
 	switch {
@@ -288,16 +282,108 @@ func NewSource(opts Options) (*EntraSource, error) {
 			return nil, errors.New("token: client secret rejected by MSAL")
 		}
 	}
-	discovery := microsoftHosts[strings.ToLower(hu.Host)]
-	s.client, err = confidential.New(authority, opts.ClientID, cred,
-		confidential.WithHTTPClient(s.httpClient),
-		confidential.WithInstanceDiscovery(discovery),
-		confidential.WithCache(emptyCache{}))
+	s.discovery = microsoftHosts[strings.ToLower(hu.Host)]
+	s.client, err = s.newClient(cred)
 	if err != nil {
-		return nil, fmt.Errorf("token: %s", sanitize(err.Error()))
+		return nil, err
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
+}
+
+func (s *EntraSource) newClient(cred confidential.Credential) (confidential.Client, error) {
+	c, err := confidential.New(s.authority, s.clientID, cred,
+		confidential.WithHTTPClient(s.httpClient),
+		confidential.WithInstanceDiscovery(s.discovery),
+		confidential.WithCache(emptyCache{}))
+	if err != nil {
+		return c, fmt.Errorf("token: %s", sanitize(err.Error()))
+	}
+	return c, nil
+}
+
+// expiryWarning is how long before its end a certificate is reported as
+// expiring: Entra refuses an expired one (AADSTS700027, azure-setup step 3),
+// and a month leaves time to upload and roll out its successor.
+const expiryWarning = 30 * 24 * time.Hour
+
+// warnExpiry logs an expired or soon-expiring certificate.
+func (s *EntraSource) warnExpiry(c *Certificate) {
+	switch now := s.clock(); {
+	case now.After(c.NotAfter()):
+		s.log.Error("certificate has expired; upload a new one (Certificates & secrets)", zap.Stringer("certificate", c))
+	case now.Add(expiryWarning).After(c.NotAfter()):
+		s.log.Warn("certificate expires within 30 days; upload its successor (Certificates & secrets)",
+			zap.Stringer("certificate", c), zap.Time("not_after", c.NotAfter()))
+	}
+}
+
+// Certificate returns the certificate that signs assertions now (nil for a
+// secret or federated credential).
+func (s *EntraSource) Certificate() *Certificate {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cert
+}
+
+// RotateCertificate switches to c only after Entra ID has accepted it: it
+// makes one token request signed with c, outside the single flight and with
+// a client of its own, and on success signs every later assertion with c and
+// holds the token it got. On failure (c not uploaded yet, AADSTS700027; an
+// outage) the current certificate stays in use and the error says why, so a
+// rotation can never leave the relay without a working credential. Rotating
+// to the certificate already in use is a no-op.
+func (s *EntraSource) RotateCertificate(ctx context.Context, c *Certificate) error {
+	s.mu.Lock()
+	cur, closed := s.cert, s.closed
+	if !closed {
+		s.wg.Add(1) // Close waits for this request too
+	}
+	s.mu.Unlock()
+	if closed {
+		return errClosed
+	}
+	defer s.wg.Done()
+	switch {
+	case cur == nil:
+		return errors.New("token: the relay does not use a certificate; restart it to change the kind of credential")
+	case c == nil || c.key == nil:
+		return errors.New("token: certificate has no private key")
+	case cur.ThumbprintSHA256() == c.ThumbprintSHA256():
+		return nil
+	}
+	client, err := s.newClient(confidential.NewCredFromAssertionCallback(
+		func(_ context.Context, o confidential.AssertionRequestOptions) (string, error) {
+			return s.assertionWith(c, o)
+		}))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	defer cancel()
+	defer context.AfterFunc(s.ctx, cancel)() // Close cancels it
+	start := time.Now()
+	ar, err := client.AcquireTokenByCredential(ctx, s.scopes)
+	realNow := time.Now()
+	requestDuration.Observe(realNow.Sub(start).Seconds())
+	if err == nil && ar.AccessToken == "" {
+		err = errors.New("token endpoint returned no access token")
+	}
+	if err != nil {
+		ee := toEntraError(err)
+		if ee.Code() == 700027 {
+			ee.Hint += fmt.Sprintf("; the new certificate has thumbprint %s", c.ThumbprintSHA1Hex())
+		}
+		requestsTotal.WithLabelValues("failure", entraCode(ee)).Inc()
+		return tokenReply(ee)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.signal()
+	s.cert, s.thumbprint = c, c.ThumbprintSHA1Hex()
+	s.acceptedLocked(ar, realNow, s.clock())
+	s.warnExpiry(c)
+	return nil
 }
 
 func defaultHTTPClient() *http.Client {
@@ -316,7 +402,14 @@ func defaultHTTPClient() *http.Client {
 }
 
 func (s *EntraSource) certAssertion(_ context.Context, o confidential.AssertionRequestOptions) (string, error) {
-	a, err := s.cred.Certificate.Assertion(AssertionParams{
+	s.mu.Lock()
+	c := s.cert
+	s.mu.Unlock()
+	return s.assertionWith(c, o)
+}
+
+func (s *EntraSource) assertionWith(c *Certificate, o confidential.AssertionRequestOptions) (string, error) {
+	a, err := c.Assertion(AssertionParams{
 		ClientID:  o.ClientID,
 		Audience:  o.TokenEndpoint,
 		Algorithm: s.cred.Algorithm,
@@ -468,14 +561,7 @@ func (s *EntraSource) fetch() (Token, error) {
 		if ee.Code() == 700027 && s.thumbprint != "" {
 			ee.Hint += fmt.Sprintf("; this relay presents the certificate with thumbprint %s", s.thumbprint)
 		}
-		code := "network"
-		switch {
-		case ee.Code() != 0:
-			code = fmt.Sprint(ee.Code())
-		case ee.HTTPStatus != 0:
-			code = fmt.Sprintf("http_%d", ee.HTTPStatus)
-		}
-		requestsTotal.WithLabelValues("failure", code).Inc()
+		requestsTotal.WithLabelValues("failure", entraCode(ee)).Inc()
 		refreshFailures.Inc()
 		s.failures++
 		d := s.backoffLocked()
@@ -489,6 +575,23 @@ func (s *EntraSource) fetch() (Token, error) {
 		s.log.Warn("token request failed", fields...)
 		return Token{}, s.lastErr
 	}
+	s.acceptedLocked(ar, realNow, now)
+	return s.tok, nil
+}
+
+// entraCode is the metric label for a failed request.
+func entraCode(ee *EntraError) string {
+	switch {
+	case ee.Code() != 0:
+		return fmt.Sprint(ee.Code())
+	case ee.HTTPStatus != 0:
+		return fmt.Sprintf("http_%d", ee.HTTPStatus)
+	}
+	return "network"
+}
+
+// acceptedLocked holds the token of a successful request.
+func (s *EntraSource) acceptedLocked(ar confidential.AuthResult, realNow, now time.Time) {
 	lifetime := ar.ExpiresOn.Sub(realNow)
 	s.tok = Token{Value: secret.Secret(ar.AccessToken), ExpiresOn: now.Add(lifetime)}
 	s.obtained = now
@@ -505,7 +608,6 @@ func (s *EntraSource) fetch() (Token, error) {
 	expiryTimestamp.Set(float64(s.tok.ExpiresOn.Unix()))
 	s.log.Info("token acquired", zap.String("credential", s.credKind), zap.Time("expires", s.tok.ExpiresOn),
 		zap.Duration("lifetime", lifetime.Round(time.Second)), zap.Time("next_refresh", s.nextRefreshLocked(now)))
-	return s.tok, nil
 }
 
 func (s *EntraSource) signal() {
