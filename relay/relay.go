@@ -52,6 +52,11 @@ type Deps struct {
 	// OnReady is called once, when the listener is bound and a token is held
 	// (systemd's READY=1).
 	OnReady func()
+	// Level, if set, is the logger's level, which Reload changes.
+	Level *zap.AtomicLevel
+	// WatchInterval is how often the certificate file is checked for a
+	// new content; zero means every 5 s.
+	WatchInterval time.Duration
 }
 
 // Relay is an assembled daemon.
@@ -65,6 +70,13 @@ type Relay struct {
 	smtp   *smtpd.Server
 	admin  *admin.Server
 	onRdy  func()
+	clock  func() time.Time
+	level  *zap.AtomicLevel
+	every  time.Duration
+
+	reloadMu sync.Mutex // one certificate reload at a time
+	mu       sync.Mutex // guards watch
+	watch    credWatch
 }
 
 // New builds every part and binds the listeners. On error everything opened
@@ -82,7 +94,10 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 	if clock == nil {
 		clock = time.Now
 	}
-	r = &Relay{cfg: cfg, log: log, onRdy: d.OnReady}
+	r = &Relay{cfg: cfg, log: log, onRdy: d.OnReady, clock: clock, level: d.Level, every: d.WatchInterval}
+	if r.every <= 0 {
+		r.every = defaultWatchInterval
+	}
 	var closers []func() error
 	defer func() {
 		if err != nil {
@@ -112,6 +127,14 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 		return nil, err
 	}
 	closers = append(closers, r.tokens.Close)
+	if c := cred.Certificate; c != nil {
+		r.watch.path, r.watch.password = cfg.CertificatePath, cfg.CertificatePassword
+		if data, err := os.ReadFile(cfg.CertificatePath); err == nil {
+			r.watch.inUse = contentSum(data, cfg.CertificatePassword)
+		}
+		certNotAfter.Set(float64(c.NotAfter().Unix()))
+		r.checkExpiry()
+	}
 
 	r.up, err = upstream.New(upstream.Options{
 		Addr:               cfg.Upstream,
@@ -288,6 +311,13 @@ func (r *Relay) Run(ctx context.Context) error {
 		}()
 	}
 	goFn("token", func() error { return r.tokens.Run(workCtx) })
+	if r.tokens.Certificate() != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.watchCredential(workCtx, r.every)
+		}()
+	}
 	goFn("delivery", func() error { return r.sched.Run(workCtx) })
 	goFn("smtp listener", r.smtp.Serve)
 	if r.admin != nil {

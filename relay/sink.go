@@ -52,8 +52,10 @@ type sink struct {
 
 func (k *sink) Submit(ctx context.Context, env *message.Envelope, body io.Reader) (string, error) {
 	if err := k.spool.Put(env, body); err != nil {
+		messagesReceived.WithLabelValues(env.Mailbox, "refused").Inc()
 		return "", err
 	}
+	messagesReceived.WithLabelValues(env.Mailbox, "accepted").Inc()
 	// From here on the message is durable: whatever happens below, the
 	// client gets a 250 unless Exchange refused the message for good.
 	if k.mode != AckUpstream {

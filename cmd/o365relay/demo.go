@@ -67,7 +67,7 @@ func demo(ctx context.Context, stdout, stderr io.Writer, verbose bool, from, to 
 	log := zap.NewNop()
 	if verbose {
 		cfg.LogFormat = "console"
-		if log, err = newLogger(cfg, stderr); err != nil {
+		if log, _, err = newLogger(cfg, stderr); err != nil {
 			return err
 		}
 	}

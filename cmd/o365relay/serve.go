@@ -25,6 +25,22 @@ import (
 // command is done: help was shown (code 0) or the flags or a setting were
 // wrong (code 2, every bad setting printed).
 func loadCommand(fs *flag.FlagSet, args []string, positional bool, stderr io.Writer) (cfg *config.Config, rest []string, code int) {
+	in, rest, code, ok := parseCommand(fs, args, positional, stderr)
+	if !ok {
+		return nil, nil, code
+	}
+	cfg, err := config.Load(in)
+	if err != nil {
+		printConfigError(stderr, err)
+		return nil, nil, 2
+	}
+	return cfg, rest, 0
+}
+
+// parseCommand is loadCommand's flag half: it returns the configuration's
+// inputs, which serve keeps to load them again on SIGHUP. ok false means
+// the command is done with code.
+func parseCommand(fs *flag.FlagSet, args []string, positional bool, stderr io.Writer) (in config.Input, rest []string, code int, ok bool) {
 	file := fs.String("config", "", "YAML configuration `file` (flags beat environment beat file)")
 	vals := map[string]*string{}
 	keyOf := map[string]string{}
@@ -38,26 +54,21 @@ func loadCommand(fs *flag.FlagSet, args []string, positional bool, stderr io.Wri
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, nil, 0
+			return in, nil, 0, false
 		}
-		return nil, nil, 2
+		return in, nil, 2, false
 	}
 	if !positional && fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "o365relay %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
-		return nil, nil, 2
+		return in, nil, 2, false
 	}
-	in := config.Input{File: *file, Env: os.Environ(), Flags: map[string]string{}}
+	in = config.Input{File: *file, Env: os.Environ(), Flags: map[string]string{}}
 	fs.Visit(func(f *flag.Flag) {
 		if k, ok := keyOf[f.Name]; ok {
 			in.Flags[k] = *vals[k]
 		}
 	})
-	cfg, err := config.Load(in)
-	if err != nil {
-		printConfigError(stderr, err)
-		return nil, nil, 2
-	}
-	return cfg, fs.Args(), 0
+	return in, fs.Args(), 0, true
 }
 
 func printConfigError(stderr io.Writer, err error) {
@@ -92,10 +103,10 @@ func parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
 
 // newLogger builds the daemon's logger. Messages are structured; no part of
 // the relay passes a token, key or body to it, at any level.
-func newLogger(cfg *config.Config, w io.Writer) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(cfg.LogLevel)
+func newLogger(cfg *config.Config, w io.Writer) (*zap.Logger, zap.AtomicLevel, error) {
+	lvl, err := zap.ParseAtomicLevel(cfg.LogLevel)
 	if err != nil {
-		return nil, err
+		return nil, lvl, err
 	}
 	ec := zap.NewProductionEncoderConfig()
 	ec.TimeKey = "ts"
@@ -108,16 +119,28 @@ func newLogger(cfg *config.Config, w io.Writer) (*zap.Logger, error) {
 		enc = zapcore.NewJSONEncoder(ec)
 	}
 	core := zapcore.NewCore(enc, zapcore.AddSync(w), lvl)
-	return zap.New(core, zap.ErrorOutput(zapcore.AddSync(w))), nil
+	return zap.New(core, zap.ErrorOutput(zapcore.AddSync(w))), lvl, nil
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("serve", "serve [--config FILE] [--SETTING VALUE ...]\n\nRuns the relay. Every setting is also an environment variable and a key of the\nconfiguration file (README.md, Configuration reference).", stderr)
-	cfg, _, code := loadCommand(fs, args, false, stderr)
-	if cfg == nil {
+	// SIGHUP (systemd's ExecReload, kill -HUP) re-reads the configuration
+	// with the same flags and environment and applies what can be applied
+	// (relay.Reload). Caught from the start: Go's default for SIGHUP is to
+	// exit, which would drop a start-up in progress.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	in, _, code, ok := parseCommand(fs, args, false, stderr)
+	if !ok {
 		return code
 	}
-	log, err := newLogger(cfg, stderr)
+	cfg, err := config.Load(in)
+	if err != nil {
+		printConfigError(stderr, err)
+		return 2
+	}
+	log, level, err := newLogger(cfg, stderr)
 	if err != nil {
 		return exitErr(stderr, err)
 	}
@@ -139,6 +162,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 	r, err := relay.New(cfg, relay.Deps{
 		Logger: log,
+		Level:  &level,
 		OnReady: func() {
 			if err := sdNotify("READY=1"); err != nil {
 				log.Warn("systemd notify", zap.Error(err))
@@ -161,22 +185,48 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { done <- r.Run(runCtx) }()
-	select {
-	case <-ctx.Done():
-		// First signal: drain. Restore default handling so a second
-		// SIGINT/SIGTERM ends the process at once (nothing acknowledged
-		// is lost: it is on disk).
-		signal.Reset(os.Interrupt, syscall.SIGTERM)
-		_ = sdNotify("STOPPING=1")
-		cancel()
-		err = <-done
-	case err = <-done:
-	}
+	err = waitServe(ctx, done, hup, func() { reload(runCtx, r, in, log) }, cancel)
 	if err != nil {
 		log.Error("stopped with an error", zap.Error(err))
 		return 1
 	}
 	return 0
+}
+
+// waitServe waits for the relay to stop, reloading on every SIGHUP. The
+// first SIGINT/SIGTERM (ctx done) starts the drain and restores default
+// handling, so a second one ends the process at once (nothing acknowledged
+// is lost: it is on disk).
+func waitServe(ctx context.Context, done <-chan error, hup <-chan os.Signal, onHUP, stop func()) error {
+	for {
+		select {
+		case <-hup:
+			onHUP()
+		case <-ctx.Done():
+			signal.Reset(os.Interrupt, syscall.SIGTERM)
+			_ = sdNotify("STOPPING=1")
+			stop()
+			return <-done
+		case err := <-done:
+			return err
+		}
+	}
+}
+
+// reload handles one SIGHUP. systemd is told RELOADING=1 first and READY=1
+// after (sd_notify(3)), whatever the outcome: the old configuration keeps
+// serving when the new one is refused.
+func reload(ctx context.Context, r *relay.Relay, in config.Input, log *zap.Logger) {
+	_ = sdNotify("RELOADING=1")
+	defer func() { _ = sdNotify("READY=1") }()
+	log.Info("SIGHUP: reloading the configuration")
+	cfg, err := config.Load(in)
+	if err == nil {
+		_, err = r.Reload(ctx, cfg)
+	}
+	if err != nil {
+		log.Error("reload refused; the running configuration stays in use", zap.Error(err))
+	}
 }
 
 func indent(s string) string {
