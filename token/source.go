@@ -170,7 +170,7 @@ type EntraSource struct {
 	httpClient                  *http.Client
 	clock                       func() time.Time
 	log                         *zap.Logger
-	discovery                   bool   // MSAL instance discovery (public clouds only)
+	discovery                   bool // MSAL instance discovery (public clouds only)
 
 	backoffMin, backoffMax time.Duration // fields so tests can shorten them
 
