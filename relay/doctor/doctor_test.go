@@ -511,3 +511,32 @@ func TestReportJSON(t *testing.T) {
 		t.Errorf("round trip: %+v", back)
 	}
 }
+
+// README.md's troubleshooting section is built around the checklist: every
+// check the doctor runs has a row there, by its step and name.
+func TestReadmeNamesEveryCheck(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(b)
+	i := strings.Index(readme, "## Troubleshooting")
+	if i < 0 {
+		t.Fatal("README.md has no Troubleshooting section")
+	}
+	section := readme[i:]
+	for _, c := range []struct {
+		step int
+		name string
+	}{{1, "configuration"}, {1, "clock"}, {2, "credential"}, {3, "token"}, {4, "claims"}, {5, "upstream"}, {6, "auth"}, {7, "spool"}, {7, "listener"}} {
+		if w := fmt.Sprintf("✘ %d %s", c.step, c.name); !strings.Contains(section, w) {
+			t.Errorf("README troubleshooting lacks %q", w)
+		}
+	}
+	for _, w := range []string{"AADSTS700016", "AADSTS90002", "AADSTS700027", "wait 2 minutes after uploading", "535 5.7.3", "535 5.7.139", "o365relay send", "o365relay token", "--print-token", "--json"} {
+		if !strings.Contains(section, w) {
+			t.Errorf("README troubleshooting lacks %q", w)
+		}
+	}
+}
