@@ -133,6 +133,9 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 			r.watch.inUse = contentSum(data, cfg.CertificatePassword)
 		}
 		certNotAfter.Set(float64(c.NotAfter().Unix()))
+		// token.NewSource has just warned about an expiring
+		// certificate; the daily reminder starts tomorrow.
+		r.watch.lastWarn = clock()
 		r.checkExpiry()
 	}
 

@@ -156,8 +156,10 @@ func (r *Relay) reloadCertificate(ctx context.Context, path string, password sec
 	defer r.reloadMu.Unlock()
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return false, r.refuse(path, [sha256.Size]byte{}, false, forced,
-			fmt.Errorf("client_certificate_path %s: %w", path, err))
+		err = fmt.Errorf("client_certificate_path %s: %w", path, err)
+		// Keyed by the error, so a file that stays missing is
+		// reported once, not every interval.
+		return false, r.refuse(path, sha256.Sum256([]byte(err.Error())), false, forced, err)
 	}
 	sum := contentSum(data, password)
 	now := r.clock()
@@ -207,22 +209,22 @@ func (r *Relay) reloadCertificate(ctx context.Context, path string, password sec
 // use stays. entra marks an Entra refusal, which is retried later.
 func (r *Relay) refuse(path string, sum [sha256.Size]byte, entra, forced bool, err error) error {
 	r.mu.Lock()
-	repeat := sum == r.watch.refused && sum != [sha256.Size]byte{}
+	repeat := sum == r.watch.refused
 	r.watch.refused, r.watch.refusedRetry = sum, time.Time{}
 	if entra {
 		r.watch.refusedRetry = r.clock().Add(entraRetry)
 	}
 	r.mu.Unlock()
+	if repeat && !forced && !entra {
+		return err // reported when it first appeared
+	}
 	reason := "invalid"
 	if entra {
 		reason = "refused_by_entra"
 	}
 	credentialReloads.WithLabelValues(reason).Inc()
-	if !repeat || forced || entra {
-		in := r.tokens.Certificate()
-		r.log.Error("certificate reload refused; the certificate in use stays in use",
-			zap.String("path", path), zap.Error(err), zap.String("in_use_thumbprint", thumbprint(in)))
-	}
+	r.log.Error("certificate reload refused; the certificate in use stays in use",
+		zap.String("path", path), zap.Error(err), zap.String("in_use_thumbprint", thumbprint(r.tokens.Certificate())))
 	return err
 }
 
