@@ -380,12 +380,12 @@ func (d *doctor) checkCertificate() {
 	d.cred = &token.Credential{Certificate: cert, Algorithm: token.Algorithm(cfg.AssertionAlgorithm)}
 	sha256hex := thumbprintSHA256Hex(cert)
 	c.Details = map[string]string{
-		"subject":            cert.Leaf.Subject.String(),
-		"not_before":         cert.NotBefore().UTC().Format(time.RFC3339),
-		"not_after":          cert.NotAfter().UTC().Format(time.RFC3339),
-		"thumbprint_sha1":    cert.ThumbprintSHA1Hex(),
-		"thumbprint_sha256":  sha256hex,
-		"x5t#S256":           cert.ThumbprintSHA256(),
+		"subject":             cert.Leaf.Subject.String(),
+		"not_before":          cert.NotBefore().UTC().Format(time.RFC3339),
+		"not_after":           cert.NotAfter().UTC().Format(time.RFC3339),
+		"thumbprint_sha1":     cert.ThumbprintSHA1Hex(),
+		"thumbprint_sha256":   sha256hex,
+		"x5t#S256":            cert.ThumbprintSHA256(),
 		"assertion_algorithm": cfg.AssertionAlgorithm,
 	}
 	now := d.o.Clock()
