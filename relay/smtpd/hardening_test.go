@@ -304,3 +304,29 @@ func TestMalformedMailAndRcptSayWhy(t *testing.T) {
 		}
 	}
 }
+
+// Found by FuzzSession: go-smtp goes on parsing what the client pipelined
+// into its buffer after our 421. None of it may be routed or stored.
+func TestNothingHappensAfterTheLastWord(t *testing.T) {
+	t.Parallel()
+	s, sink, _ := startServer(t, nil)
+	c := dial(t, s.Addr().String())
+	c.reply()
+	c.send("EHLO app\r\nFOO\r\nFOO\r\nFOO\r\nMAIL FROM:<app@contoso.com>\r\nRCPT TO:<a@example.org>\r\nDATA\r\nSubject: x\r\n\r\nx\r\n.\r\n")
+	c.reply()
+	for i := 0; i < 3; i++ {
+		if got := c.reply(); !strings.HasPrefix(got, "50") {
+			t.Fatalf("syntax error %d answered %q", i+1, got)
+		}
+	}
+	if got := c.reply(); !strings.HasPrefix(got, "421 4.7.0 ") {
+		t.Fatalf("got %q", got)
+	}
+	c.expectClosed()
+	time.Sleep(50 * time.Millisecond) // let go-smtp finish its buffer
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if len(sink.envs) != 0 {
+		t.Fatal("a message pipelined after the 421 was stored")
+	}
+}

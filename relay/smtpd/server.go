@@ -226,6 +226,9 @@ func (s *Server) newSession(c *smtp.Conn) (sess smtp.Session, err error) {
 			sess, err = nil, errPanic.SMTP()
 		}
 	}()
+	if tc != nil && tc.closing.Load() != connOpen {
+		return nil, errClosed.SMTP()
+	}
 	if s.draining.Load() {
 		return nil, errShuttingDown.SMTP()
 	}

@@ -54,6 +54,18 @@ func (s *session) contain(errp *error, where string) {
 	}
 }
 
+// errClosed answers commands go-smtp still parses from its read buffer
+// after this relay has said its last word (421 and close); the answer is
+// dropped, and nothing is routed or stored.
+var errClosed = reply.New(421, smtp.EnhancedCode{4, 7, 0}, "Closing connection")
+
+// closed reports whether the client has been told the connection is
+// closing. go-smtp goes on handling the commands the client had pipelined
+// into its buffer; none of them may start a transaction.
+func (s *session) closed() bool {
+	return s.tc != nil && s.tc.closing.Load() != connOpen
+}
+
 func (s *session) Reset() {
 	defer s.contain(nil, "RSET")
 	s.from, s.haveFrom, s.mailbox, s.utf8, s.eightBit, s.rcpts = "", false, "", false, false, nil
@@ -66,6 +78,9 @@ func (s *session) Logout() (err error) {
 
 func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	defer s.contain(&err, "MAIL")
+	if s.closed() {
+		return errClosed.SMTP()
+	}
 	if s.srv.draining.Load() {
 		return errShuttingDown.SMTP()
 	}
@@ -89,6 +104,9 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 
 func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 	defer s.contain(&err, "RCPT")
+	if s.closed() {
+		return errClosed.SMTP()
+	}
 	if s.srv.draining.Load() {
 		return errShuttingDown.SMTP()
 	}
@@ -119,6 +137,9 @@ func (s *session) Data(r io.Reader) (err error) {
 	srv.inData.Add(1)
 	defer srv.inData.Done()
 	defer s.contain(&err, "DATA")
+	if s.closed() {
+		return errClosed.SMTP()
+	}
 
 	// go-smtp reads the whole body under the deadline it set when the DATA
 	// line arrived (one CommandTimeout). Give the body its own, longer,

@@ -193,7 +193,7 @@ func FuzzSession(f *testing.F) {
 			}
 		}
 		if len(stored) > go354 {
-			t.Fatalf("sink stored %d messages after %d DATA commands", len(stored), go354)
+			t.Fatalf("sink stored %d messages after %d DATA commands; server said %q", len(stored), go354, tail(out))
 		}
 		for id, b := range stored {
 			if !bytes.HasPrefix(b, []byte("Received: from ")) {
