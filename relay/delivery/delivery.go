@@ -1,7 +1,29 @@
 // Package delivery owns the retry policy: workers that drain the spool to
 // Exchange Online, decide per recipient what a reply means (deliver, retry,
 // fail), and hold a mailbox whose configuration or quota makes every attempt
-// fail, so the queue is neither bounced nor hammered.
+// fail, so the queue is neither bounced nor hammered. It also paces each
+// mailbox to Exchange's limits (Limits: messages per minute, recipients per
+// rolling day) and applies a sender rule's rewrite (Options.Rewrite) as the
+// message is read from the spool, so the spool keeps what the application
+// sent.
+//
+// Per-mailbox policy, by reply (exchange-online.md §2.4, §2.5):
+//   - 432 4.3.2 (concurrent connections): the upstream pool lowers the
+//     mailbox's connection limit and waits for one of its own connections;
+//     if none is ours, the message is retried in ½–2 × retry_min.
+//   - 554 5.2.0 (recipient quota): the mailbox is paused until the oldest
+//     recipients it counted leave the 24 h window, at most an hour at a time.
+//   - 501 5.5.127 (session token expired): upstream reconnects with a fresh
+//     token; if that fails too the message waits a quarter of retry_min,
+//     the attempt is not counted and nothing fails.
+//   - The same permanent error ContinuousErrors times in a row: the mailbox is
+//     marked unhealthy (log, metric) and paused along the retry schedule,
+//     one probe message at a time, instead of feeding Exchange's
+//     continuous-error throttling (550 5.2.25x).
+//
+// A panic while delivering one message is contained to it: logged without
+// its value or any data, the message retried, and set aside (failed/ or
+// corrupt/) after three.
 //
 // Each attempt is recorded durably before it starts (attempts+1 and the next
 // attempt time, as mox does), so a crash mid-delivery cannot cause a hot
@@ -18,6 +40,7 @@ import (
 	"math/rand/v2"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -62,6 +85,13 @@ type Options struct {
 	// AttemptTimeout bounds one attempt (default 10 min: a 150 MB body at
 	// a modest 2 Mbit/s still fits).
 	AttemptTimeout time.Duration
+	// Limits gives a mailbox's pacing limits; nil paces nothing (the daemon
+	// passes the configured ones).
+	Limits func(mailbox string) Limits
+	// Rewrite says how the sender rule of a message rewrites it on the way
+	// out; nil rewrites nothing. It is asked at every attempt, so a changed
+	// rule applies to queued mail too.
+	Rewrite func(env *message.Envelope) message.Rewrite
 }
 
 // Scheduler drives delivery of the spool.
@@ -75,7 +105,9 @@ type Scheduler struct {
 	stateMod map[message.ID]time.Time
 	running  map[message.ID]chan struct{}
 	boxes    map[string]*mailbox
-	wake     chan struct{} // closed and replaced when due changes
+	pacers   map[string]*pacer
+	panics   map[message.ID]int // panics outside the forwarder, by message
+	wake     chan struct{}      // closed and replaced when due changes
 }
 
 // New checks opts and applies defaults.
@@ -120,6 +152,7 @@ func New(opts Options) (*Scheduler, error) {
 		o: opts, sp: opts.Spool, log: opts.Logger.Named("delivery"),
 		due: map[message.ID]time.Time{}, stateMod: map[message.ID]time.Time{},
 		running: map[message.ID]chan struct{}{}, boxes: map[string]*mailbox{},
+		pacers: map[string]*pacer{}, panics: map[message.ID]int{},
 		wake: make(chan struct{}),
 	}, nil
 }
@@ -291,11 +324,51 @@ func (s *Scheduler) release(id message.ID, next time.Time) {
 		s.scheduleLocked(id, next)
 	} else {
 		delete(s.stateMod, id)
+		delete(s.panics, id)
+		for _, p := range s.pacers {
+			p.forget(id)
+		}
 	}
 }
 
+// errAttemptPanicked: an attempt panicked outside the forwarder (a bug in
+// the scheduler's own bookkeeping); the message is retried later.
+var errAttemptPanicked = errors.New("delivery attempt panicked")
+
+// guarded runs one attempt, containing a panic to the message: a message
+// whose attempts panic three times is moved to corrupt/ with the reason,
+// never retried forever. (Panics inside the forwarder are counted durably in
+// the message's state by attemptMode; this guard covers the rest.)
+func (s *Scheduler) guarded(ctx context.Context, id message.ID, sync bool) (out *Outcome, err error) {
+	defer func() {
+		v := recover()
+		if v == nil {
+			return
+		}
+		// The type and stack name code, not data: no value, no body.
+		s.log.Error("panic in delivery attempt", zap.String("id", string(id)),
+			zap.String("panic", fmt.Sprintf("%T", v)), zap.ByteString("stack", debug.Stack()))
+		s.mu.Lock()
+		s.panics[id]++
+		n := s.panics[id]
+		s.mu.Unlock()
+		out, err = nil, errAttemptPanicked
+		if n >= 3 {
+			why := fmt.Errorf("delivery panicked %d times (%T); set aside", n, v)
+			if qerr := s.sp.Quarantine(id, why); qerr != nil && !errors.Is(qerr, spool.ErrNotFound) {
+				s.log.Error("could not set aside a message whose delivery panics", zap.String("id", string(id)), zap.Error(qerr))
+				return
+			}
+			messagesTotal.WithLabelValues("", "failed", "panic").Inc()
+			out, err = &Outcome{Failed: map[string]*reply.Error{}, Removed: true,
+				Err: reply.Wrap(why, 451, enhInternal, "Internal error; message set aside")}, nil
+		}
+	}()
+	return s.attemptMode(ctx, id, sync)
+}
+
 func (s *Scheduler) attemptOwned(ctx context.Context, id message.ID) {
-	out, err := s.attempt(ctx, id)
+	out, err := s.guarded(ctx, id, false)
 	var next time.Time
 	if err == nil && out != nil && !out.Removed {
 		next = out.NextAttempt
@@ -330,10 +403,13 @@ func (s *Scheduler) DeliverNow(ctx context.Context, id message.ID) (*Outcome, er
 	if err := s.acquire(ctx, id); err != nil {
 		return nil, err
 	}
-	out, err := s.attemptMode(ctx, id, true)
+	out, err := s.guarded(ctx, id, true)
 	var next time.Time
 	if err == nil && !out.Removed {
 		next = out.NextAttempt
+	}
+	if err != nil && !errors.Is(err, spool.ErrNotFound) {
+		next = s.o.Clock().Add(s.o.Backoff.Min)
 	}
 	s.release(id, next)
 	return out, err
@@ -386,6 +462,17 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 		return out, nil
 	}
 	defer s.endProbe(env.Mailbox)
+	admitted := now
+	if s.o.Limits != nil {
+		if at, ok := s.admit(id, env.Mailbox, len(pending), now); !ok {
+			// Paced: not an attempt, nothing recorded; the scheduler
+			// brings it back at its slot.
+			log.Debug("paced", zap.Time("next_attempt", at))
+			out.Pending, out.NextAttempt = pending, at
+			out.Err = reply.New(451, enhHeld, "Mailbox sending rate reached; message queued")
+			return out, nil
+		}
+	}
 
 	// Record the attempt before making it (mox): a crash from here on
 	// finds attempts+1 and a future NextAttempt.
@@ -470,6 +557,9 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 		}
 	}
 	out.Err = derr
+	if s.o.Limits != nil {
+		s.settle(env.Mailbox, admitted, len(pending), len(out.Delivered))
+	}
 	if len(out.Delivered) > 0 {
 		messagesTotal.WithLabelValues(env.Mailbox, "delivered", "250").Inc()
 		log.Info("delivered", zap.Strings("rcpts", out.Delivered), zap.Int("attempt", st.Attempts), zap.String("reply", out.Reply))
@@ -572,9 +662,54 @@ func (s *Scheduler) forward(ctx context.Context, log *zap.Logger, id message.ID,
 	}()
 	e2 := *env
 	e2.To = pending
+	var r io.Reader = body
+	if s.o.Rewrite != nil {
+		switch s.o.Rewrite(env) {
+		case message.RewriteEnvelopeFrom:
+			// The spool keeps the original; the header is rewritten as it
+			// streams out (RewriteFrom holds only the header section).
+			r = message.RewriteFrom(body, env.Mailbox)
+			e2.Size += message.RewriteSlack
+			e2.From = env.Mailbox
+		case message.RewriteEnvelope:
+			e2.From = env.Mailbox
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.o.AttemptTimeout)
 	defer cancel()
-	return s.o.Forwarder.Deliver(ctx, &e2, body)
+	return s.o.Forwarder.Deliver(ctx, &e2, r)
+}
+
+// pacerLocked returns mailbox's pacer. Callers hold mu.
+func (s *Scheduler) pacerLocked(mailbox string) *pacer {
+	k := strings.ToLower(mailbox)
+	p := s.pacers[k]
+	if p == nil {
+		p = newPacer()
+		s.pacers[k] = p
+	}
+	return p
+}
+
+func (s *Scheduler) admit(id message.ID, mailbox string, rcpts int, now time.Time) (time.Time, bool) {
+	l := s.o.Limits(mailbox)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.pacerLocked(mailbox).admit(id, rcpts, l, now)
+	if !ok {
+		limit := "rate"
+		if l.DailyRecipients > 0 && s.pacerLocked(mailbox).sum+rcpts > l.DailyRecipients {
+			limit = "daily_recipients"
+		}
+		pacedTotal.WithLabelValues(mailbox, limit).Inc()
+	}
+	return at, ok
+}
+
+func (s *Scheduler) settle(mailbox string, at time.Time, reserved, delivered int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pacerLocked(mailbox).settle(at, reserved, delivered)
 }
 
 func classOf(re *reply.Error) string {

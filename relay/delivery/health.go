@@ -21,8 +21,9 @@ type MailboxHealth struct {
 
 type mailbox struct {
 	MailboxHealth
-	backoff time.Duration
-	probing bool
+	backoff   time.Duration
+	probing   bool
+	permClass string // class of the last permanent failure
 }
 
 type holdDecision struct {
@@ -115,7 +116,19 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 		return hold(classOf(re), b.backoff)
 	case re.Code == 554 && enh == [3]int{5, 2, 0}:
 		// SubmissionQuotaExceeded: 10,000 recipients per rolling 24 h.
-		return hold(classOf(re), time.Hour)
+		// Room comes back when the oldest recipients we sent leave the
+		// window; we may not know them all (a restart, another sender on
+		// the mailbox), so probe at least hourly, at most every minute.
+		d := time.Hour
+		if at, ok := s.pacerLocked(name).quotaFreesAt(now); ok {
+			d = min(max(at.Sub(now), time.Minute), time.Hour)
+		}
+		return hold(classOf(re), d)
+	case re.Code == 501 && enh == [3]int{5, 5, 127}:
+		// The session's token expired and upstream's reconnect with a
+		// fresh one failed the same way: not the message's fault. Retry
+		// soon, without counting the attempt.
+		return holdDecision{keep: true, next: now.Add(s.o.Backoff.Min / 4)}
 	case re.Code == 550 && enh[0] == 5 && enh[1] == 2 && enh[2] >= 251 && enh[2] <= 255:
 		// Continuous-error throttling: stop and alert; retrying makes it worse.
 		return hold(classOf(re), time.Hour)
@@ -125,14 +138,35 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 		// sender thread limit exceeded"): retry soon, 30 s – 2 min.
 		// "421 4.3.2 Service not available" is the server going away,
 		// an outage like any other: the ordinary backoff applies.
-		d := 30*time.Second + time.Duration(s.o.Rand()*float64(90*time.Second))
+		// The upstream pool already waited for one of our own
+		// connections if it had any; this one is someone else's.
+		base := s.o.Backoff.Min / 2
+		d := base + time.Duration(s.o.Rand()*float64(3*base))
 		return holdDecision{next: now.Add(d)}
 	case !re.Temporary():
-		b.ConsecutivePermanent++
-		if b.ConsecutivePermanent >= s.o.ContinuousErrors && b.Healthy {
-			b.Healthy, b.Reason = false, "continuous permanent errors "+classOf(re)
+		// The message fails (its error is permanent). The same error over
+		// and over means the mailbox, not the messages, is the problem;
+		// Exchange answers that with continuous-error throttling (550
+		// 5.2.25x, exchange-online.md §2.4). Pause the mailbox along the
+		// retry schedule and let one probe through at a time.
+		class := classOf(re)
+		if class == b.permClass {
+			b.ConsecutivePermanent++
+		} else {
+			b.permClass, b.ConsecutivePermanent = class, 1
+		}
+		if b.ConsecutivePermanent >= s.o.ContinuousErrors {
+			if b.backoff == 0 {
+				b.backoff = s.o.Backoff.Min
+			} else if b.backoff *= 2; b.backoff > s.o.Backoff.Max {
+				b.backoff = s.o.Backoff.Max
+			}
+			if b.Healthy {
+				log.Error("mailbox unhealthy: the same permanent error repeats; pausing it", zap.Int("count", b.ConsecutivePermanent), zap.String("upstream", class))
+			}
+			b.Healthy, b.Reason = false, "continuous permanent errors "+class
+			b.HeldUntil = now.Add(b.backoff)
 			mailboxHealthy.WithLabelValues(name).Set(0)
-			log.Error("mailbox unhealthy: permanent errors repeat", zap.Int("count", b.ConsecutivePermanent), zap.String("upstream", classOf(re)))
 		}
 	}
 	return holdDecision{}

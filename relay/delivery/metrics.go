@@ -13,6 +13,10 @@ var (
 		Help:    "Duration of one delivery attempt to Exchange Online, whatever its outcome.",
 		Buckets: []float64{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120},
 	})
+	pacedTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "o365relay_delivery_paced_total",
+		Help: "Attempts postponed to keep a mailbox within its limits, by limit (rate, daily_recipients).",
+	}, []string{"mailbox", "limit"})
 	mailboxHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "o365relay_delivery_mailbox_healthy",
 		Help: "1 if delivery for the mailbox is flowing, 0 if it is held (configuration error, quota, throttling).",
@@ -21,5 +25,5 @@ var (
 
 // Collectors returns the delivery metrics for the admin endpoint.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{messagesTotal, attemptDuration, mailboxHealthy}
+	return []prometheus.Collector{messagesTotal, attemptDuration, pacedTotal, mailboxHealthy}
 }
