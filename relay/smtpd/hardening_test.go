@@ -237,6 +237,19 @@ func TestSizeLimitAdvertisedAndEnforced(t *testing.T) {
 	if len(sink.envs) != 0 {
 		t.Fatal("an oversized message reached the sink")
 	}
+	// Exactly the limit is within it (RFC 1870 §6: only what exceeds it
+	// is refused), declared or not.
+	exact := "Subject: exact\r\n\r\n" + strings.Repeat("e", 1000-len("Subject: exact\r\n\r\n")-2) + "\r\n"
+	c.cmd("MAIL FROM:<app@contoso.com> SIZE=1000", "250")
+	c.cmd("RCPT TO:<a@example.org>", "250")
+	c.cmd("DATA", "354")
+	c.send(exact + ".\r\n")
+	if got := c.reply(); !strings.HasPrefix(got, "250 ") {
+		t.Fatalf("a body of exactly the limit got %q", got)
+	}
+	if _, data := sink.last(t); !strings.HasSuffix(string(data), exact) {
+		t.Fatal("stored body differs")
+	}
 }
 
 // A DATA line beyond the line limit: 500 5.5.2, once, and the connection

@@ -27,6 +27,9 @@ type guardedListener struct {
 	// maxSession bounds a whole connection's life, so a client that sends
 	// one NOOP a minute cannot hold a slot forever.
 	maxSession time.Duration
+	// sizeLine is go-smtp's EHLO SIZE line and the one to send instead
+	// (see New).
+	sizeLine [2][]byte
 
 	mu    sync.Mutex
 	total int
@@ -48,7 +51,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			l.refuse(c, ip, reason, "421 4.7.0 Too many connections, try again later\r\n")
 			continue
 		}
-		return &trackedConn{Conn: c, ip: ip, release: l.release, started: time.Now(), maxSession: l.maxSession, log: l.log}, nil
+		return &trackedConn{Conn: c, ip: ip, release: l.release, started: time.Now(), maxSession: l.maxSession, log: l.log, sizeLine: l.sizeLine}, nil
 	}
 }
 
@@ -124,6 +127,7 @@ type trackedConn struct {
 	maxSession time.Duration
 	log        *zap.Logger
 	readOnce   bool
+	sizeLine   [2][]byte
 
 	once    sync.Once
 	mu      sync.Mutex
@@ -332,6 +336,12 @@ func (c *trackedConn) Write(p []byte) (n int, err error) {
 	// after DATA started is the reply to it.
 	c.inData, c.markers = false, 0
 	if bytes.Equal(p, goSMTPChunking) {
+		return len(p), nil
+	}
+	if c.sizeLine[0] != nil && bytes.Equal(p, c.sizeLine[0]) {
+		if _, err := c.Conn.Write(c.sizeLine[1]); err != nil {
+			return 0, err
+		}
 		return len(p), nil
 	}
 	c.mu.Lock()

@@ -119,7 +119,12 @@ func New(opts Options) (*Server, error) {
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
 	srv.Addr = opts.Addr
 	srv.Domain = opts.Hostname
-	srv.MaxMessageBytes = opts.MaxMessageBytes
+	// go-smtp refuses a body of exactly MaxMessageBytes (its DATA reader
+	// fails once the remaining allowance is zero, before it sees the end
+	// of data); RFC 1870 §6 refuses only what exceeds the limit. So
+	// go-smtp gets one more byte, and trackedConn.Write puts the real limit
+	// back into the EHLO SIZE line; Mail checks SIZE= against it.
+	srv.MaxMessageBytes = opts.MaxMessageBytes + 1
 	srv.MaxRecipients = opts.MaxRecipients
 	// RFC 5321 §4.5.3.1.4: 512 octets for a command line; go-smtp's 2000
 	// covers that and long ESMTP parameter lists. DATA lines are limited
@@ -148,6 +153,10 @@ func (s *Server) Listen() error {
 		maxTotal: s.opts.MaxConnections, maxPerIP: s.opts.MaxConnectionsPerClient,
 		log: s.log, onRefused: s.opts.OnRefused, perIP: map[netip.Addr]int{},
 		maxSession: s.opts.MaxSessionDuration,
+		sizeLine: [2][]byte{
+			[]byte(fmt.Sprintf("250-SIZE %d\r\n", s.opts.MaxMessageBytes+1)),
+			[]byte(fmt.Sprintf("250-SIZE %d\r\n", s.opts.MaxMessageBytes)),
+		},
 	}
 	s.mu.Unlock()
 	return nil

@@ -54,6 +54,9 @@ func (s *session) contain(errp *error, where string) {
 	}
 }
 
+// errSizeDeclared is go-smtp's own reply to a SIZE= over the limit.
+var errSizeDeclared = reply.New(552, smtp.EnhancedCode{5, 3, 4}, "Max message size exceeded")
+
 // errClosed answers commands go-smtp still parses from its read buffer
 // after this relay has said its last word (421 and close); the answer is
 // dropped, and nothing is routed or stored.
@@ -86,6 +89,10 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	}
 	if opts == nil {
 		opts = &smtp.MailOptions{}
+	}
+	if opts.Size > s.srv.opts.MaxMessageBytes {
+		// RFC 1870 §6; go-smtp checks against one byte more (see New).
+		return errSizeDeclared.SMTP()
 	}
 	if err := checkAddress(from, opts.UTF8, true); err != nil {
 		return err.SMTP()
