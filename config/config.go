@@ -54,9 +54,17 @@ type Config struct {
 	LineEndings             string // "reject" or "normalize"
 
 	// Exchange Online.
-	Upstream           string
-	Mailbox            string
-	MailboxConnections int
+	Upstream               string
+	Mailbox                string
+	MailboxConnections     int
+	MailboxRate            int // messages per minute; 0 = unlimited
+	MailboxDailyRecipients int // per rolling 24 h; 0 = unlimited
+	// Senders are the file's sender rules (see SenderRule); empty means
+	// every sender uses Mailbox.
+	Senders []SenderRule
+	// mailboxOverrides are the file's per-mailbox limits, by lower-case
+	// address (see Limits).
+	mailboxOverrides map[string]MailboxLimits
 
 	// Spool and delivery.
 	SpoolDir        string
@@ -136,11 +144,13 @@ func Load(in Input) (*Config, error) {
 		}
 		c.Sources[s.Key] = FromDefault
 	}
+	rules := &fileRules{mailboxes: map[string]mailboxOverride{}, line: map[string]int{}}
 	if in.File != "" {
-		vals, err := readFile(in.File)
+		vals, fr, err := readFile(in.File)
 		if err != nil {
 			return nil, err
 		}
+		rules = fr
 		for _, v := range vals {
 			set(v.setting, v.value, FromFile, fmt.Sprintf("%s:%d %s", in.File, v.line, v.setting.Key))
 		}
@@ -188,6 +198,7 @@ func Load(in Input) (*Config, error) {
 		set(s, in.Flags[k], FromFlag, "--"+s.Flag())
 	}
 	if len(errs) == 0 {
+		errs = append(errs, c.applyRules(in.File, rules)...)
 		errs = append(errs, c.check()...)
 	}
 	if len(errs) > 0 {
@@ -297,7 +308,13 @@ func (c *Config) CheckDaemon() error {
 	if c.ClientID == "" {
 		errs = append(errs, &Error{Key: "client_id", Where: "AZURE_CLIENT_ID", Reason: "not set; use the Application (client) ID from the app registration's Overview page (azure-setup step 1)"})
 	}
-	if c.Mailbox == "" {
+	needDefault := len(c.Senders) == 0
+	for _, r := range c.Senders {
+		if r.Mailbox == "" {
+			needDefault = true
+		}
+	}
+	if c.Mailbox == "" && needDefault {
 		errs = append(errs, &Error{Key: "mailbox", Where: "O365RELAY_MAILBOX", Reason: "not set; name the mailbox the relay authenticates as (XOAUTH2 user=), the one granted with Add-MailboxPermission (azure-setup step 6)"})
 	}
 	if c.Credential() == "" {

@@ -261,7 +261,7 @@ func FuzzLoadFile(f *testing.F) {
 		if len(data) > 4096 {
 			return
 		}
-		vals, err := parseYAML("fuzz.yaml", data)
+		vals, _, err := parseYAML("fuzz.yaml", data)
 		if err != nil {
 			return
 		}

@@ -23,36 +23,35 @@ const maxFileSize = 1 << 20
 // readFile reads the YAML file: a single mapping from setting keys to
 // scalars (a sequence is accepted for list settings). Unknown keys,
 // duplicates and nested mappings are errors that name the line.
-func readFile(path string) ([]fileValue, error) {
+func readFile(path string) ([]fileValue, *fileRules, error) {
 	fi, err := os.Stat(path)
 	if err != nil {
-		return nil, fmt.Errorf("config file: %w", err)
+		return nil, nil, fmt.Errorf("config file: %w", err)
 	}
 	if fi.Size() > maxFileSize {
-		return nil, fmt.Errorf("config file %s: %d bytes is too large for a configuration file", path, fi.Size())
+		return nil, nil, fmt.Errorf("config file %s: %d bytes is too large for a configuration file", path, fi.Size())
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("config file: %w", err)
+		return nil, nil, fmt.Errorf("config file: %w", err)
 	}
-	vals, err := parseYAML(path, data)
-	if err != nil {
-		return nil, err
-	}
-	return vals, nil
+	return parseYAML(path, data)
 }
 
-func parseYAML(path string, data []byte) ([]fileValue, error) {
+// parseYAML reads the settings and the structured file-only keys (senders,
+// mailboxes).
+func parseYAML(path string, data []byte) ([]fileValue, *fileRules, error) {
+	fr := &fileRules{mailboxes: map[string]mailboxOverride{}, line: map[string]int{}}
 	var doc yaml.Node
 	if err := yaml.Unmarshal(data, &doc); err != nil {
-		return nil, fmt.Errorf("config file %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
+		return nil, nil, fmt.Errorf("config file %s: %v", path, strings.TrimPrefix(err.Error(), "yaml: "))
 	}
 	if doc.Kind == 0 || len(doc.Content) == 0 {
-		return nil, nil // empty file: all defaults
+		return nil, fr, nil // empty file: all defaults
 	}
 	root := doc.Content[0]
 	if root.Kind != yaml.MappingNode {
-		return nil, fmt.Errorf("config file %s:%d: expected a mapping of settings (key: value), found %s", path, root.Line, kindName(root))
+		return nil, nil, fmt.Errorf("config file %s:%d: expected a mapping of settings (key: value), found %s", path, root.Line, kindName(root))
 	}
 	var errs []error
 	var out []fileValue
@@ -62,6 +61,14 @@ func parseYAML(path string, data []byte) ([]fileValue, error) {
 		where := fmt.Sprintf("%s:%d", path, k.Line)
 		if k.Kind != yaml.ScalarNode {
 			errs = append(errs, fmt.Errorf("%s: a key must be a plain name", where))
+			continue
+		}
+		if structuredKeys[k.Value] {
+			if first, dup := fr.line[k.Value]; dup {
+				errs = append(errs, &Error{Key: k.Value, Where: where + " " + k.Value, Reason: fmt.Sprintf("set twice (first on line %d)", first)})
+				continue
+			}
+			errs = append(errs, parseStructured(path, k, v, fr)...)
 			continue
 		}
 		s, ok := lookup(k.Value)
@@ -82,9 +89,9 @@ func parseYAML(path string, data []byte) ([]fileValue, error) {
 		out = append(out, fileValue{setting: s, value: val, line: k.Line})
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, nil, errors.Join(errs...)
 	}
-	return out, nil
+	return out, fr, nil
 }
 
 func scalarValue(s Setting, v *yaml.Node) (string, error) {

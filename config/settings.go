@@ -162,7 +162,7 @@ func Settings() []Setting {
 		Doc: "Submission server (STARTTLS is required; its certificate is verified against the system roots, which SSL_CERT_FILE extends). GCC High: smtp.office365.us:587."},
 		str(func(c *Config) *string { return &c.Upstream }, parseHostPort))
 	add(Setting{Group: "Exchange Online", Key: "mailbox", Env: "O365RELAY_MAILBOX", Default: "",
-		Doc: "Required by serve. The mailbox the relay authenticates as (XOAUTH2 user=)."},
+		Doc: "Required by serve unless every sender rule names its mailbox. The mailbox the relay authenticates as (XOAUTH2 user=), for senders without a rule of their own."},
 		str(func(c *Config) *string { return &c.Mailbox }, parseMailbox))
 	add(Setting{Group: "Exchange Online", Key: "mailbox_connections", Env: "O365RELAY_MAILBOX_CONNECTIONS", Default: "3",
 		Doc: "Concurrent authenticated connections per mailbox, reused across messages; Exchange refuses a fourth with 432 4.3.2."},
@@ -174,6 +174,12 @@ func Settings() []Setting {
 			c.MailboxConnections = n
 			return err
 		}, func(c *Config) string { return strconv.Itoa(c.MailboxConnections) }})
+	add(Setting{Group: "Exchange Online", Key: "mailbox_rate", Env: "O365RELAY_MAILBOX_RATE", Default: "30",
+		Doc: "Messages per minute per mailbox (Exchange Online's limit; it delays the excess). Bursts of a tenth of it go at once, then the rest is spaced evenly; 0 = unlimited."},
+		count(func(c *Config) *int { return &c.MailboxRate }))
+	add(Setting{Group: "Exchange Online", Key: "mailbox_daily_recipients", Env: "O365RELAY_MAILBOX_DAILY_RECIPIENTS", Default: "10000",
+		Doc: "Recipients per mailbox in a rolling 24 h (Exchange Online refuses more with 554 5.2.0); messages beyond wait. Counted in memory since start; 0 = unlimited."},
+		count(func(c *Config) *int { return &c.MailboxDailyRecipients }))
 
 	add(Setting{Group: "Spool and delivery", Key: "spool_dir", Env: "O365RELAY_SPOOL_DIR", Default: "/var/spool/o365relay",
 		Doc: "Directory of the durable queue; must survive restarts (a volume in containers)."},
@@ -272,6 +278,10 @@ func Reference() string {
 			def = "`" + def + "`"
 		}
 		fmt.Fprintf(&b, "| `%s` | `%s` | `--%s` | %s | %s |\n", s.Key, s.Env, s.Flag(), def, s.Doc)
+	}
+	b.WriteString("\n**Config file only**\n\n| file key | meaning |\n|---|---|\n")
+	for _, s := range FileOnly() {
+		fmt.Fprintf(&b, "| `%s` | %s |\n", s.Key, s.Doc)
 	}
 	return b.String()
 }
