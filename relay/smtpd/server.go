@@ -6,6 +6,13 @@
 // A message is acknowledged with 250 only after the Sink (the spool, or the
 // spool and then Exchange) said so; every other outcome is a 4xx/5xx with an
 // enhanced status code (RFC 3463), produced in one place by reply.ForClient.
+//
+// Hostile or broken input is answered, never obeyed: the third syntax error,
+// an HTTP request or TLS ClientHello on the plain port, a DATA phase past its
+// deadline and a line past the limit each end the session with a reply, and
+// nothing the client pipelined after that reply is acted on. A panic while
+// serving one connection is recovered (session.contain), logged without its
+// value, answered with 421 4.3.0 and ends only that connection.
 package smtpd
 
 import (
