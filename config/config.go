@@ -335,6 +335,10 @@ func (c *Config) Effective() map[string]string {
 		}
 		m[s.Key] = v + " (" + string(c.Sources[s.Key]) + ")"
 	}
+	if senders, mailboxes := c.rulesSummary(); senders != "" || mailboxes != "" {
+		m["senders"] = senders + " (file)"
+		m["mailboxes"] = mailboxes + " (file)"
+	}
 	return m
 }
 

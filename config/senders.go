@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/emersion/go-smtp"
@@ -294,6 +295,24 @@ func (c *Config) RewriteFor(sender string) message.Rewrite {
 		return message.RewriteNone
 	}
 	return r.Rewrite
+}
+
+// RewriteOf is RewriteFor the envelope's sender, in the form delivery asks.
+func (c *Config) RewriteOf(env *message.Envelope) message.Rewrite { return c.RewriteFor(env.From) }
+
+// rulesSummary renders the sender rules and mailbox overrides for
+// Effective (and so for reload's "what changed").
+func (c *Config) rulesSummary() (senders, mailboxes string) {
+	var ss []string
+	for _, r := range c.Senders {
+		ss = append(ss, fmt.Sprintf("%s→%s(%s)", r.Sender, r.Mailbox, r.Rewrite))
+	}
+	var ms []string
+	for k, l := range c.mailboxOverrides {
+		ms = append(ms, fmt.Sprintf("%s:%d/%d/%d", k, l.Connections, l.Rate, l.DailyRecipients))
+	}
+	sort.Strings(ms)
+	return strings.Join(ss, ","), strings.Join(ms, ",")
 }
 
 // Mailboxes lists every mailbox the configuration can route to: the

@@ -175,7 +175,7 @@ func Settings() []Setting {
 			return err
 		}, func(c *Config) string { return strconv.Itoa(c.MailboxConnections) }})
 	add(Setting{Group: "Exchange Online", Key: "mailbox_rate", Env: "O365RELAY_MAILBOX_RATE", Default: "30",
-		Doc: "Messages per minute per mailbox (Exchange Online's limit; it delays the excess). Bursts of a tenth of it go at once, then the rest is spaced evenly; 0 = unlimited."},
+		Doc: "Messages per minute per mailbox (Exchange Online's limit; it delays the excess). A burst of one minute's worth goes at once, more is spaced evenly; 0 = unlimited."},
 		count(func(c *Config) *int { return &c.MailboxRate }))
 	add(Setting{Group: "Exchange Online", Key: "mailbox_daily_recipients", Env: "O365RELAY_MAILBOX_DAILY_RECIPIENTS", Default: "10000",
 		Doc: "Recipients per mailbox in a rolling 24 h (Exchange Online refuses more with 554 5.2.0); messages beyond wait. Counted in memory since start; 0 = unlimited."},

@@ -147,6 +147,7 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 		Clock:              clock,
 		Logger:             log.Named("upstream"),
 		MaxConnsPerMailbox: cfg.MailboxConnections,
+		ConnsFor:           func(mb string) int { return cfg.Limits(mb).Connections },
 	})
 	if err != nil {
 		return nil, err
@@ -169,11 +170,17 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 	r.sched, err = delivery.New(delivery.Options{
 		Spool:     r.sp,
 		Forwarder: r.up,
-		Workers:   cfg.MailboxConnections,
-		MaxAge:    cfg.QueueLifetime,
-		Backoff:   delivery.Backoff{Min: cfg.RetryMin, Max: cfg.RetryMax, Factor: 2, Jitter: 0.2},
-		Clock:     clock,
-		Logger:    log.Named("delivery"),
+		// Enough workers for every mailbox's connections to be busy.
+		Workers: cfg.TotalConnections(),
+		MaxAge:  cfg.QueueLifetime,
+		Limits: func(mb string) delivery.Limits {
+			l := cfg.Limits(mb)
+			return delivery.Limits{Rate: l.Rate, DailyRecipients: l.DailyRecipients}
+		},
+		Rewrite: cfg.RewriteOf,
+		Backoff: delivery.Backoff{Min: cfg.RetryMin, Max: cfg.RetryMax, Factor: 2, Jitter: 0.2},
+		Clock:   clock,
+		Logger:  log.Named("delivery"),
 	})
 	if err != nil {
 		return nil, err
@@ -183,14 +190,13 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 	if cfg.LineEndings == "normalize" {
 		le = smtpd.NormalizeBareLineEndings
 	}
-	mailbox := cfg.Mailbox
 	r.smtp, err = smtpd.New(smtpd.Options{
 		Addr:            cfg.Listen,
 		AllowedNetworks: cfg.AllowedNetworks,
 		Hostname:        cfg.Hostname,
 		Sink:            &sink{spool: r.sp, sched: r.sched, mode: AckMode(cfg.Ack)},
-		// One mailbox for every sender; per-sender rules are issue 4's.
-		Route:                   func(string) (string, error) { return mailbox, nil },
+		// Sender rules (config senders); 550 5.7.1 for a sender none matches.
+		Route:                   cfg.Route,
 		MaxMessageBytes:         cfg.MaxMessageBytes,
 		MaxRecipients:           cfg.MaxRecipients,
 		MaxConnections:          cfg.MaxConnections,

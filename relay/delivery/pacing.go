@@ -26,9 +26,11 @@ const dailyWindow = 24 * time.Hour
 //
 // Rate: a token bucket in its GCRA form (a "theoretical arrival time", tat):
 // a message may go when tat is at most burst intervals ahead of now, and
-// each message moves tat on by one interval (60 s / Rate). The burst is a
-// tenth of a minute's allowance (3 at 30/min), so a burst from an
-// application goes out at once up to that and then one message every 2 s.
+// each message moves tat on by one interval (60 s / Rate). The burst is one
+// minute's allowance (30 at 30/min): Exchange's per-minute limit delays the
+// excess rather than refusing it (§2.5), so a burst of that size costs
+// nothing and goes out at once; beyond it messages leave one per interval
+// (every 2 s at 30/min), which holds the sustained rate at Rate.
 // A message that must wait is given its own slot (booked), so a queue of
 // hundreds wakes up one by one instead of all at the next free instant.
 //
@@ -75,7 +77,7 @@ func (p *pacer) admit(id message.ID, rcpts int, l Limits, now time.Time) (time.T
 	}
 	if l.Rate > 0 {
 		interval := time.Minute / time.Duration(l.Rate)
-		burst := time.Duration(max(1, l.Rate/10)-1) * interval
+		burst := time.Duration(l.Rate-1) * interval
 		if slot, ok := p.booked[id]; ok {
 			if now.Before(slot) {
 				return slot, false

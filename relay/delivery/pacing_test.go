@@ -13,12 +13,12 @@ import (
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
-// The rate bucket lets a burst of Rate/10 through, then one message per
-// 60/Rate s, each waiting message with its own slot; no real time passes.
+// The rate bucket lets a burst of Rate through, then one message per 60/Rate
+// s, each waiting message with its own slot; no real time passes.
 func TestPacerRate(t *testing.T) {
 	t.Parallel()
 	p := newPacer()
-	l := Limits{Rate: 30}
+	l := Limits{Rate: 3}
 	now := t0
 	var slots []time.Time
 	for i := range 10 {
@@ -36,21 +36,23 @@ func TestPacerRate(t *testing.T) {
 		slots = append(slots, at)
 	}
 	for i, at := range slots {
-		if want := t0.Add(time.Duration(i+1) * 2 * time.Second); !at.Equal(want) {
+		if want := t0.Add(time.Duration(i+1) * 20 * time.Second); !at.Equal(want) {
 			t.Errorf("slot %d at +%v, want +%v", i, at.Sub(t0), want.Sub(t0))
 		}
 	}
 	// A booked message coming back early keeps waiting for its slot; at
 	// its slot it goes without taking another.
 	id := message.ID(strings.Repeat("A", 22) + "3")
-	if at, ok := p.admit(id, 1, l, t0.Add(time.Second)); ok || !at.Equal(slots[0]) {
+	if at, ok := p.admit(id, 1, l, t0.Add(10*time.Second)); ok || !at.Equal(slots[0]) {
 		t.Errorf("early return: %v %v", at, ok)
 	}
 	if _, ok := p.admit(id, 1, l, slots[0]); !ok {
 		t.Error("not admitted at its slot")
 	}
-	// Over a long run the rate holds: 300 messages take ~10 min, however
-	// eagerly they are offered.
+	// Over a long run the rate holds: 300 messages at 30/min take ~9 min
+	// (a minute's burst, then 270 spaced 2 s apart), however eagerly they
+	// are offered.
+	l = Limits{Rate: 30}
 	q := newPacer()
 	now = t0
 	for i := range 300 {
@@ -63,7 +65,7 @@ func TestPacerRate(t *testing.T) {
 			}
 		}
 	}
-	if d := now.Sub(t0); d < 9*time.Minute || d > 11*time.Minute {
+	if d := now.Sub(t0); d != 9*time.Minute {
 		t.Errorf("300 messages in %v at 30/min", d)
 	}
 }
@@ -105,7 +107,7 @@ func TestSchedulerPaces(t *testing.T) {
 	t.Parallel()
 	fw := &fake{steps: []step{ok}}
 	f := setup(t, fw)
-	f.s.o.Limits = func(string) Limits { return Limits{Rate: 6} } // burst 1, one per 10 s
+	f.s.o.Limits = func(string) Limits { return Limits{Rate: 1} } // burst 1, one per minute
 	ids := []message.ID{f.envID}
 	for range 2 {
 		env := &message.Envelope{ID: message.NewID(t0), From: "app@example.com", To: []string{"c@example.org"}, Mailbox: "relay@example.com", Received: t0}
@@ -119,17 +121,17 @@ func TestSchedulerPaces(t *testing.T) {
 		t.Fatalf("%+v %v", out, err)
 	}
 	out, err = f.s.attempt(context.Background(), ids[1])
-	if err != nil || out.Removed || !out.NextAttempt.Equal(t0.Add(10*time.Second)) {
-		t.Fatalf("second not paced to +10s: %+v %v", out, err)
+	if err != nil || out.Removed || !out.NextAttempt.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("second not paced to +1m: %+v %v", out, err)
 	}
 	out, err = f.s.attempt(context.Background(), ids[2])
-	if err != nil || !out.NextAttempt.Equal(t0.Add(20*time.Second)) {
+	if err != nil || !out.NextAttempt.Equal(t0.Add(2*time.Minute)) {
 		t.Fatalf("third not given the next slot: %+v %v", out, err)
 	}
 	if e, _ := f.sp.Get(ids[1]); e.State.Attempts != 0 || fw.n() != 1 {
 		t.Errorf("paced message counted: attempts %d, calls %d", e.State.Attempts, fw.n())
 	}
-	f.clk.Set(t0.Add(10 * time.Second))
+	f.clk.Set(t0.Add(time.Minute))
 	if out, err := f.s.attempt(context.Background(), ids[1]); err != nil || !out.Removed {
 		t.Fatalf("at its slot: %+v %v", out, err)
 	}
