@@ -2,6 +2,9 @@ package doctor
 
 import (
 	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -14,13 +17,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
+
 	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/relay"
 	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/relaytest"
 	"github.com/o365relay/o365relay/relay/tlstest"
 	"github.com/o365relay/o365relay/token/entratest"
-	"go.uber.org/zap"
 )
 
 // fixture is a fake Microsoft 365 and the settings of a relay pointed at it;
@@ -538,5 +543,83 @@ func TestReadmeNamesEveryCheck(t *testing.T) {
 		if !strings.Contains(section, w) {
 			t.Errorf("README troubleshooting lacks %q", w)
 		}
+	}
+}
+
+// Exchange RBAC for Applications: the token has no role, and that is only
+// a warning — AUTH succeeds, so the report passes.
+func TestRBACForApplicationsPasses(t *testing.T) {
+	t.Parallel()
+	f := sharedFixture(t)
+	const client = "a0000000-0000-4000-8000-00000000e0e3"
+	f.app(entratest.App{ClientID: client, ObjectID: relaytest.ObjectID, Certs: []*x509.Certificate{f.cloud.Cert}})
+	f.exchange(map[string]exchangetest.Mailbox{relaytest.Mailbox: {RBACApps: []string{client}}}, nil)
+	rep := f.run()
+	if !rep.OK {
+		t.Fatalf("not OK: %+v", rep.Failed())
+	}
+	c := rep.Find("claims")
+	if c.Status != Warn || !strings.Contains(c.Fix, "New-ManagementRoleAssignment -Role 'Application SMTP.SendAsApp' -App "+client) || !strings.Contains(c.Fix, "Grant admin consent") {
+		t.Errorf("claims: %s %s\n%s", c.Status, c.Message, c.Fix)
+	}
+	if s := status(rep, "auth"); s != OK {
+		t.Errorf("auth %s", s)
+	}
+}
+
+// Client secret: a wrong one is AADSTS7000215 with the Value-not-ID fix; a
+// right one passes.
+func TestClientSecret(t *testing.T) {
+	t.Parallel()
+	f := sharedFixture(t)
+	const client = "a0000000-0000-4000-8000-00000000e0e4"
+	f.app(entratest.App{ClientID: client, ObjectID: relaytest.ObjectID, Secret: "right~secret", Roles: []string{exchangetest.RoleSendAsApp}})
+	f.exchange(map[string]exchangetest.Mailbox{relaytest.Mailbox: granted(client)}, nil)
+	delete(f.flags, "client_certificate_path")
+	f.flags["client_secret"] = "wrong~secret"
+	rep := f.run()
+	want(t, rep, 3, "token", []int{3}, []string{"AADSTS7000215"}, []string{"Value", "not its Secret ID", client})
+	f.flags["client_secret"] = "right~secret"
+	if rep := f.run(); !rep.OK {
+		t.Errorf("right secret: %+v", rep.Failed())
+	}
+	for _, c := range rep.Checks {
+		if strings.Contains(c.Message+c.Fix, "wrong~secret") {
+			t.Errorf("the secret is in the report: %+v", c)
+		}
+	}
+}
+
+// Workload identity: the token file's claims are shown; one for a service
+// account the federated credential does not name is AADSTS70021.
+func TestFederatedToken(t *testing.T) {
+	t.Parallel()
+	f := sharedFixture(t)
+	cluster, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const client, issuer = "a0000000-0000-4000-8000-00000000e0e5", "https://oidc.example.test/cluster"
+	f.app(entratest.App{ClientID: client, ObjectID: relaytest.ObjectID, Roles: []string{exchangetest.RoleSendAsApp},
+		Federated: []entratest.Federated{{Issuer: issuer, Subject: "system:serviceaccount:mail:relay", Keys: []crypto.PublicKey{&cluster.PublicKey}}}})
+	now := time.Now()
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodRS256, jwt.MapClaims{"iss": issuer, "sub": "system:serviceaccount:mail:other",
+		"aud": []string{entratest.DefaultFederatedAudience}, "iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Hour).Unix()}).SignedString(cluster)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(f.dir, "azure-identity-token")
+	if err := os.WriteFile(path, []byte(tok), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	delete(f.flags, "client_certificate_path")
+	f.flags["federated_token_file"] = path
+	rep := f.run()
+	if c := rep.Find("credential"); c.Status != OK || !strings.Contains(c.Message, "subject system:serviceaccount:mail:other") {
+		t.Errorf("credential: %s %s", c.Status, c.Message)
+	}
+	want(t, rep, 3, "token", []int{3}, []string{"AADSTS70021"}, []string{"Federated credentials", "system:serviceaccount:<namespace>:<service account>"})
+	if strings.Contains(fmt.Sprint(rep), tok) {
+		t.Error("the federated token is in the report")
 	}
 }

@@ -7,7 +7,8 @@
 // STARTTLS is offered, AUTH XOAUTH2 only after TLS, the bearer token is
 // verified like Exchange would (RS256 signature by the fake Entra ID's key,
 // exp/nbf, aud = the Exchange resource, tid, roles ∋ SMTP.SendAsApp, and the
-// app holding FullAccess on the user= mailbox), MAIL FROM is checked against
+// app holding FullAccess on the user= mailbox — or, for a token without the
+// role, an RBAC for Applications assignment covering the mailbox), MAIL FROM is checked against
 // the mailbox and its Send-As grants, the From: header is checked after DATA
 // (554 5.2.252 SendAsDenied), and more than three concurrently authenticated
 // connections per mailbox get 432 4.3.2. Everything the client does wrong
@@ -79,6 +80,13 @@ type Mailbox struct {
 	// AuthDisabled models Set-CASMailbox -SmtpClientAuthenticationDisabled
 	// $true: every AUTH gets 535 5.7.139.
 	AuthDisabled bool
+	// RBACApps are app (client) IDs holding Exchange "RBAC for
+	// Applications" (New-ManagementRoleAssignment -Role 'Application
+	// SMTP.SendAsApp') with a management scope that contains this mailbox
+	// (smtp-app-rbac-onboarding.md, exchange-online.md §2.3). Their tokens
+	// carry no SMTP.SendAsApp role and need no FullAccess; a token that
+	// does carry the role is checked for FullAccess as usual.
+	RBACApps []string
 }
 
 // Options configures a Server.
@@ -181,6 +189,7 @@ type Server struct {
 type mailboxEntry struct {
 	addr   string
 	apps   map[string]bool
+	rbac   map[string]bool
 	sendAs map[string]bool
 	mb     Mailbox
 }
@@ -219,9 +228,12 @@ func NewServer(opts Options) (*Server, error) {
 		s.log = zap.NewNop()
 	}
 	for addr, mb := range opts.Mailboxes {
-		e := mailboxEntry{addr: strings.ToLower(addr), apps: map[string]bool{}, sendAs: map[string]bool{}, mb: mb}
+		e := mailboxEntry{addr: strings.ToLower(addr), apps: map[string]bool{}, rbac: map[string]bool{}, sendAs: map[string]bool{}, mb: mb}
 		for _, a := range mb.Apps {
 			e.apps[strings.ToLower(a)] = true
+		}
+		for _, a := range mb.RBACApps {
+			e.rbac[strings.ToLower(a)] = true
 		}
 		e.sendAs[e.addr] = true
 		for _, a := range mb.SendAs {
@@ -671,17 +683,22 @@ func (ss *session) checkXOAuth2(resp []byte) *smtp.SMTPError {
 		s.log.Info("token rejected: wrong tenant", zap.String("user", user), zap.String("tid", tid))
 		return errAuthFailed
 	}
-	if !hasRole(claims["roles"], RoleSendAsApp) {
-		s.log.Info("token rejected: no SMTP.SendAsApp role", zap.String("user", user))
-		return errAuthFailed
-	}
 	appID, _ := claims["appid"].(string)
 	if appID == "" {
 		appID, _ = claims["azp"].(string) // v2 tokens name the client azp
 	}
 	mb, ok := s.mailboxes[user]
-	if !ok || !mb.apps[strings.ToLower(appID)] {
-		s.log.Info("token rejected: app has no FullAccess on mailbox", zap.String("user", user), zap.String("appid", appID))
+	switch {
+	case hasRole(claims["roles"], RoleSendAsApp):
+		if !ok || !mb.apps[strings.ToLower(appID)] {
+			s.log.Info("token rejected: app has no FullAccess on mailbox", zap.String("user", user), zap.String("appid", appID))
+			return errAuthFailed
+		}
+	case ok && mb.rbac[strings.ToLower(appID)]:
+		// RBAC for Applications: no role in the token, no mailbox
+		// permission needed; the role assignment's scope decides.
+	default:
+		s.log.Info("token rejected: no SMTP.SendAsApp role and no RBAC role assignment", zap.String("user", user), zap.String("appid", appID))
 		return errAuthFailed
 	}
 	if mb.mb.AuthDisabled {

@@ -414,3 +414,47 @@ func TestWaitMessagesCancelled(t *testing.T) {
 		t.Errorf("WaitMessages = %v", err)
 	}
 }
+
+// RBAC for Applications: a token without the SMTP.SendAsApp role is
+// accepted for a mailbox in the app's role assignment scope, without
+// FullAccess; a token with the role still needs FullAccess (the claim
+// "would trigger an unnecessary check for mailbox permissions").
+func TestRBACForApplications(t *testing.T) {
+	t.Parallel()
+	const rbacApp = "rbac-app"
+	f := newFixture(t, func(o *Options) {
+		o.Mailboxes["scoped@contoso.test"] = Mailbox{RBACApps: []string{rbacApp}}
+	})
+	sign := func(c Claims) secret.Secret {
+		s, err := SignToken(f.key, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	cases := []struct {
+		name, user string
+		tok        secret.Secret
+		code       int
+	}{
+		{"no role, in scope", "scoped@contoso.test", sign(Claims{AppID: rbacApp, Tenant: tenant, Roles: []string{}}), 0},
+		{"no role, out of scope", mailbox, sign(Claims{AppID: rbacApp, Tenant: tenant, Roles: []string{}}), 535},
+		{"no role, other app", "scoped@contoso.test", sign(Claims{AppID: app, Tenant: tenant, Roles: []string{}}), 535},
+		{"role but no FullAccess", "scoped@contoso.test", sign(Claims{AppID: rbacApp, Tenant: tenant}), 535},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			err := f.dial(t).Auth(&xo{mech: "XOAUTH2", user: tc.user, tok: tc.tok})
+			if tc.code == 0 {
+				if err != nil {
+					t.Fatalf("Auth: %v", err)
+				}
+				return
+			}
+			if cd, enh := code(t, err); cd != tc.code || enh != (smtp.EnhancedCode{5, 7, 3}) {
+				t.Errorf("Auth = %v, want 535 5.7.3", err)
+			}
+		})
+	}
+}
