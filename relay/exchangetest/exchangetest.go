@@ -310,6 +310,18 @@ func (s *Server) Inject(f Fault) {
 	s.faults = append(s.faults, &f)
 }
 
+// PendingFaults is the number of injected fault uses that have not fired
+// yet, so a test can tell that the fault it injected was exercised.
+func (s *Server) PendingFaults() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, f := range s.faults {
+		n += f.Times
+	}
+	return n
+}
+
 // Reset clears recorded messages, counters, violations and pending faults.
 func (s *Server) Reset() {
 	s.mu.Lock()
