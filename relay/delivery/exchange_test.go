@@ -226,14 +226,21 @@ func (e *exoEnv) run(t testing.TB) {
 // sessions per mailbox.
 func (e *exoEnv) check(t testing.TB, ids []message.ID, wantFailed, limit int) {
 	t.Helper()
-	seen := map[string]int{}
-	for _, m := range e.fake.Messages() {
-		i := bytes.Index(m.Data, []byte("Subject: "))
-		seen[strings.Fields(string(m.Data[i+9:]))[0]]++
-	}
 	failed, err := e.sp.ListFailed()
 	if err != nil {
 		t.Fatal(err)
+	}
+	msgs := e.fake.Messages()
+	if len(msgs) > 0 && msgs[0].Data == nil { // Discard: count only
+		if len(msgs)+len(failed) != len(ids) {
+			t.Errorf("%d delivered + %d failed of %d", len(msgs), len(failed), len(ids))
+		}
+		ids = nil
+	}
+	seen := map[string]int{}
+	for _, m := range msgs {
+		i := bytes.Index(m.Data, []byte("Subject: "))
+		seen[strings.Fields(string(m.Data[i+9:]))[0]]++
 	}
 	isFailed := map[message.ID]bool{}
 	for _, f := range failed {
@@ -248,7 +255,7 @@ func (e *exoEnv) check(t testing.TB, ids []message.ID, wantFailed, limit int) {
 			t.Errorf("%s delivered %d times", id, n)
 		}
 	}
-	if len(failed) != wantFailed {
+	if ids != nil && len(failed) != wantFailed {
 		t.Errorf("%d failed, want %d", len(failed), wantFailed)
 	}
 	st := e.fake.Stats()
