@@ -239,6 +239,9 @@ func (e *exoEnv) check(t testing.TB, ids []message.ID, wantFailed, limit int) {
 	}
 	seen := map[string]int{}
 	for _, m := range msgs {
+		if m.Data == nil {
+			continue
+		}
 		i := bytes.Index(m.Data, []byte("Subject: "))
 		seen[strings.Fields(string(m.Data[i+9:]))[0]]++
 	}
