@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"os"
@@ -13,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/o365relay/o365relay/config"
 )
 
 // The end-to-end tests drive the built binary, as a user would, with real
@@ -103,7 +106,14 @@ func startRelay(t *testing.T, env []string, waitAddr string, args ...string) *pr
 	t.Helper()
 	cmd := exec.Command(binPath, args...)
 	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
+	if !configSetsLogLevel(args) {
+		// Debug level unless the test says otherwise (in env, or in a
+		// config file, which the environment would override), so that
+		// the secrecy scan below sees everything the relay can print.
+		base = append(base, "O365RELAY_LOG_LEVEL=debug")
+	}
 	cmd.Env = append(base, env...)
+	secrets := knownSecrets(t, cmd.Env)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
@@ -116,6 +126,9 @@ func startRelay(t *testing.T, env []string, waitAddr string, args ...string) *pr
 			_ = cmd.Process.Kill()
 			<-p.done
 		}
+		// Every relay's output, whatever the test was about, is searched
+		// for the secrets it was given and the ones it made (issue 7).
+		scanForSecrets(t, out.String(), secrets)
 		if t.Failed() {
 			t.Logf("relay output:\n%s", out.String())
 		}
@@ -212,4 +225,97 @@ func preview(b []byte) string {
 		s = s[:300] + "..."
 	}
 	return strings.ReplaceAll(s, "\r\n", "⏎\n")
+}
+
+// knownSecrets lists what must never appear in a relay's output, by what it
+// is: the values of secret settings in env, the private key and federated
+// token files it names, the XOAUTH2 payload for its mailbox, and the shapes
+// of what the relay makes (JWTs: tokens and client assertions both start
+// with the base64url of '{"'; the payload's "auth=Bearer").
+func knownSecrets(t *testing.T, env []string) map[string]string {
+	t.Helper()
+	vals := map[string]string{}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		vals[k] = v // later entries win, as for the child
+	}
+	needles := map[string]string{
+		"a JWT (token or client assertion)": "eyJ",
+		"a bearer token":                    "Bearer ",
+		"the XOAUTH2 payload":               "auth=Bearer",
+		"a test message body":               "leading dot",
+		"8-bit test message body":           "Grüße",
+	}
+	for _, s := range config.Settings() {
+		if v := vals[s.Env]; s.Secret && len(v) >= 6 {
+			needles["the value of "+s.Env] = v
+		}
+	}
+	if mb := vals["O365RELAY_MAILBOX"]; mb != "" {
+		// The payload starts with "user=", so its base64 starts with this.
+		needles["the XOAUTH2 payload, base64"] = base64.StdEncoding.EncodeToString([]byte("user=" + mb))[:16]
+	}
+	if f := vals["AZURE_FEDERATED_TOKEN_FILE"]; f != "" {
+		if b, err := os.ReadFile(f); err == nil && len(bytes.TrimSpace(b)) >= 16 {
+			needles["the federated token"] = string(bytes.TrimSpace(b))
+		}
+	}
+	if f := vals["AZURE_CLIENT_CERTIFICATE_PATH"]; f != "" {
+		if b, err := os.ReadFile(f); err == nil {
+			for i, l := range pemKeyLines(b) {
+				needles[fmt.Sprintf("line %d of the private key", i+1)] = l
+			}
+		}
+	}
+	return needles
+}
+
+// pemKeyLines returns the base64 lines of every PRIVATE KEY block in a PEM
+// file (nothing for PKCS #12 or a file without a key).
+func pemKeyLines(b []byte) []string {
+	var out []string
+	in := false
+	for _, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimSpace(l)
+		switch {
+		case strings.HasPrefix(l, "-----BEGIN ") && strings.Contains(l, "PRIVATE KEY"):
+			in = true
+		case strings.HasPrefix(l, "-----END "):
+			in = false
+		case in && len(l) >= 32 && !strings.Contains(l, ":"):
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// scanForSecrets fails the test for each secret found in out.
+func scanForSecrets(t *testing.T, out string, needles map[string]string) {
+	t.Helper()
+	for what, n := range needles {
+		if strings.Contains(out, n) {
+			t.Errorf("relay output contains %s", what)
+		}
+	}
+}
+
+// configSetsLogLevel reports whether a --config file in args sets log_level
+// (or cannot be read, in which case the test is about that).
+func configSetsLogLevel(args []string) bool {
+	for i, a := range args {
+		var f string
+		switch {
+		case (a == "--config" || a == "-config") && i+1 < len(args):
+			f = args[i+1]
+		case strings.HasPrefix(a, "--config="):
+			f = strings.TrimPrefix(a, "--config=")
+		default:
+			continue
+		}
+		b, err := os.ReadFile(f)
+		if err != nil || bytes.Contains(b, []byte("log_level")) {
+			return true
+		}
+	}
+	return false
 }
