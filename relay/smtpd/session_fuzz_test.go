@@ -54,7 +54,7 @@ type fuzzServer struct {
 
 // startFuzzServer runs one listener for the whole fuzzing process, with small
 // limits so that fuzzed input reaches them.
-func startFuzzServer(f *testing.F, mode LineEndings) *fuzzServer {
+func startFuzzServer(f testing.TB, mode LineEndings) *fuzzServer {
 	sink := &fuzzSink{stored: map[message.ID][]byte{}}
 	core, logs := observer.New(zap.WarnLevel)
 	s, err := New(Options{
@@ -145,7 +145,12 @@ func FuzzSession(f *testing.F) {
 		true:  startFuzzServer(f, NormalizeBareLineEndings),
 	}
 	f.Fuzz(func(t *testing.T, normalize bool, in []byte) {
-		fs := servers[normalize]
+		fuzzSessionOnce(t, servers[normalize], in)
+	})
+}
+
+func fuzzSessionOnce(t *testing.T, fs *fuzzServer, in []byte) {
+	{
 		fs.sink.take()
 		fs.logs.TakeAll()
 		c, err := net.DialTimeout("tcp", fs.srv.Addr().String(), 5*time.Second)
@@ -220,7 +225,7 @@ func FuzzSession(f *testing.F) {
 				t.Fatalf("%s: %v", e.Message, e.Context)
 			}
 		}
-	})
+	}
 }
 
 // isReset reports a connection the server closed while the client's data
