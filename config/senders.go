@@ -305,7 +305,11 @@ func (c *Config) RewriteOf(env *message.Envelope) message.Rewrite { return c.Rew
 func (c *Config) rulesSummary() (senders, mailboxes string) {
 	var ss []string
 	for _, r := range c.Senders {
-		ss = append(ss, fmt.Sprintf("%s→%s(%s)", r.Sender, r.Mailbox, r.Rewrite))
+		mb := r.Mailbox
+		if mb == "" {
+			mb = "mailbox"
+		}
+		ss = append(ss, fmt.Sprintf("%s→%s rewrite=%s", r.Sender, mb, r.Rewrite))
 	}
 	var ms []string
 	for k, l := range c.mailboxOverrides {
