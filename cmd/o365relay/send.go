@@ -54,12 +54,34 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	sender := *from
 	if sender == "" {
 		sender = cfg.Mailbox
+		if sender == "" {
+			if mbs := cfg.Mailboxes(); len(mbs) > 0 {
+				sender = mbs[0]
+			}
+		}
 	}
+	// The daemon's routing and rewriting, so the test goes the way the
+	// application's mail would (config.Route, message.Rewrite).
+	mailbox, err := cfg.Route(sender)
+	if err != nil {
+		fmt.Fprintf(stdout, "✘ route: %v\n", err)
+		return 1
+	}
+	rw := cfg.RewriteFor(sender)
 	body, err := sendBody(*bodyFile, cfg.Hostname)
 	if err != nil {
 		return exitErr(stderr, err)
 	}
 	msg := sendMessage(sender, rcpts, *subject, body)
+	envFrom := sender
+	if rw != message.RewriteNone {
+		envFrom = mailbox
+	}
+	if rw == message.RewriteEnvelopeFrom {
+		if msg, err = io.ReadAll(message.RewriteFrom(bytes.NewReader(msg), mailbox)); err != nil {
+			return exitErr(stderr, err)
+		}
+	}
 
 	src, err := newTokenSource(cfg, zap.NewNop())
 	if err != nil {
@@ -86,9 +108,10 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	env := &message.Envelope{ID: message.NewID(time.Now()), From: sender, To: rcpts, Mailbox: cfg.Mailbox, Received: time.Now(),
-		Size: int64(len(msg)), SMTPUTF8: !ascii(sender + strings.Join(rcpts, ""))}
-	fmt.Fprintf(stdout, "sending %d bytes from <%s> to <%s> via %s as %s\n", len(msg), sender, strings.Join(rcpts, ">, <"), cfg.Upstream, cfg.Mailbox)
+	env := &message.Envelope{ID: message.NewID(time.Now()), From: envFrom, To: rcpts, Mailbox: mailbox, Received: time.Now(),
+		Size: int64(len(msg)), SMTPUTF8: !ascii(envFrom + strings.Join(rcpts, ""))}
+	fmt.Fprintf(stdout, "✔ route: sender <%s> → mailbox %s (rewrite %s)\n", sender, mailbox, rw)
+	fmt.Fprintf(stdout, "sending %d bytes from <%s> to <%s> via %s as %s\n", len(msg), envFrom, strings.Join(rcpts, ">, <"), cfg.Upstream, mailbox)
 	res, perr := up.ProbeSend(ctx, env, bytes.NewReader(msg))
 	for _, st := range res.Steps {
 		if st.Err != nil {

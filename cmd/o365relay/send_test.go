@@ -22,7 +22,7 @@ func TestSend(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("send exit %d:\n%s", code, out)
 	}
-	for _, p := range []string{"✔ connect: ", "✔ tls: STARTTLS, TLS 1.3", "✔ token: ", "✔ auth: AUTH XOAUTH2 as " + relaytest.Mailbox, "✔ send: MAIL FROM:<" + relaytest.Mailbox + "> RCPT TO:<someone@fabrikam.example> DATA: 250 ", "✔ quit: "} {
+	for _, p := range []string{"✔ route: sender <" + relaytest.Mailbox + "> → mailbox " + relaytest.Mailbox + " (rewrite none)", "✔ connect: ", "✔ tls: STARTTLS, TLS 1.3", "✔ token: ", "✔ auth: AUTH XOAUTH2 as " + relaytest.Mailbox, "✔ send: MAIL FROM:<" + relaytest.Mailbox + "> RCPT TO:<someone@fabrikam.example> DATA: 250 ", "✔ quit: "} {
 		line(t, out, p)
 	}
 	msgs := cloud.Exchange.Messages()

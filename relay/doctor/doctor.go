@@ -113,7 +113,9 @@ func (r *Report) Find(name string) *Check {
 // Options configure Run. Config is required; the rest may be zero.
 type Options struct {
 	Config *config.Config
-	// Mailboxes to check AUTH for; nil means Config.Mailbox.
+	// Mailboxes to check AUTH for; nil means every mailbox the
+	// configuration routes to (Config.Mailboxes: the mailbox setting and
+	// each sender rule's).
 	Mailboxes []string
 	// HTTPClient talks to Entra ID; nil means one with the system roots
 	// (which SSL_CERT_FILE extends), as the daemon uses.
@@ -143,8 +145,8 @@ func (o *Options) defaults() {
 	if o.HTTPClient == nil {
 		o.HTTPClient = &http.Client{Timeout: o.Timeout}
 	}
-	if o.Mailboxes == nil && o.Config.Mailbox != "" {
-		o.Mailboxes = []string{o.Config.Mailbox}
+	if o.Mailboxes == nil {
+		o.Mailboxes = o.Config.Mailboxes()
 	}
 }
 

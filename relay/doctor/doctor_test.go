@@ -35,6 +35,7 @@ type fixture struct {
 	cloud *relaytest.Cloud
 	dir   string
 	flags map[string]string
+	file  string // config file, if any
 	opts  Options
 }
 
@@ -133,7 +134,7 @@ func freeAddr(t *testing.T) string {
 
 func (f *fixture) config() *config.Config {
 	f.t.Helper()
-	cfg, err := config.Load(config.Input{Flags: f.flags})
+	cfg, err := config.Load(config.Input{File: f.file, Flags: f.flags})
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -622,4 +623,28 @@ func TestFederatedToken(t *testing.T) {
 	if strings.Contains(fmt.Sprint(rep), tok) {
 		t.Error("the federated token is in the report")
 	}
+}
+
+// Every mailbox the configuration routes to is checked: the mailbox setting
+// and each sender rule's (the file's senders list).
+func TestEveryRoutedMailbox(t *testing.T) {
+	t.Parallel()
+	f := sharedFixture(t)
+	const billing = "billing@contoso.example"
+	f.exchange(map[string]exchangetest.Mailbox{relaytest.Mailbox: granted(relaytest.ClientID), billing: {}}, nil)
+	f.file = filepath.Join(f.dir, "o365relay.yaml")
+	if err := os.WriteFile(f.file, []byte("senders:\n  - sender: \"*@billing.example\"\n    mailbox: "+billing+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rep := f.run()
+	var targets []string
+	for _, c := range rep.Checks {
+		if c.Name == "auth" {
+			targets = append(targets, c.Target+":"+string(c.Status))
+		}
+	}
+	if got := strings.Join(targets, " "); got != relaytest.Mailbox+":ok "+billing+":fail" {
+		t.Errorf("auth checks %s", got)
+	}
+	want(t, rep, 6, "auth", []int{6}, []string{billing}, []string{"Add-MailboxPermission -Identity " + billing})
 }
