@@ -109,16 +109,17 @@ func remoteIP(c net.Conn) netip.Addr {
 }
 
 // trackedConn is the connection go-smtp serves. It gives back the
-// connection's slot on Close and lets the session replace go-smtp's fixed
-// success reply to DATA ("250 2.0.0 OK: queued") with one that names the
-// queue ID, which go-smtp's Session interface has no way to return.
+// connection's slot on Close, rewrites the few go-smtp replies this relay
+// words differently, and ends the session after a last reply.
 //
-// The replacement is exact: go-smtp writes each reply line with a single
-// flushed Write (textproto.Writer.PrintfLine), and the session arms the
-// replacement only between its own successful return from Data and that
-// write, on the same goroutine. Once STARTTLS wraps this connection the bytes
-// here are ciphertext and the generic reply goes out unchanged — still a
-// correct 250, only without the ID.
+// The rewrites are exact: go-smtp writes each reply line with a single
+// flushed Write (textproto.Writer.PrintfLine). Once TLS wraps this
+// connection (go-smtp puts tls.Server on top of it for STARTTLS) the bytes
+// here are ciphertext: before the listener offers TLS, what depends on
+// seeing replies must move above TLS — else CHUNKING is advertised while
+// BDAT is refused, the SIZE line shows one byte more, syntax errors close
+// only after go-smtp's fourth, and splitCRCR cannot repair CR CR LF.
+// closeAfterReply keeps working (one reply is one TLS record write).
 type trackedConn struct {
 	net.Conn
 	ip         netip.Addr
@@ -129,9 +130,7 @@ type trackedConn struct {
 	readOnce   bool
 	sizeLine   [2][]byte
 
-	once    sync.Once
-	mu      sync.Mutex
-	success []byte // armed replacement for the DATA success line
+	once sync.Once
 
 	// DATA-phase repair of CR CR (see splitCRCR). Only the session's own
 	// goroutine reads, so these need no lock.
@@ -161,8 +160,6 @@ const (
 // 421 is how a server closes on its own initiative). go-smtp's own limit is
 // one more than this, and counts fewer kinds of error.
 const maxSyntaxErrors = 3
-
-var goSMTPQueued = []byte("250 2.0.0 OK: queued\r\n")
 
 // goSMTPReplies maps go-smtp's fixed replies to the ones this relay
 // documents. RFC 5321 §3.8: a server that closes the channel on its own
@@ -302,12 +299,6 @@ func foreignProtocol(b []byte) string {
 	return ""
 }
 
-func (c *trackedConn) armSuccess(text string) {
-	c.mu.Lock()
-	c.success = []byte("250 2.0.0 " + text + "\r\n")
-	c.mu.Unlock()
-}
-
 // closeAfterReply makes the next reply the connection's last: later replies
 // are dropped and reads report EOF, so go-smtp ends the session (and does
 // not answer commands the client had already pipelined).
@@ -344,17 +335,6 @@ func (c *trackedConn) Write(p []byte) (n int, err error) {
 		}
 		return len(p), nil
 	}
-	c.mu.Lock()
-	repl := c.success
-	if repl != nil && bytes.Equal(p, goSMTPQueued) {
-		c.success = nil
-		c.mu.Unlock()
-		if _, err := c.Conn.Write(repl); err != nil {
-			return 0, err
-		}
-		return len(p), nil
-	}
-	c.mu.Unlock()
 	out := p
 	if r, ok := goSMTPReplies[string(p)]; ok {
 		out = r
