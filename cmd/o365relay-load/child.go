@@ -91,6 +91,9 @@ func startChild(ctx context.Context, bin, dir string, cloud *relaytest.Cloud, cf
 		"O365RELAY_ACK=" + cfg.Ack,
 		"O365RELAY_MAX_CONNECTIONS=" + strconv.Itoa(maxConns),
 	}, cloud.Env()...)
+	if !cfg.Paced {
+		cmd.Env = append(cmd.Env, "O365RELAY_MAILBOX_RATE=0", "O365RELAY_MAILBOX_DAILY_RECIPIENTS=0")
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		_ = logf.Close() // the start error matters

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -140,12 +142,21 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (rep *report, err er
 		arrivals = watchArrivals(runCtx, cloud, base)
 	}
 
-	ld.send(runCtx, rep)
+	if cfg.Command != "" {
+		if err := runCommand(runCtx, cfg.Command, target, rep); err != nil {
+			return rep, err
+		}
+	} else {
+		ld.send(runCtx, rep)
+	}
 
 	if cloud != nil {
 		// Wait for Exchange to have every acknowledged message, within the
 		// same cap.
 		acked := rep.acked()
+		if cfg.Command != "" {
+			acked = cfg.Messages // the command's own count; it does not say which it got a 250 for
+		}
 		if err := cloud.Exchange.WaitMessages(runCtx, base+acked); err != nil {
 			rep.notes = append(rep.notes, fmt.Sprintf("stopped waiting for deliveries: %v", err))
 		}
@@ -551,4 +562,35 @@ func measureFsync(dir string, n int) (fsyncStats, error) {
 		st.put = append(st.put, time.Since(start))
 	}
 	return st, nil
+}
+
+// runCommand runs an external client (e.g. smtp-source) against addr and
+// times it. Its output is kept for the report.
+func runCommand(ctx context.Context, line, addr string, rep *report) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	args := strings.Fields(strings.NewReplacer("{addr}", addr, "{host}", host, "{port}", port).Replace(line))
+	if len(args) == 0 {
+		return errors.New("-command is empty")
+	}
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	rep.started = time.Now()
+	err = cmd.Run()
+	rep.finished = time.Now()
+	rep.cmdOutput = out.String()
+	if err != nil {
+		return fmt.Errorf("%s: %w\n%s", args[0], err, tail(rep.cmdOutput, 2000))
+	}
+	return nil
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }

@@ -23,6 +23,8 @@
 //	go run ./cmd/o365relay-load -clients 1 -messages 1 -size 35000000
 //	go run ./cmd/o365relay-load -idle 1000 -clients 1 -messages 100
 //	go run ./cmd/o365relay-load -relay 127.0.0.1:2525 -clients 8 -messages 1000
+//	go run ./cmd/o365relay-load -messages 10000 -command \
+//	    'smtp-source -d -s 8 -m 10000 -l 10240 -f relay@contoso.example -t x@fabrikam.example {addr}'
 //
 // Every run is bounded: at most -duration of wall time (default 10 min; the
 // senders stop and the report says how far they got), at most 1,000,000
@@ -33,7 +35,10 @@
 // relay's durable write costs the application. transaction: MAIL FROM to the
 // 250. delivery: from the 250 to the fake Exchange having accepted the
 // message (matched by a per-message recipient, which the fake records even
-// when it discards bodies). A run starts with one warm-up message, so a token
+// when it discards bodies). The child relay's pacing, which holds a mailbox
+// to Exchange Online's 30 messages a minute and 10,000 recipients a day, is
+// off unless -paced: the fake has no such limit and the run measures what
+// the relay itself can do. A run starts with one warm-up message, so a token
 // is held and an upstream connection is open: token requests and TLS
 // handshakes "during the run" are what the message path itself caused.
 package main
@@ -99,6 +104,8 @@ type config struct {
 	Ack       string // child relay's ack mode
 	LogLevel  string // child relay's log level
 	KeepFiles bool
+	Command   string // external client instead of the built-in ones
+	Paced     bool   // keep the relay's per-mailbox pacing (Exchange's limits)
 }
 
 func parseArgs(args []string, stderr io.Writer) (config, int, bool) {
@@ -122,6 +129,8 @@ func parseArgs(args []string, stderr io.Writer) (config, int, bool) {
 	fs.BoolVar(&c.NewConn, "new-connection", false, "open a new SMTP connection for every message (default: each client reuses its connection)")
 	fs.StringVar(&c.Ack, "ack", "spool", "ack mode of the child relay (spool or upstream)")
 	fs.StringVar(&c.LogLevel, "relay-log-level", "info", "log level of the child relay (its log goes to a file in the run's directory)")
+	fs.StringVar(&c.Command, "command", "", "run this client `command line` instead of the built-in clients ({addr}, {host} and {port} are replaced by the relay's address; -messages must say how many messages it sends), e.g. Postfix's smtp-source")
+	fs.BoolVar(&c.Paced, "paced", false, "keep the child relay's per-mailbox pacing (mailbox_rate 30/min, mailbox_daily_recipients 10000: Exchange Online's limits); by default both are 0 so the run measures the relay, not the limits")
 	fs.BoolVar(&c.KeepFiles, "keep", false, "keep the run's temporary directory (relay log, spool) and print its path")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -163,6 +172,8 @@ func (c *config) check() error {
 		return fmt.Errorf("-duration must be more than 0 and at most %s", maxDuration)
 	case c.Fsyncs < 0 || c.Fsyncs > 100_000:
 		return errors.New("-fsync-samples must be 0..100000")
+	case c.Command != "" && c.Messages < 1:
+		return errors.New("-command needs -messages: how many messages the command sends")
 	case c.Ack != "spool" && c.Ack != "upstream":
 		return errors.New("-ack must be spool or upstream")
 	}

@@ -30,7 +30,8 @@ type report struct {
 
 	delivered   []time.Duration // 250 → Exchange, by message
 	lastArrival time.Time
-	unmatched   int // Exchange messages that are not ours or not acked
+	arrived     int // messages the fake Exchange accepted during the run
+	unmatched   int // of those, not ours or not acknowledged
 
 	idleOpen   int
 	idleErrors map[string]int
@@ -44,9 +45,13 @@ type report struct {
 
 	notes        []string
 	relayLogTail string
+	cmdOutput    string
 }
 
 func (r *report) acked() int {
+	if len(r.results) == 0 {
+		return 0
+	}
 	n := 0
 	for _, x := range r.results[1:] {
 		if x.ok {
@@ -59,6 +64,7 @@ func (r *report) acked() int {
 // matchDeliveries pairs each message Exchange accepted (in order, with the
 // time the watch saw it) with the 250 that acknowledged it, by recipient.
 func (r *report) matchDeliveries(msgs []exchangetest.Message, at []time.Time) {
+	r.arrived = len(msgs)
 	for i, m := range msgs {
 		if i >= len(at) || len(m.RcptTo) != 1 {
 			r.unmatched++
@@ -76,7 +82,11 @@ func (r *report) matchDeliveries(msgs []exchangetest.Message, at []time.Time) {
 func (r *report) print(w io.Writer) {
 	c := r.cfg
 	p := func(format string, a ...any) { fmt.Fprintf(w, format+"\n", a...) }
-	mode := fmt.Sprintf("child process pid %d (ack=%s, spool on the run's directory), fakes of Entra ID and Exchange in-process", r.pid, c.Ack)
+	pacing := "pacing off"
+	if c.Paced {
+		pacing = "paced to Exchange's limits"
+	}
+	mode := fmt.Sprintf("child process pid %d (ack=%s, %s, spool in the run's directory), fakes of Entra ID and Exchange in-process", r.pid, c.Ack, pacing)
 	if c.Relay != "" {
 		mode = "external " + c.Relay + " (client-side figures only)"
 	}
@@ -84,11 +94,19 @@ func (r *report) print(w io.Writer) {
 	if c.NewConn {
 		conn = "one connection per message"
 	}
-	p("o365relay-load: %d messages x %s, %d clients (%s), %d idle connections", c.Messages, bytesize(int64(c.Size)), c.Clients, conn, c.Idle)
+	if c.Command != "" {
+		p("o365relay-load: %d messages from: %s; %d idle connections", c.Messages, c.Command, c.Idle)
+	} else {
+		p("o365relay-load: %d messages x %s, %d clients (%s), %d idle connections", c.Messages, bytesize(int64(c.Size)), c.Clients, conn, c.Idle)
+	}
 	p("relay:          %s", mode)
 	if len(r.fsync.file) > 0 {
 		p("fsync floor:    write+fsync 10 KB p50 %s p99 %s; +rename+dir fsync p50 %s p99 %s (%d samples, same filesystem, before the load)",
 			ms(pct(r.fsync.file, 0.50)), ms(pct(r.fsync.file, 0.99)), ms(pct(r.fsync.put, 0.50)), ms(pct(r.fsync.put, 0.99)), len(r.fsync.file))
+	}
+	if c.Command != "" {
+		r.printCommand(p)
+		return
 	}
 	if r.results == nil {
 		return
@@ -126,7 +144,7 @@ func (r *report) print(w io.Writer) {
 		} else {
 			p("delivery:       none of %d delivered", len(to250))
 		}
-		if r.unmatched > 0 {
+		if r.unmatched > 0 && c.Command == "" {
 			p("                %d messages at Exchange not matched to an acknowledgement", r.unmatched)
 		}
 	}
@@ -134,6 +152,29 @@ func (r *report) print(w io.Writer) {
 	if c.Idle > 0 {
 		p("idle:           %d of %d connections open; errors: %s", r.idleOpen, c.Idle, counts(r.idleErrors))
 	}
+	r.printRelay(p, len(to250))
+}
+
+// printCommand reports a run of an external client.
+func (r *report) printCommand(p func(string, ...any)) {
+	c := r.cfg
+	elapsed := r.finished.Sub(r.started)
+	if elapsed > 0 {
+		p("sent:           the command ran %s: %.0f messages/s (%d messages)", sec(elapsed), float64(c.Messages)/elapsed.Seconds(), c.Messages)
+	}
+	if out := strings.TrimSpace(r.cmdOutput); out != "" {
+		p("command output: %s", tail(out, 500))
+	}
+	if r.pid != 0 {
+		span := r.lastArrival.Sub(r.started)
+		p("delivery:       %d messages reached the fake Exchange, the last %s after the command started", r.arrived, sec(max(span, 0)))
+	}
+	r.printRelay(p, c.Messages)
+}
+
+// printRelay reports the child relay's resources and the fakes' counters.
+func (r *report) printRelay(p func(string, ...any), acked int) {
+	c := r.cfg
 	if r.pid != 0 {
 		line := fmt.Sprintf("relay RSS:      idle %s (after warm-up)", bytesize(r.rssIdle))
 		if c.Idle > 0 {
@@ -141,12 +182,10 @@ func (r *report) print(w io.Writer) {
 		}
 		line += fmt.Sprintf(", peak during the run %s, VmHWM %s", bytesize(r.rssPeak), bytesize(r.hwm))
 		p("%s", line)
-		if n := len(to250); n > 0 {
-			p("relay CPU:      %s during the run (%.2f ms per message)", sec(r.cpu), float64(r.cpu.Microseconds())/1000/float64(n))
-		}
 		per100 := 0.0
-		if n := len(to250); n > 0 {
-			per100 = float64(r.tls1-r.tls0) * 100 / float64(n)
+		if acked > 0 {
+			p("relay CPU:      %s during the run (%.2f ms per message)", sec(r.cpu), float64(r.cpu.Microseconds())/1000/float64(acked))
+			per100 = float64(r.tls1-r.tls0) * 100 / float64(acked)
 		}
 		p("Entra ID:       %d token requests, %d of them during the run", r.tokens1, r.tokens1-r.tokens0)
 		p("Exchange:       %d TLS sessions, %d of them during the run (%.2f per 100 messages); %d protocol violations", r.tls1, r.tls1-r.tls0, per100, r.violations)

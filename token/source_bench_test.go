@@ -1,0 +1,66 @@
+package token_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/o365relay/o365relay/relay/relaytest"
+	"github.com/o365relay/o365relay/token"
+)
+
+// BenchmarkTokenCachedAfterFetch is the message path's token cost in steady state:
+// EntraSource.Token when a token is held. It must not touch the network
+// (issue 8: zero token requests on the message path); the benchmark fails if
+// the fake Entra ID sees a second request. Parallel: every delivery worker
+// asks at once. Unlike BenchmarkTokenCached (a hand-filled cache) the token
+// here came from a real fetch against the fake Entra ID.
+func BenchmarkTokenCachedAfterFetch(b *testing.B) {
+	cloud, err := relaytest.New(relaytest.Options{Dir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := cloud.Close(); err != nil {
+			b.Error(err)
+		}
+	})
+	cert, err := token.LoadCertificate(cloud.CertFile, "")
+	if err != nil {
+		b.Fatal(err)
+	}
+	src, err := token.NewSource(token.Options{
+		AuthorityHost: cloud.Entra.URL(),
+		TenantID:      cloud.Entra.Tenant(),
+		ClientID:      relaytest.ClientID,
+		Credential:    token.Credential{Certificate: cert},
+		HTTPClient:    cloud.HTTPClient(),
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if err := src.Close(); err != nil {
+			b.Error(err)
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := src.Token(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := src.Token(ctx); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	if n := cloud.Entra.TokenRequests(); n != 1 {
+		b.Errorf("%d token requests to Entra ID; a cached token must cost none", n)
+	}
+}
