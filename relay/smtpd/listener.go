@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bytes"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/netip"
@@ -30,6 +31,9 @@ type guardedListener struct {
 	// sizeLine is go-smtp's EHLO SIZE line and the one to send instead
 	// (see New).
 	sizeLine [2][]byte
+	// implicitTLS: every connection is TLS from its first byte.
+	implicitTLS bool
+	tlsConfig   *tls.Config
 
 	mu    sync.Mutex
 	total int
@@ -51,7 +55,14 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			l.refuse(c, ip, reason, "421 4.7.0 Too many connections, try again later\r\n")
 			continue
 		}
-		return &trackedConn{Conn: c, ip: ip, release: l.release, started: time.Now(), maxSession: l.maxSession, log: l.log, sizeLine: l.sizeLine}, nil
+		tc := &trackedConn{Conn: c, ip: ip, release: l.release, started: time.Now(), maxSession: l.maxSession, log: l.log, sizeLine: l.sizeLine}
+		if l.implicitTLS {
+			// The first bytes are a ClientHello, wanted here; go-smtp
+			// runs the handshake under its deadlines.
+			tc.readOnce = true
+			return tls.Server(tc, l.tlsConfig), nil
+		}
+		return tc, nil
 	}
 }
 

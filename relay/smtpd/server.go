@@ -17,6 +17,7 @@ package smtpd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -70,6 +71,25 @@ type Options struct {
 	LineEndings             LineEndings
 	MaxSessionDuration      time.Duration // whole connection; default 30 min
 
+	// TLSConfig, if set, enables STARTTLS (RFC 3207); it is called at
+	// every handshake, so a certificate reloaded from disk applies to the
+	// next connection. It may return nil while no certificate is loaded
+	// (the handshake then fails).
+	TLSConfig func() *tls.Config
+	// ImplicitTLS makes the listener speak TLS from the first byte
+	// (RFC 8314 §3.3, port 465). It needs TLSConfig.
+	ImplicitTLS bool
+	// Auth, if set, offers AUTH PLAIN and LOGIN over TLS (never
+	// without). It needs TLSConfig.
+	Auth Authenticator
+	// AuthFailureDelay is the least time a failed AUTH takes (default
+	// 1s), the same for an unknown user and a wrong password.
+	AuthFailureDelay time.Duration
+	// MaxAuthFailures per client address in AuthFailureWindow (defaults
+	// 5 and 15 min); beyond it AUTH is refused with 454 4.7.0 unchecked.
+	MaxAuthFailures   int
+	AuthFailureWindow time.Duration
+
 	Logger *zap.Logger
 	Clock  func() time.Time
 	// OnRefused, if set, is called with a reason for each refused connection
@@ -89,6 +109,8 @@ type Server struct {
 	inData   sync.WaitGroup
 	baseCtx  context.Context
 	cancel   context.CancelFunc
+
+	authLimit *authLimiter
 }
 
 // New checks opts and builds a server; it does not listen yet.
@@ -114,13 +136,27 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxSessionDuration == 0 {
 		opts.MaxSessionDuration = 30 * time.Minute
 	}
+	if (opts.Auth != nil || opts.ImplicitTLS) && opts.TLSConfig == nil {
+		return nil, errors.New("smtpd: Auth and ImplicitTLS need TLSConfig (AUTH is offered only over TLS)")
+	}
+	if opts.AuthFailureDelay == 0 {
+		opts.AuthFailureDelay = time.Second
+	}
+	if opts.MaxAuthFailures == 0 {
+		opts.MaxAuthFailures = 5
+	}
+	if opts.AuthFailureWindow == 0 {
+		opts.AuthFailureWindow = 15 * time.Minute
+	}
 	if opts.Logger == nil {
 		opts.Logger = zap.NewNop()
 	}
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
-	s := &Server{opts: opts, log: opts.Logger}
+	s := &Server{opts: opts, log: opts.Logger, authLimit: &authLimiter{
+		max: opts.MaxAuthFailures, window: opts.AuthFailureWindow, now: opts.Clock, fails: map[netip.Addr][]time.Time{},
+	}}
 	s.baseCtx, s.cancel = context.WithCancel(context.Background())
 
 	srv := smtp.NewServer(smtp.BackendFunc(s.newSession))
@@ -143,6 +179,9 @@ func New(opts Options) (*Server, error) {
 	srv.WriteTimeout = opts.CommandTimeout
 	srv.EnableSMTPUTF8 = true
 	srv.ErrorLog = zapPrintf{s.log}
+	if opts.TLSConfig != nil {
+		srv.TLSConfig = tlsConfigFor(opts.TLSConfig)
+	}
 	s.smtp = srv
 	return s, nil
 }
@@ -159,7 +198,9 @@ func (s *Server) Listen() error {
 		Listener: l, allowed: s.opts.AllowedNetworks,
 		maxTotal: s.opts.MaxConnections, maxPerIP: s.opts.MaxConnectionsPerClient,
 		log: s.log, onRefused: s.opts.OnRefused, perIP: map[netip.Addr]int{},
-		maxSession: s.opts.MaxSessionDuration,
+		maxSession:  s.opts.MaxSessionDuration,
+		implicitTLS: s.smtp.TLSConfig != nil && s.opts.ImplicitTLS,
+		tlsConfig:   s.smtp.TLSConfig,
 		sizeLine: [2][]byte{
 			[]byte(fmt.Sprintf("250-SIZE %d\r\n", s.opts.MaxMessageBytes+1)),
 			[]byte(fmt.Sprintf("250-SIZE %d\r\n", s.opts.MaxMessageBytes)),
@@ -230,7 +271,7 @@ func isClosedErr(err error) bool { return errors.Is(err, net.ErrClosed) }
 var errShuttingDown = reply.New(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
 
 func (s *Server) newSession(c *smtp.Conn) (sess smtp.Session, err error) {
-	tc, _ := c.Conn().(*trackedConn)
+	tc := connOf(c.Conn())
 	defer func() {
 		if v := recover(); v != nil {
 			var ip netip.Addr

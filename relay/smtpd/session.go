@@ -28,6 +28,9 @@ type session struct {
 	utf8     bool
 	eightBit bool
 	rcpts    []string
+	// authUser is the local AUTH user; it lasts for the session (RFC 4954
+	// §4: a client authenticates once), not only one transaction.
+	authUser string
 }
 
 // errPanic answers a command whose handling panicked. RFC 5321 §3.8: a
@@ -97,6 +100,11 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	if err := checkAddress(from, opts.UTF8, true); err != nil {
 		return err.SMTP()
 	}
+	if s.authUser != "" && !s.srv.opts.Auth.MaySend(s.authUser, from) {
+		s.srv.log.Info("sender refused for the authenticated user", zap.String("client", s.clientIP.String()),
+			zap.String("user", s.authUser), zap.String("from", from))
+		return errSenderNotAllowed.SMTP()
+	}
 	mailbox, rerr := s.srv.opts.Route(from)
 	if rerr != nil {
 		s.srv.log.Info("sender refused", zap.String("client", s.clientIP.String()),
@@ -152,9 +160,13 @@ func (s *session) Data(r io.Reader) (err error) {
 	// line arrived (one CommandTimeout). Give the body its own, longer,
 	// deadline: long enough for a 35 MB attachment, short enough that a
 	// slow-drip client cannot hold a connection slot forever.
+	_, isTLS := s.conn.TLSConnectionState()
 	if s.tc != nil {
 		_ = s.tc.SetReadDeadline(time.Now().Add(srv.opts.DataTimeout))
-		s.tc.startData()
+		if !isTLS {
+			// Under TLS the bytes at this layer are ciphertext.
+			s.tc.startData()
+		}
 	}
 	now := srv.opts.Clock()
 	env := &message.Envelope{
@@ -168,10 +180,9 @@ func (s *session) Data(r io.Reader) (err error) {
 		Client:       s.clientIP.String(),
 		Helo:         s.conn.Hostname(),
 	}
-	_, isTLS := s.conn.TLSConnectionState()
-	hdr := receivedHeader(env.Helo, env.Client, srv.opts.Hostname, string(env.ID), true, isTLS, false, now)
+	hdr := receivedHeader(env.Helo, env.Client, srv.opts.Hostname, string(env.ID), true, isTLS, s.authUser != "", now)
 	checker := newBodyChecker(r, srv.opts.LineEndings)
-	if s.tc != nil {
+	if s.tc != nil && !isTLS {
 		checker.marker = s.tc.takeMarker
 	}
 	body := io.MultiReader(strings.NewReader(hdr), checker)
