@@ -55,7 +55,8 @@ func TestE2ECrashLosesNothing(t *testing.T) {
 	py := requireTool(t, "python3")
 	cloud := newCloud(t)
 	spool := t.TempDir()
-	env, smtpAddr, _ := relayEnv(t, cloud, spool, "O365RELAY_LOG_LEVEL=info")
+	// Pacing off: hundreds of messages, not Exchange's 30 a minute.
+	env, smtpAddr, _ := relayEnv(t, cloud, spool, "O365RELAY_LOG_LEVEL=info", "O365RELAY_MAILBOX_RATE=0")
 	host, port := hostPort(t, smtpAddr)
 
 	p := startRelay(t, env, smtpAddr, "serve")
