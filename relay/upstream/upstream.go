@@ -21,6 +21,14 @@
 //     the fourth with 432 4.3.2, §2.5); authenticated connections are reused
 //     and retired before Exchange's ~5 min idle timeout, their age limit and
 //     their token's expiry.
+//   - A 432 4.3.2 at AUTH while we hold other connections for the mailbox
+//     lowers its limit to those (someone else holds a slot) and the message
+//     waits for one of ours; the limit grows back one per RestoreAfter.
+//   - A 501 5.5.127 on an authenticated session (read as "this session's
+//     token expired") closes it and the idle ones with the same token,
+//     refreshes the token and retries on a fresh connection, once.
+//   - A pooled connection that fails before any of the body was sent (421,
+//     a drop while idle) is replaced and the transaction retried, once.
 package upstream
 
 import (
