@@ -17,6 +17,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/relaytest"
 )
 
@@ -129,6 +130,12 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (rep *report, err er
 		}
 	}
 
+	if cfg.Defer {
+		// Every attempt is deferred (a transient reply, so the relay keeps
+		// the message and retries after retry_min): the spool only grows.
+		cloud.Exchange.Inject(exchangetest.Fault{Stage: exchangetest.StageMail, Times: cfg.Messages*2 + 100,
+			Reply: &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 7, 500}, Message: "Server busy, try again later [o365relay-load -defer]"}})
+	}
 	runCtx, cancelRun := context.WithTimeout(ctx, cfg.Duration)
 	defer cancelRun()
 	var sampler *rssSampler
@@ -150,7 +157,16 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (rep *report, err er
 		ld.send(runCtx, rep)
 	}
 
-	if cloud != nil {
+	if cfg.Defer {
+		// Let the relay try each message once, then count what it holds.
+		time.Sleep(2 * time.Second)
+		if rep.queued, err = countQueued(filepath.Join(dir, "spool", "queue")); err != nil {
+			return rep, err
+		}
+		if rep.rssQueued, _, err = ch.memory(); err != nil {
+			return rep, err
+		}
+	} else if cloud != nil {
 		// Wait for Exchange to have every acknowledged message, within the
 		// same cap.
 		acked := rep.acked()
@@ -160,6 +176,8 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (rep *report, err er
 		if err := cloud.Exchange.WaitMessages(runCtx, base+acked); err != nil {
 			rep.notes = append(rep.notes, fmt.Sprintf("stopped waiting for deliveries: %v", err))
 		}
+	}
+	if cloud != nil {
 		rep.lastArrival = arrivals.stop()
 		rep.matchDeliveries(cloud.Exchange.Messages()[base:], arrivals.times())
 		rep.tokens1 = cloud.Entra.TokenRequests()
@@ -593,4 +611,19 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+// countQueued counts the records in the child's spool queue/.
+func countQueued(queue string) (int, error) {
+	des, err := os.ReadDir(queue)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, de := range des {
+		if strings.HasSuffix(de.Name(), ".msg") {
+			n++
+		}
+	}
+	return n, nil
 }

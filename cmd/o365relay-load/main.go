@@ -35,12 +35,16 @@
 // relay's durable write costs the application. transaction: MAIL FROM to the
 // 250. delivery: from the 250 to the fake Exchange having accepted the
 // message (matched by a per-message recipient, which the fake records even
-// when it discards bodies). The child relay's pacing, which holds a mailbox
-// to Exchange Online's 30 messages a minute and 10,000 recipients a day, is
-// off unless -paced: the fake has no such limit and the run measures what
-// the relay itself can do. A run starts with one warm-up message, so a token
-// is held and an upstream connection is open: token requests and TLS
+// when it discards bodies). A run starts with one warm-up message, so a
+// token is held and an upstream connection is open: token requests and TLS
 // handshakes "during the run" are what the message path itself caused.
+//
+// The child relay's pacing, which holds a mailbox to Exchange Online's 30
+// messages a minute and 10,000 recipients a day, is off unless -paced: the
+// fake has no such limit and the run measures what the relay itself can do.
+// -defer makes the fake answer 451 to every MAIL FROM, so the queue only
+// grows (memory with a long queue). -command runs another client, such as
+// Postfix's smtp-source, against the same child relay.
 package main
 
 import (
@@ -106,6 +110,7 @@ type config struct {
 	KeepFiles bool
 	Command   string // external client instead of the built-in ones
 	Paced     bool   // keep the relay's per-mailbox pacing (Exchange's limits)
+	Defer     bool   // the fake Exchange defers every message: the queue grows
 }
 
 func parseArgs(args []string, stderr io.Writer) (config, int, bool) {
@@ -131,6 +136,7 @@ func parseArgs(args []string, stderr io.Writer) (config, int, bool) {
 	fs.StringVar(&c.LogLevel, "relay-log-level", "info", "log level of the child relay (its log goes to a file in the run's directory)")
 	fs.StringVar(&c.Command, "command", "", "run this client `command line` instead of the built-in clients ({addr}, {host} and {port} are replaced by the relay's address; -messages must say how many messages it sends), e.g. Postfix's smtp-source")
 	fs.BoolVar(&c.Paced, "paced", false, "keep the child relay's per-mailbox pacing (mailbox_rate 30/min, mailbox_daily_recipients 10000: Exchange Online's limits); by default both are 0 so the run measures the relay, not the limits")
+	fs.BoolVar(&c.Defer, "defer", false, "make the fake Exchange answer 451 to every MAIL FROM during the run, so every message stays queued (memory with a long queue)")
 	fs.BoolVar(&c.KeepFiles, "keep", false, "keep the run's temporary directory (relay log, spool) and print its path")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -172,6 +178,8 @@ func (c *config) check() error {
 		return fmt.Errorf("-duration must be more than 0 and at most %s", maxDuration)
 	case c.Fsyncs < 0 || c.Fsyncs > 100_000:
 		return errors.New("-fsync-samples must be 0..100000")
+	case c.Defer && c.Relay != "":
+		return errors.New("-defer needs the child relay (not -relay)")
 	case c.Command != "" && c.Messages < 1:
 		return errors.New("-command needs -messages: how many messages the command sends")
 	case c.Ack != "spool" && c.Ack != "upstream":

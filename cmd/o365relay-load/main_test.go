@@ -106,6 +106,8 @@ func TestFlagsBounded(t *testing.T) {
 		{"-idle", "30000"},
 		{"-duration", "2h"},
 		{"-ack", "never"},
+		{"-defer", "-relay", "127.0.0.1:2525"},
+		{"-command", "smtp-source {addr}", "-messages", "0"},
 	} {
 		var stderr bytes.Buffer
 		if code := runMain(context.Background(), args, &bytes.Buffer{}, &stderr); code != 2 {

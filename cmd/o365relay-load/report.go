@@ -37,6 +37,8 @@ type report struct {
 	idleErrors map[string]int
 
 	rssIdle, rssWithIdle, rssPeak, hwm int64
+	queued                             int   // -defer: records in queue/ at the end
+	rssQueued                          int64 // -defer: RSS with them queued
 	cpu                                time.Duration
 
 	tokens0, tokens1 int
@@ -141,6 +143,8 @@ func (r *report) print(w io.Writer) {
 			span := r.lastArrival.Sub(r.started)
 			p("delivery:       p50 %s p95 %s p99 %s max %s (250 -> fake Exchange has it); %d of %d delivered, last %s after the first MAIL (%.0f messages/s end to end)",
 				ms(pct(d, .5)), ms(pct(d, .95)), ms(pct(d, .99)), ms(pct(d, 1)), len(d), len(to250), sec(span), float64(len(d))/span.Seconds())
+		} else if c.Defer {
+			p("delivery:       none: the fake Exchange deferred every attempt (-defer)")
 		} else {
 			p("delivery:       none of %d delivered", len(to250))
 		}
@@ -181,6 +185,9 @@ func (r *report) printRelay(p func(string, ...any), acked int) {
 			line += fmt.Sprintf(", with %d idle connections %s", r.idleOpen, bytesize(r.rssWithIdle))
 		}
 		line += fmt.Sprintf(", peak during the run %s, VmHWM %s", bytesize(r.rssPeak), bytesize(r.hwm))
+		if c.Defer {
+			line += fmt.Sprintf("; with %d messages queued (Exchange deferring) %s", r.queued, bytesize(r.rssQueued))
+		}
 		p("%s", line)
 		per100 := 0.0
 		if acked > 0 {
