@@ -221,6 +221,11 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 		cs = append(cs, spool.Collectors()...)
 		cs = append(cs, delivery.Collectors()...)
 		cs = append(cs, Collectors()...)
+		smtp := r.smtp
+		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "o365relay_smtp_connections_open",
+			Help: "Client connections being served now (refused ones not counted).",
+		}, func() float64 { return float64(smtp.OpenConnections()) }))
 		r.admin, err = admin.New(admin.Options{
 			Addr:       cfg.AdminListen,
 			Collectors: cs,

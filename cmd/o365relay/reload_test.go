@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -343,6 +344,20 @@ func TestE2EMetricsMoveWithTraffic(t *testing.T) {
 	}
 	if replies < n || dials < 1 {
 		t.Errorf("upstream replies moved by %v, dials by %v", replies, dials)
+	}
+	// An application holding a session open shows in the open gauge.
+	c, err := net.DialTimeout("tcp", e.smtp, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bufio.NewReader(c).ReadString('\n'); err != nil { // the greeting: accepted and counted
+		t.Fatal(err)
+	}
+	if v := scrape(t, e.admin)["o365relay_smtp_connections_open"]; v != 1 {
+		t.Errorf("o365relay_smtp_connections_open = %v with one session open, want 1", v)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
 	}
 	if after["o365relay_upstream_handshake_seconds_count"] < 1 || after["o365relay_upstream_auth_seconds_count"] < 1 {
 		t.Error("handshake/AUTH latency histograms did not move")
