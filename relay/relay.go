@@ -175,7 +175,7 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 		MaxAge:  cfg.QueueLifetime,
 		Limits: func(mb string) delivery.Limits {
 			l := cfg.Limits(mb)
-			return delivery.Limits{Rate: l.Rate, DailyRecipients: l.DailyRecipients}
+			return delivery.Limits{Rate: l.Rate, DailyRecipients: l.DailyRecipients, Connections: l.Connections}
 		},
 		Rewrite: cfg.RewriteOf,
 		Backoff: delivery.Backoff{Min: cfg.RetryMin, Max: cfg.RetryMax, Factor: 2, Jitter: 0.2},

@@ -21,6 +21,11 @@
 //     one probe message at a time, instead of feeding Exchange's
 //     continuous-error throttling (550 5.2.25x).
 //
+// A worker never waits on a mailbox whose connections (Limits.Connections)
+// are all in use: the message is put back and made due again the moment one
+// of that mailbox's attempts ends, so one busy mailbox cannot hold up the
+// others' mail.
+//
 // A panic while delivering one message is contained to it: logged without
 // its value or any data, the message retried, and set aside (failed/ or
 // corrupt/) after three.
@@ -106,8 +111,11 @@ type Scheduler struct {
 	running  map[message.ID]chan struct{}
 	boxes    map[string]*mailbox
 	pacers   map[string]*pacer
-	panics   map[message.ID]int // panics outside the forwarder, by message
-	wake     chan struct{}      // closed and replaced when due changes
+	inflight map[string]int          // attempts running, by lower-case mailbox
+	waiting  map[string][]message.ID // messages that found every slot busy
+	early    map[message.ID]bool     // due at release, not at NextAttempt
+	panics   map[message.ID]int      // panics outside the forwarder, by message
+	wake     chan struct{}           // closed and replaced when due changes
 }
 
 // New checks opts and applies defaults.
@@ -153,6 +161,7 @@ func New(opts Options) (*Scheduler, error) {
 		due: map[message.ID]time.Time{}, stateMod: map[message.ID]time.Time{},
 		running: map[message.ID]chan struct{}{}, boxes: map[string]*mailbox{},
 		pacers: map[string]*pacer{}, panics: map[message.ID]int{},
+		inflight: map[string]int{}, waiting: map[string][]message.ID{}, early: map[message.ID]bool{},
 		wake: make(chan struct{}),
 	}, nil
 }
@@ -320,6 +329,12 @@ func (s *Scheduler) release(id message.ID, next time.Time) {
 	defer s.mu.Unlock()
 	close(s.running[id])
 	delete(s.running, id)
+	if s.early[id] {
+		delete(s.early, id)
+		if !next.IsZero() {
+			next = s.o.Clock()
+		}
+	}
 	if !next.IsZero() {
 		s.scheduleLocked(id, next)
 	} else {
@@ -464,7 +479,20 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 	defer s.endProbe(env.Mailbox)
 	admitted := now
 	if s.o.Limits != nil {
-		if at, ok := s.admit(id, env.Mailbox, len(pending), now); !ok {
+		lim := s.o.Limits(env.Mailbox)
+		if !sync {
+			// A worker does not wait on a mailbox whose connections are
+			// all busy (that would leave other mailboxes' mail waiting
+			// behind it): the message is picked up again as soon as one
+			// of that mailbox's attempts ends.
+			if !s.enter(id, env.Mailbox, lim.Connections) {
+				out.Pending, out.NextAttempt = pending, now.Add(s.o.Backoff.Min)
+				out.Err = reply.New(451, enhHeld, "Mailbox connections busy; message queued")
+				return out, nil
+			}
+			defer s.leave(env.Mailbox)
+		}
+		if at, ok := s.admit(id, env.Mailbox, lim, len(pending), now); !ok {
 			// Paced: not an attempt, nothing recorded; the scheduler
 			// brings it back at its slot.
 			log.Debug("paced", zap.Time("next_attempt", at))
@@ -691,8 +719,38 @@ func (s *Scheduler) pacerLocked(mailbox string) *pacer {
 	return p
 }
 
-func (s *Scheduler) admit(id message.ID, mailbox string, rcpts int, now time.Time) (time.Time, bool) {
-	l := s.o.Limits(mailbox)
+// enter takes one of mailbox's n attempt slots (n ≤ 0: unlimited), or
+// notes id as waiting for one.
+func (s *Scheduler) enter(id message.ID, mailbox string, n int) bool {
+	k := strings.ToLower(mailbox)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n > 0 && s.inflight[k] >= n {
+		s.waiting[k] = append(s.waiting[k], id)
+		return false
+	}
+	s.inflight[k]++
+	return true
+}
+
+// leave gives the slot back and makes the mailbox's waiting messages due
+// now (one that has not been released yet is made due when it is).
+func (s *Scheduler) leave(mailbox string) {
+	k := strings.ToLower(mailbox)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.inflight[k]--
+	for _, id := range s.waiting[k] {
+		if s.running[id] != nil {
+			s.early[id] = true
+		} else if _, queued := s.due[id]; queued {
+			s.scheduleLocked(id, s.o.Clock())
+		}
+	}
+	s.waiting[k] = nil
+}
+
+func (s *Scheduler) admit(id message.ID, mailbox string, l Limits, rcpts int, now time.Time) (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	at, ok := s.pacerLocked(mailbox).admit(id, rcpts, l, now)

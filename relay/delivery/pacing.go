@@ -17,6 +17,10 @@ type Limits struct {
 	// submissions beyond 10,000 with 554 5.2.0
 	// SubmissionQuotaExceededException (§2.5).
 	DailyRecipients int
+	// Connections is how many attempts for the mailbox run at once (the
+	// upstream pool's limit); a worker that finds them all busy moves on
+	// to other mail instead of waiting. 0 = no limit here.
+	Connections int
 }
 
 // dailyWindow is Exchange's rolling recipient-rate window.

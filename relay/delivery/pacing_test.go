@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -262,5 +263,82 @@ func TestPanicOutsideForwarderSetAside(t *testing.T) {
 	}
 	if _, err := f.sp.Get(f.envID); err == nil {
 		t.Error("message still queued")
+	}
+}
+
+// Workers do not queue up behind a mailbox whose connections are all busy:
+// with one connection for A and A's delivery stuck, B's mail still goes, A
+// never has two attempts at once, and A's second message follows as soon as
+// the first is done.
+func TestBusyMailboxDoesNotStarveOthers(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var mu sync.Mutex
+	inA, maxA := 0, 0
+	var order []string
+	fw := &fake{steps: []step{func(ctx context.Context, env *message.Envelope, b []byte) (*message.Result, error) {
+		if env.Mailbox == "a@example.com" {
+			mu.Lock()
+			inA++
+			maxA = max(maxA, inA)
+			mu.Unlock()
+			<-release
+			mu.Lock()
+			inA--
+			mu.Unlock()
+		}
+		mu.Lock()
+		order = append(order, env.Mailbox)
+		mu.Unlock()
+		return ok(ctx, env, b)
+	}}}
+	f := setup(t, fw)
+	f.s.o.Workers = 2
+	f.s.o.Limits = func(string) Limits { return Limits{Connections: 1} }
+	if err := f.sp.Remove(f.envID); err != nil {
+		t.Fatal(err)
+	}
+	put := func(mb string, at time.Time) {
+		env := &message.Envelope{ID: message.NewID(at), From: mb, To: []string{"x@example.org"}, Mailbox: mb, Received: at}
+		if err := f.sp.Put(env, bytes.NewReader([]byte("x\r\n"))); err != nil {
+			t.Fatal(err)
+		}
+		f.s.mu.Lock()
+		f.s.scheduleLocked(env.ID, at)
+		f.s.mu.Unlock()
+	}
+	put("a@example.com", t0.Add(-3*time.Second))
+	put("a@example.com", t0.Add(-2*time.Second))
+	put("b@example.com", t0.Add(-time.Second))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- f.s.Run(ctx) }()
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s (order %v)", what, order)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitFor("b delivered while a is stuck", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(order) == 1 && order[0] == "b@example.com"
+	})
+	close(release)
+	waitFor("both a delivered", func() bool {
+		q, err := f.sp.List()
+		return err == nil && len(q) == 0
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if maxA != 1 {
+		t.Errorf("%d concurrent attempts for a mailbox with one connection", maxA)
 	}
 }
