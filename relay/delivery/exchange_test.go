@@ -165,7 +165,9 @@ func newExoEnv(t testing.TB, o exoSetup) *exoEnv {
 	})
 	so := Options{Spool: e.sp, Forwarder: e.up, Workers: 3 * len(o.mailboxes),
 		Backoff: Backoff{Min: 20 * time.Millisecond, Max: 200 * time.Millisecond, Factor: 2, Jitter: 0.2},
-		Clock:   e.clk.Now, After: e.clk.After, RescanEvery: 3 * time.Hour}
+		Clock:   e.clk.Now, After: e.clk.After, RescanEvery: 3 * time.Hour,
+		// As the daemon runs it: three attempts per mailbox, no pacing.
+		Limits: func(string) Limits { return Limits{Connections: 3} }}
 	if o.sched != nil {
 		o.sched(&so)
 	}
@@ -317,15 +319,16 @@ func TestFaultsAgainstExchange(t *testing.T) {
 	}
 }
 
-// 200 messages from one sender: at most 3 sessions and 3 AUTHs in all.
+// 500 messages from one sender: at most 3 sessions and 3 AUTHs in all (a
+// pooled connection is never closed while the mailbox is within its limit).
 func TestSteadyStateReusesThreeConnections(t *testing.T) {
 	t.Parallel()
 	e := newExoEnv(t, exoSetup{})
-	ids := e.put(t, 200, exoBox, exoBox)
+	ids := e.put(t, 500, exoBox, exoBox)
 	e.run(t)
 	e.check(t, ids, 0, 3)
 	if st := e.fake.Stats(); st.Sessions > 3 || st.Auths > 3 {
-		t.Errorf("%d sessions, %d AUTHs for 200 messages", st.Sessions, st.Auths)
+		t.Errorf("%d sessions, %d AUTHs for 500 messages", st.Sessions, st.Auths)
 	}
 }
 
@@ -335,7 +338,7 @@ func TestSteadyStateReusesThreeConnections(t *testing.T) {
 func TestPacingAgainstExchange(t *testing.T) {
 	t.Parallel()
 	e := newExoEnv(t, exoSetup{sched: func(o *Options) {
-		o.Limits = func(string) Limits { return Limits{Rate: 20} }
+		o.Limits = func(string) Limits { return Limits{Rate: 20, Connections: 3} }
 	}})
 	start := e.clk.Now()
 	ids := e.put(t, 40, exoBox, exoBox)

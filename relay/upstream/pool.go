@@ -30,6 +30,7 @@ type mailboxPool struct {
 	limit   int       // guarded by cl.mu
 	inUse   int       // guarded by cl.mu
 	lowered time.Time // guarded by cl.mu; last 432 (or restore step)
+	conns   int       // guarded by cl.mu; authenticated connections open, idle or in use
 	freed   chan struct{}
 	idle    []*conn // guarded by cl.mu; most recently used last
 }
@@ -78,6 +79,14 @@ func (p *mailboxPool) acquire(ctx context.Context) error {
 	}
 }
 
+// adopt counts a newly authenticated connection as the pool's.
+func (p *mailboxPool) adopt(cn *conn) {
+	p.cl.mu.Lock()
+	defer p.cl.mu.Unlock()
+	cn.pool = p
+	p.conns++
+}
+
 func (p *mailboxPool) release() {
 	p.cl.mu.Lock()
 	defer p.cl.mu.Unlock()
@@ -108,7 +117,7 @@ func (p *mailboxPool) restoreLocked(now time.Time) {
 func (p *mailboxPool) lower(now time.Time) bool {
 	p.cl.mu.Lock()
 	defer p.cl.mu.Unlock()
-	others := p.inUse - 1 + len(p.idle)
+	others := p.conns // the caller's own connection was refused, so not counted
 	p.lowered = now
 	if others <= 0 {
 		p.limit = 1
@@ -163,12 +172,12 @@ func (p *mailboxPool) takeIdle(now time.Time) (*conn, bool) {
 	return nil, false
 }
 
-// putIdle pools a healthy connection, unless that would keep more
-// connections open than the (possibly lowered) limit allows. The caller
-// still holds its slot.
+// putIdle pools a healthy connection, unless the mailbox has more
+// connections open than its (lowered) limit allows. The caller still holds
+// its slot.
 func (p *mailboxPool) putIdle(cn *conn) {
 	p.cl.mu.Lock()
-	if !p.cl.closed && p.inUse-1+len(p.idle) < p.limit {
+	if !p.cl.closed && p.conns <= p.limit {
 		p.idle = append(p.idle, cn)
 		p.cl.mu.Unlock()
 		return

@@ -219,12 +219,18 @@ type conn struct {
 	lastUsed time.Time
 	authed   bool
 	once     sync.Once
+	pool     *mailboxPool // set once the session is authenticated for it
 }
 
 // close ends the session: QUIT first when graceful (a healthy connection),
 // so Exchange releases the mailbox's connection slot promptly.
 func (cn *conn) close(graceful bool) {
 	cn.once.Do(func() {
+		if p := cn.pool; p != nil {
+			p.cl.mu.Lock()
+			p.conns--
+			p.cl.mu.Unlock()
+		}
 		defer func() {
 			cn.cl.open.Add(-1)
 			connectionsOpen.Dec()
@@ -660,6 +666,7 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 				}
 				return nil, rerr
 			}
+			p.adopt(cn)
 		}
 		res, txe, reusable := c.transact(ctx, cn, env, body)
 		if txe == nil {
