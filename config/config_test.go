@@ -257,6 +257,8 @@ func FuzzLoadFile(f *testing.F) {
 	f.Add([]byte("- x\n"))
 	f.Add([]byte("a: &x 1\nb: *x\n"))
 	f.Add([]byte("listen: [\n"))
+	f.Add([]byte("senders:\n  - sender: \"*@a.example\"\n    mailbox: m@b.example\n    rewrite: envelope+from\n  - sender: \"*\"\n"))
+	f.Add([]byte("mailboxes:\n  m@b.example: {connections: 2, rate: 0, daily_recipients: 5}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) > 4096 {
 			return
