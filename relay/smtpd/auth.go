@@ -17,7 +17,7 @@ import (
 
 // Listener TLS and local AUTH, for a relay that listens beyond loopback.
 // Nothing here is reachable unless Options.TLSConfig (and, for AUTH,
-// Options.Auth) is set; the daemon's configuration does not set them yet.
+// Options.Auth) is set: the config's listen_tls_cert and auth_users.
 
 // Authenticator checks local AUTH credentials (PLAIN, LOGIN) and says which
 // senders an authenticated user may use.
@@ -43,6 +43,11 @@ var (
 	// X.7.1 (RFC 3463): delivery not authorized, the same code as for a
 	// sender no routing rule covers.
 	errSenderNotAllowed = reply.New(550, smtp.EnhancedCode{5, 7, 1}, "Sender address not allowed for the authenticated user")
+	// RFC 4954 §6: 530 5.7.0 "Authentication required".
+	errAuthRequired = reply.New(530, smtp.EnhancedCode{5, 7, 0},
+		"Authentication required: your address is not in allowed_networks; use STARTTLS and AUTH")
+	// RFC 3207 §4: 530 5.7.0 "Must issue a STARTTLS command first".
+	errNeedTLS = reply.New(530, smtp.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
 )
 
 // authLimiter counts failed AUTH attempts per client address in a sliding
@@ -103,8 +108,18 @@ func tlsConfigFor(get func() *tls.Config) *tls.Config {
 	}
 }
 
-// connOf finds the trackedConn under go-smtp's connection, which after
-// STARTTLS (or with implicit TLS) is a *tls.Conn on top of it.
+// tlsState is the session's TLS state. trackedConn owns TLS (go-smtp's
+// Conn never sees it), so go-smtp's TLSConnectionState is only asked when
+// the connection is not one of ours.
+func (s *session) tlsState() (tls.ConnectionState, bool) {
+	if s.tc != nil {
+		return s.tc.tlsState()
+	}
+	return s.conn.TLSConnectionState()
+}
+
+// connOf finds the trackedConn under go-smtp's connection (below a
+// *tls.Conn, were go-smtp ever to put one on top of it).
 func connOf(c net.Conn) *trackedConn {
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
@@ -120,7 +135,7 @@ func (s *session) AuthMechanisms() []string {
 	if s.srv.opts.Auth == nil {
 		return nil
 	}
-	if _, isTLS := s.conn.TLSConnectionState(); !isTLS {
+	if _, isTLS := s.tlsState(); !isTLS {
 		return nil
 	}
 	return []string{sasl.Plain, sasl.Login}
@@ -128,8 +143,14 @@ func (s *session) AuthMechanisms() []string {
 
 // Auth implements smtp.AuthSession.
 func (s *session) Auth(mech string) (sasl.Server, error) {
-	if len(s.AuthMechanisms()) == 0 {
+	if s.srv.opts.Auth == nil {
 		return nil, smtp.ErrAuthUnsupported
+	}
+	if _, isTLS := s.tlsState(); !isTLS {
+		// The credentials (if the client sent an initial response) have
+		// crossed the network in clear; they are neither checked nor
+		// logged.
+		return nil, errNeedTLS.SMTP()
 	}
 	switch mech {
 	case sasl.Plain:

@@ -195,9 +195,9 @@ func TestAuthFailuresAreAlikeAndLimited(t *testing.T) {
 
 func TestCertificateReloadAndImplicitTLS(t *testing.T) {
 	t.Parallel()
-	s, _, fx := startAuthServer(t, func(o *Options) { o.ImplicitTLS = true })
+	s, _, fx := startAuthServer(t, func(o *Options) { o.ImplicitTLSAddr = "127.0.0.1:0" })
 	dialTLS := func(ca *tlstest.CA) error {
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", s.Addr().String(), fx.client(ca))
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", s.ImplicitTLSAddr().String(), fx.client(ca))
 		if err != nil {
 			return err
 		}

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,10 +33,23 @@ type guardedListener struct {
 	// sizeLine is go-smtp's EHLO SIZE line and the one to send instead
 	// (see New).
 	sizeLine [2][]byte
-	// implicitTLS: every connection is TLS from its first byte.
+	// implicitTLS: every connection is TLS from its first byte (RFC 8314
+	// §3.3). Otherwise a non-nil tlsConfig offers STARTTLS (RFC 3207).
 	implicitTLS bool
 	tlsConfig   *tls.Config
+	// handshakeTimeout bounds a TLS handshake (the command timeout).
+	handshakeTimeout time.Duration
+	// authAvailable: a client outside allowed may connect (it must AUTH
+	// before MAIL, see session.Mail).
+	authAvailable bool
 
+	*connCaps
+}
+
+// connCaps counts the connections of every listener of a Server, so
+// max_connections and max_connections_per_client hold across the plain
+// and the implicit-TLS port together.
+type connCaps struct {
 	mu    sync.Mutex
 	total int
 	perIP map[netip.Addr]int
@@ -47,20 +62,24 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		ip := remoteIP(c)
-		if !l.isAllowed(ip) {
+		trusted := l.isAllowed(ip)
+		if !trusted && !l.authAvailable {
 			l.refuse(c, ip, "network", "554 5.7.1 Relay access denied: your address is not in allowed_networks\r\n")
 			continue
 		}
-		if reason := l.reserve(ip); reason != "" {
+		if reason := l.reserve(ip, l.maxTotal, l.maxPerIP); reason != "" {
 			l.refuse(c, ip, reason, "421 4.7.0 Too many connections, try again later\r\n")
 			continue
 		}
-		tc := &trackedConn{Conn: c, ip: ip, release: l.release, started: time.Now(), maxSession: l.maxSession, log: l.log, sizeLine: l.sizeLine}
+		tc := &trackedConn{Conn: c, ip: ip, trusted: trusted, release: l.release, started: time.Now(), maxSession: l.maxSession,
+			log: l.log, sizeLine: l.sizeLine, handshakeTimeout: l.handshakeTimeout}
 		if l.implicitTLS {
-			// The first bytes are a ClientHello, wanted here; go-smtp
-			// runs the handshake under its deadlines.
-			tc.readOnce = true
-			return tls.Server(tc, l.tlsConfig), nil
+			// The handshake runs at the connection's first read or
+			// write (go-smtp's greeting), on go-smtp's goroutine, not in
+			// this accept loop.
+			tc.implicit = tls.Server(c, l.tlsConfig)
+		} else {
+			tc.starttls = l.tlsConfig
 		}
 		return tc, nil
 	}
@@ -75,13 +94,13 @@ func (l *guardedListener) isAllowed(ip netip.Addr) bool {
 	return false
 }
 
-func (l *guardedListener) reserve(ip netip.Addr) string {
+func (l *connCaps) reserve(ip netip.Addr, maxTotal, maxPerIP int) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.maxTotal > 0 && l.total >= l.maxTotal {
+	if maxTotal > 0 && l.total >= maxTotal {
 		return "max_connections"
 	}
-	if l.maxPerIP > 0 && l.perIP[ip] >= l.maxPerIP {
+	if maxPerIP > 0 && l.perIP[ip] >= maxPerIP {
 		return "max_connections_per_client"
 	}
 	l.total++
@@ -89,7 +108,7 @@ func (l *guardedListener) reserve(ip netip.Addr) string {
 	return ""
 }
 
-func (l *guardedListener) release(ip netip.Addr) {
+func (l *connCaps) release(ip netip.Addr) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.total--
@@ -121,19 +140,19 @@ func remoteIP(c net.Conn) netip.Addr {
 
 // trackedConn is the connection go-smtp serves. It gives back the
 // connection's slot on Close, rewrites the few go-smtp replies this relay
-// words differently, and ends the session after a last reply.
+// words differently, ends the session after a last reply, and owns TLS:
+// go-smtp is never given a TLS configuration, so everything it reads and
+// writes through this type is plaintext, whether the client spoke TLS from
+// the first byte (implicit) or after STARTTLS (see the package comment).
 //
 // The rewrites are exact: go-smtp writes each reply line with a single
-// flushed Write (textproto.Writer.PrintfLine). Once TLS wraps this
-// connection (go-smtp puts tls.Server on top of it for STARTTLS) the bytes
-// here are ciphertext: before the listener offers TLS, what depends on
-// seeing replies must move above TLS — else CHUNKING is advertised while
-// BDAT is refused, the SIZE line shows one byte more, syntax errors close
-// only after go-smtp's fourth, and splitCRCR cannot repair CR CR LF.
-// closeAfterReply keeps working (one reply is one TLS record write).
+// flushed Write (textproto.Writer.PrintfLine).
 type trackedConn struct {
+	// Conn is the TCP connection. Addresses and deadlines are always
+	// its own (a tls.Conn passes deadlines down to it).
 	net.Conn
 	ip         netip.Addr
+	trusted    bool // the address is in allowed_networks
 	release    func(netip.Addr)
 	started    time.Time
 	maxSession time.Duration
@@ -141,10 +160,27 @@ type trackedConn struct {
 	readOnce   bool
 	sizeLine   [2][]byte
 
+	// TLS. starttls, if set, is offered in EHLO until TLS is on;
+	// implicit is the server side of a connection that is TLS from its
+	// first byte, before its handshake. tlsConn is set once a handshake
+	// has completed: from then on every read and write goes through it.
+	starttls         *tls.Config
+	implicit         *tls.Conn
+	handshakeTimeout time.Duration
+	tlsConn          atomic.Pointer[tls.Conn]
+
+	// Command-line framing, while STARTTLS may still come or a fresh
+	// EHLO is due after it (see lineMode). Only go-smtp's goroutine
+	// reads, so these need no lock.
+	inbuf     []byte // read from the client, not yet given to go-smtp
+	readErr   error  // what the read that filled inbuf returned
+	passLine  bool   // the rest of the current line goes to go-smtp unexamined
+	passBytes int64  // a BDAT chunk's octets still to pass unexamined
+	needHelo  bool   // TLS started: EHLO/HELO must come before anything else
+
 	once sync.Once
 
-	// DATA-phase repair of CR CR (see splitCRCR). Only the session's own
-	// goroutine reads, so these need no lock.
+	// DATA-phase repair of CR CR (see splitCRCR).
 	inData  bool
 	prevCR  bool
 	pending []byte
@@ -184,6 +220,8 @@ var goSMTPReplies = map[string][]byte{
 	"500 5.5.1 Too many errors. Quiting now\r\n":      []byte(replyTooManyErrors),
 	"500 5.4.0 Too long line, closing connection\r\n": []byte(replyLineTooLong),
 	"421 4.0.0 Internal server error\r\n":             []byte(replyInternal),
+	// RFC 4954 §6 gives AUTH success the enhanced code 2.7.0.
+	"235 2.0.0 Authentication succeeded\r\n": []byte("235 2.7.0 Authentication successful\r\n"),
 }
 
 const (
@@ -191,6 +229,12 @@ const (
 	replyLineTooLong   = "500 5.5.2 Line too long (limit 2000 octets), closing connection\r\n"
 	replyInternal      = "421 4.3.0 Internal error, closing connection; try again later\r\n"
 )
+
+// goSMTPNoTLS is go-smtp's answer to STARTTLS, which it never handles
+// itself here: on a listener without a certificate it is right; once TLS
+// is on, this relay says so instead (RFC 3207 §4.2: STARTTLS is not
+// offered again).
+var goSMTPNoTLS = []byte("502 5.5.1 TLS not supported\r\n")
 
 // goSMTPBadParam starts go-smtp's reply to a MAIL or RCPT parameter it does
 // not know or cannot parse (it uses 500 5.5.4 for nothing else).
@@ -200,14 +244,33 @@ var goSMTPBadParam = []byte("500 5.5.4 ")
 // go-smtp always sends. BDAT is refused (see session.Data): go-smtp runs
 // Session.Data for BDAT on a second goroutine, concurrently with the
 // connection's own, which this package's per-connection state does not
-// allow. It is never the last EHLO line (SMTPUTF8 and SIZE follow it).
+// allow. It is never the last EHLO line (SMTPUTF8 and SIZE follow it), so
+// STARTTLS, when offered, takes its place.
 var goSMTPChunking = []byte("250-CHUNKING\r\n")
+
+// conn is what the client's bytes travel through: the TLS connection once
+// a handshake completed, the TCP connection before.
+func (c *trackedConn) conn() net.Conn {
+	if t := c.tlsConn.Load(); t != nil {
+		return t
+	}
+	return c.Conn
+}
+
+// tlsState is the connection's TLS state, for AUTH and the Received: header.
+func (c *trackedConn) tlsState() (tls.ConnectionState, bool) {
+	if t := c.tlsConn.Load(); t != nil {
+		return t.ConnectionState(), true
+	}
+	return tls.ConnectionState{}, false
+}
 
 // Read watches the first bytes a client sends: an HTTP request or a TLS
 // ClientHello on the plain SMTP port is answered once and the connection
 // closed, instead of feeding binary or HTTP lines to the SMTP parser (which
 // would answer each with an error). It also enforces the session's maximum
-// life.
+// life, runs an implicit-TLS handshake, and frames commands while STARTTLS
+// may come (readCommand).
 func (c *trackedConn) Read(p []byte) (n int, err error) {
 	defer func() {
 		if v := recover(); v != nil {
@@ -223,15 +286,36 @@ func (c *trackedConn) Read(p []byte) (n int, err error) {
 		c.writeAndClose("421 4.4.2 Session too long, closing connection\r\n")
 		return 0, io.EOF
 	}
+	if err := c.handshakeImplicit(); err != nil {
+		return 0, err
+	}
 	if len(c.pending) > 0 {
 		n := copy(p, c.pending)
 		c.pending = c.pending[n:]
 		return n, nil
 	}
-	n, err = c.Conn.Read(p)
+	if c.lineMode() {
+		return c.readCommand(p)
+	}
+	if len(c.inbuf) > 0 {
+		n = copy(p, c.inbuf)
+		c.inbuf = c.inbuf[n:]
+		if len(c.inbuf) == 0 {
+			err, c.readErr = c.readErr, nil
+		}
+	} else {
+		n, err = c.readConn(p)
+	}
 	if c.inData && n > 0 {
 		n = c.splitCRCR(p, n)
 	}
+	return n, err
+}
+
+// readConn reads from the client; the first bytes are checked for a
+// foreign protocol.
+func (c *trackedConn) readConn(p []byte) (int, error) {
+	n, err := c.conn().Read(p)
 	if !c.readOnce && n > 0 {
 		c.readOnce = true
 		if kind := foreignProtocol(p[:n]); kind != "" {
@@ -241,6 +325,182 @@ func (c *trackedConn) Read(p []byte) (n int, err error) {
 		}
 	}
 	return n, err
+}
+
+// lineMode reports whether client bytes go to go-smtp one command line at a
+// time, each looked at first: while STARTTLS may still come (so that
+// nothing pipelined after it reaches go-smtp), and after the handshake
+// until the client greets again. Never inside DATA.
+func (c *trackedConn) lineMode() bool {
+	return !c.inData && (c.needHelo || (c.starttls != nil && c.tlsConn.Load() == nil))
+}
+
+// maxHeldLine is how much of a line without its end is held back to be
+// looked at; beyond it the line cannot be a command this layer acts on
+// (and go-smtp refuses it as too long).
+const maxHeldLine = 2048
+
+// readCommand gives go-smtp at most one command line per Read, after
+// command has looked at it. go-smtp asks for more only once it has
+// answered the previous line, so a line handled here (STARTTLS) is
+// answered in its turn, and what follows it in the buffer is known never
+// to have reached go-smtp.
+func (c *trackedConn) readCommand(p []byte) (int, error) {
+	for {
+		if c.closing.Load() != connOpen {
+			return 0, io.EOF
+		}
+		if c.passBytes > 0 && len(c.inbuf) > 0 {
+			n := copy(p, c.inbuf[:min(int64(len(c.inbuf)), c.passBytes)])
+			c.inbuf, c.passBytes = c.inbuf[n:], c.passBytes-int64(n)
+			return n, nil
+		}
+		if c.passLine && len(c.inbuf) > 0 {
+			end := len(c.inbuf)
+			if i := bytes.IndexByte(c.inbuf, '\n'); i >= 0 {
+				end = i + 1
+			}
+			n := copy(p, c.inbuf[:end])
+			if c.inbuf[n-1] == '\n' {
+				c.passLine = false
+			}
+			c.inbuf = c.inbuf[n:]
+			return n, nil
+		}
+		if c.passBytes == 0 && !c.passLine {
+			if i := bytes.IndexByte(c.inbuf, '\n'); i >= 0 {
+				if err := c.command(c.inbuf[:i+1]); err != nil {
+					return 0, err
+				}
+				if !c.lineMode() && !c.passLine {
+					// TLS started, or the fresh EHLO came:
+					// the rest is read as usual.
+					return c.Read(p)
+				}
+				continue
+			}
+			if len(c.inbuf) > maxHeldLine {
+				c.passLine = true
+				continue
+			}
+		}
+		if c.readErr != nil {
+			err := c.readErr
+			c.readErr = nil
+			return 0, err
+		}
+		buf := make([]byte, 4096)
+		n, err := c.readConn(buf)
+		c.inbuf = append(c.inbuf, buf[:n]...)
+		if err != nil {
+			if n == 0 || c.closing.Load() != connOpen {
+				return 0, err
+			}
+			c.readErr = err
+		}
+	}
+}
+
+// command looks at one command line before go-smtp does. STARTTLS is
+// handled here; after the handshake only EHLO, HELO, NOOP, RSET and QUIT
+// reach go-smtp until the client has greeted again (RFC 3207 §4.2: the
+// server discards what it knew, such as the EHLO argument, and go-smtp
+// would still have the old one). A BDAT line is followed by its chunk,
+// which is passed on unexamined as go-smtp reads it. Whatever is passed
+// on sets passLine; a line answered here is removed from inbuf.
+func (c *trackedConn) command(line []byte) error {
+	text := strings.TrimRight(string(line), "\r\n")
+	verb, rest, _ := strings.Cut(text, " ")
+	verb = strings.ToUpper(verb)
+	answer := func(reply string) error {
+		c.inbuf = c.inbuf[len(line):]
+		_, err := c.Write([]byte(reply))
+		return err
+	}
+	switch {
+	case verb == "STARTTLS" && c.starttls != nil && c.tlsConn.Load() == nil:
+		if strings.TrimSpace(rest) != "" {
+			return answer("501 5.5.4 Syntax: STARTTLS takes no parameters\r\n")
+		}
+		return c.startTLS(len(line))
+	case c.needHelo:
+		switch verb {
+		case "EHLO", "HELO":
+			c.needHelo = false
+		case "NOOP", "RSET", "QUIT":
+		default:
+			return answer("503 5.5.1 Send EHLO first: TLS is on, and what was said before it is forgotten (RFC 3207 section 4.2)\r\n")
+		}
+	case verb == "BDAT":
+		// The framing go-smtp applies (conn.go handleBdat): a size it
+		// parses means a chunk of that many octets follows the line.
+		f := strings.Fields(rest)
+		if len(f) >= 1 && len(f) <= 2 && (len(f) == 1 || strings.EqualFold(f[1], "LAST")) {
+			if size, err := strconv.ParseUint(f[0], 10, 32); err == nil {
+				c.passBytes = int64(size)
+			}
+		}
+	}
+	c.passLine = true
+	return nil
+}
+
+// startTLS answers STARTTLS and runs the handshake on the TCP connection.
+// What the client sent after the STARTTLS line, before the handshake, is
+// discarded unread (RFC 3207 §4.2; the command injection of CVE-2011-0411):
+// only what arrives over TLS is taken as commands.
+func (c *trackedConn) startTLS(lineLen int) error {
+	if extra := len(c.inbuf) - lineLen; extra > 0 {
+		c.log.Info("discarded what the client sent after STARTTLS before TLS (RFC 3207 section 4.2)",
+			zap.String("client", c.ip.String()), zap.Int("bytes", extra))
+	}
+	c.inbuf, c.readErr = nil, nil
+	if _, err := c.Write([]byte("220 2.0.0 Ready to start TLS\r\n")); err != nil {
+		return err
+	}
+	if c.closing.Load() != connOpen {
+		return io.EOF
+	}
+	t := tls.Server(c.Conn, c.starttls)
+	if err := c.handshake(t); err != nil {
+		return err
+	}
+	c.needHelo = true
+	return nil
+}
+
+// handshakeImplicit runs an implicit-TLS connection's handshake before its
+// first read or write.
+func (c *trackedConn) handshakeImplicit() error {
+	t := c.implicit
+	if t == nil {
+		return nil
+	}
+	c.implicit = nil
+	return c.handshake(t)
+}
+
+// handshake runs a TLS handshake under its own deadline. A failure (a
+// plain-text client on the TLS port, an old protocol, a certificate the
+// client refused) ends the connection: nothing can be said to the client
+// in a language it understands.
+func (c *trackedConn) handshake(t *tls.Conn) error {
+	if c.handshakeTimeout > 0 {
+		_ = c.Conn.SetDeadline(time.Now().Add(c.handshakeTimeout))
+	}
+	err := t.Handshake()
+	_ = c.Conn.SetDeadline(time.Time{})
+	if err != nil {
+		c.log.Info("TLS handshake failed; connection closed", zap.String("client", c.ip.String()), zap.Error(err))
+		c.closing.Store(connClosed)
+		_ = c.Close()
+		return io.EOF
+	}
+	c.tlsConn.Store(t)
+	st := t.ConnectionState()
+	c.log.Debug("TLS on", zap.String("client", c.ip.String()), zap.String("version", tls.VersionName(st.Version)),
+		zap.String("cipher", tls.CipherSuiteName(st.CipherSuite)))
+	return nil
 }
 
 // splitCRCR works around go-smtp's DATA reader (v0.25.1 data.go), which
@@ -290,8 +550,11 @@ func (c *trackedConn) takeMarker() bool {
 
 func (c *trackedConn) writeAndClose(line string) {
 	c.closing.Store(connClosed)
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	_, _ = c.Conn.Write([]byte(line))
+	if c.implicit == nil {
+		// (Before an implicit-TLS handshake there is no one to tell.)
+		_ = c.Conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		_, _ = c.conn().Write([]byte(line))
+	}
 	_ = c.Close()
 }
 
@@ -334,32 +597,39 @@ func (c *trackedConn) Write(p []byte) (n int, err error) {
 	case connCloseAfterReply:
 		defer c.closing.Store(connClosed)
 	}
+	if err := c.handshakeImplicit(); err != nil {
+		return 0, err
+	}
 	// go-smtp writes nothing while it reads a message: the first write
 	// after DATA started is the reply to it.
 	c.inData, c.markers = false, 0
-	if bytes.Equal(p, goSMTPChunking) {
-		return len(p), nil
-	}
-	if c.sizeLine[0] != nil && bytes.Equal(p, c.sizeLine[0]) {
-		if _, err := c.Conn.Write(c.sizeLine[1]); err != nil {
-			return 0, err
-		}
-		return len(p), nil
-	}
 	out := p
-	if r, ok := goSMTPReplies[string(p)]; ok {
-		out = r
-	} else if bytes.HasPrefix(p, goSMTPBadParam) {
-		// go-smtp answers an unknown or malformed MAIL/RCPT parameter
-		// with 500, the code for an unrecognised command; RFC 5321
-		// §4.2.2's 501 is "syntax error in parameters or arguments".
-		out = append([]byte("501"), p[3:]...)
+	switch {
+	case bytes.Equal(p, goSMTPChunking):
+		if c.starttls == nil || c.tlsConn.Load() != nil {
+			return len(p), nil
+		}
+		out = []byte("250-STARTTLS\r\n")
+	case c.sizeLine[0] != nil && bytes.Equal(p, c.sizeLine[0]):
+		out = c.sizeLine[1]
+	case bytes.Equal(p, goSMTPNoTLS) && c.tlsConn.Load() != nil:
+		out = []byte("502 5.5.1 TLS is already on\r\n")
+	default:
+		if r, ok := goSMTPReplies[string(p)]; ok {
+			out = r
+		} else if bytes.HasPrefix(p, goSMTPBadParam) {
+			// go-smtp answers an unknown or malformed MAIL/RCPT parameter
+			// with 500, the code for an unrecognised command; RFC 5321
+			// §4.2.2's 501 is "syntax error in parameters or arguments".
+			out = append([]byte("501"), p[3:]...)
+		}
 	}
-	if _, err := c.Conn.Write(out); err != nil {
+	w := c.conn()
+	if _, err := w.Write(out); err != nil {
 		return 0, err
 	}
 	if c.countSyntaxError(out) {
-		if _, err := c.Conn.Write([]byte(replyTooManyErrors)); err != nil {
+		if _, err := w.Write([]byte(replyTooManyErrors)); err != nil {
 			return 0, err
 		}
 		c.closing.Store(connClosed)
@@ -385,8 +655,10 @@ func (c *trackedConn) countSyntaxError(reply []byte) bool {
 	return c.syntaxErrors == maxSyntaxErrors
 }
 
+// Close closes the connection (through TLS when it is on, which sends
+// close_notify) and gives back its slot.
 func (c *trackedConn) Close() error {
-	err := c.Conn.Close()
+	err := c.conn().Close()
 	c.once.Do(func() { c.release(c.ip) })
 	return err
 }

@@ -5,12 +5,12 @@ package smtpd
 // gauge.
 func (s *Server) OpenConnections() int {
 	s.mu.Lock()
-	ln := s.ln
+	caps := s.caps
 	s.mu.Unlock()
-	if ln == nil {
+	if caps == nil {
 		return 0
 	}
-	ln.mu.Lock()
-	defer ln.mu.Unlock()
-	return ln.total
+	caps.mu.Lock()
+	defer caps.mu.Unlock()
+	return caps.total
 }

@@ -13,6 +13,42 @@
 // nothing the client pipelined after that reply is acted on. A panic while
 // serving one connection is recovered (session.contain), logged without its
 // value, answered with 421 4.3.0 and ends only that connection.
+//
+// # TLS and local AUTH
+//
+// Several protections work on the bytes go-smtp reads and writes, in
+// trackedConn below it (CHUNKING dropped from EHLO while BDAT is refused,
+// the exact SIZE, the close after the third syntax error, the CR CR LF
+// repair before the final dot). go-smtp's own STARTTLS would put a
+// tls.Conn on top of trackedConn and leave it only ciphertext, so go-smtp
+// is given no TLS configuration at all and trackedConn owns TLS:
+//
+//   - Implicit TLS (Options.ImplicitTLSAddr, RFC 8314 §3.3): the accepted
+//     connection's handshake runs inside trackedConn at its first read or
+//     write, under the command timeout; go-smtp sees plaintext.
+//   - STARTTLS (RFC 3207): trackedConn puts STARTTLS into the EHLO reply
+//     (in CHUNKING's place) and, until TLS is on, hands go-smtp one command
+//     line per read, so it sees each line before go-smtp does and knows
+//     what go-smtp has not read yet. It answers STARTTLS itself (220
+//     2.0.0), discards whatever the client sent after it in clear (§4.2;
+//     CVE-2011-0411's command injection), handshakes on the TCP connection
+//     and goes on presenting plaintext. go-smtp keeps its session and the
+//     old EHLO name, so until the client greets again only EHLO, HELO,
+//     NOOP, RSET and QUIT reach it (503 5.5.1 otherwise); the new EHLO
+//     resets the transaction (go-smtp's reset, session.Reset), which is
+//     the "discard prior knowledge" of §4.2. A BDAT line's chunk is passed
+//     through unexamined, framed as go-smtp frames it.
+//
+// The alternative — keeping go-smtp's STARTTLS and moving every rewrite
+// into the session — is not possible: go-smtp offers no hook for the EHLO
+// lines, its error counting, or its DATA reader. Because go-smtp cannot see
+// TLS, AllowInsecureAuth is set and the session gates AUTH on trackedConn's
+// TLS state (AUTH is offered only over TLS, 530 5.7.0 before it), and the
+// Received: header's ESMTPS/ESMTPSA comes from the same state.
+//
+// With an Authenticator, AllowedNetworks means "may relay without AUTH":
+// any other address may connect, and must authenticate before MAIL FROM
+// (530 5.7.0). Without one it means "may connect at all" (554 5.7.1).
 package smtpd
 
 import (
@@ -54,8 +90,9 @@ type Router func(sender string) (mailbox string, err error)
 type Options struct {
 	// Addr is the listen address, e.g. "127.0.0.1:2525".
 	Addr string
-	// AllowedNetworks lists the client networks that may connect; empty
-	// allows nobody.
+	// AllowedNetworks lists the client networks that may relay without
+	// AUTH; without Auth, nobody else may connect. Empty allows nobody
+	// (without Auth) or requires AUTH of everyone (with it).
 	AllowedNetworks []netip.Prefix
 	// Hostname is our name in the greeting and the Received: header.
 	Hostname string
@@ -71,16 +108,19 @@ type Options struct {
 	LineEndings             LineEndings
 	MaxSessionDuration      time.Duration // whole connection; default 30 min
 
-	// TLSConfig, if set, enables STARTTLS (RFC 3207); it is called at
-	// every handshake, so a certificate reloaded from disk applies to the
-	// next connection. It may return nil while no certificate is loaded
-	// (the handshake then fails).
+	// TLSConfig, if set, enables STARTTLS (RFC 3207) on Addr; it is
+	// called at every handshake, so a certificate reloaded from disk
+	// applies to the next connection. It may return nil while no
+	// certificate is loaded (the handshake then fails).
 	TLSConfig func() *tls.Config
-	// ImplicitTLS makes the listener speak TLS from the first byte
-	// (RFC 8314 §3.3, port 465). It needs TLSConfig.
-	ImplicitTLS bool
+	// ImplicitTLSAddr, if set, is a second listener that speaks TLS from
+	// the first byte (RFC 8314 §3.3, port 465), with the same rules and
+	// connection caps as Addr. It needs TLSConfig.
+	ImplicitTLSAddr string
 	// Auth, if set, offers AUTH PLAIN and LOGIN over TLS (never
-	// without). It needs TLSConfig.
+	// without). It needs TLSConfig. With Auth, a client outside
+	// AllowedNetworks may connect, and must authenticate before MAIL
+	// (530 5.7.0); a client inside may relay without AUTH.
 	Auth Authenticator
 	// AuthFailureDelay is the least time a failed AUTH takes (default
 	// 1s), the same for an unknown user and a wrong password.
@@ -104,7 +144,8 @@ type Server struct {
 	smtp *smtp.Server
 
 	mu       sync.Mutex
-	ln       *guardedListener
+	lns      []*guardedListener // Addr's, then ImplicitTLSAddr's
+	caps     *connCaps
 	draining atomic.Bool
 	inData   sync.WaitGroup
 	baseCtx  context.Context
@@ -136,8 +177,8 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxSessionDuration == 0 {
 		opts.MaxSessionDuration = 30 * time.Minute
 	}
-	if (opts.Auth != nil || opts.ImplicitTLS) && opts.TLSConfig == nil {
-		return nil, errors.New("smtpd: Auth and ImplicitTLS need TLSConfig (AUTH is offered only over TLS)")
+	if (opts.Auth != nil || opts.ImplicitTLSAddr != "") && opts.TLSConfig == nil {
+		return nil, errors.New("smtpd: Auth and ImplicitTLSAddr need TLSConfig (AUTH is offered only over TLS)")
 	}
 	if opts.AuthFailureDelay == 0 {
 		opts.AuthFailureDelay = time.Second
@@ -179,9 +220,12 @@ func New(opts Options) (*Server, error) {
 	srv.WriteTimeout = opts.CommandTimeout
 	srv.EnableSMTPUTF8 = true
 	srv.ErrorLog = zapPrintf{s.log}
-	if opts.TLSConfig != nil {
-		srv.TLSConfig = tlsConfigFor(opts.TLSConfig)
-	}
+	// go-smtp gets no TLSConfig: TLS is trackedConn's (package comment),
+	// so go-smtp cannot tell a TLS session from a plain one and would
+	// answer AUTH with "523 TLS is required" everywhere. AllowInsecureAuth
+	// only lets AUTH through to the session, whose AuthMechanisms and Auth
+	// refuse it without TLS.
+	srv.AllowInsecureAuth = true
 	s.smtp = srv
 	return s, nil
 }
@@ -189,23 +233,46 @@ func New(opts Options) (*Server, error) {
 // Listen binds the address; Serve must follow. Splitting the two lets the
 // daemon report "listening" (systemd READY=1) only once the port is held.
 func (s *Server) Listen() error {
-	l, err := net.Listen("tcp", s.opts.Addr)
+	var tlsCfg *tls.Config
+	if s.opts.TLSConfig != nil {
+		tlsCfg = tlsConfigFor(s.opts.TLSConfig)
+	}
+	caps := &connCaps{perIP: map[netip.Addr]int{}}
+	mk := func(addr string, implicit bool) (*guardedListener, error) {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", addr, err)
+		}
+		return &guardedListener{
+			Listener: l, allowed: s.opts.AllowedNetworks,
+			maxTotal: s.opts.MaxConnections, maxPerIP: s.opts.MaxConnectionsPerClient,
+			log: s.log, onRefused: s.opts.OnRefused, connCaps: caps,
+			maxSession:  s.opts.MaxSessionDuration,
+			implicitTLS: implicit, tlsConfig: tlsCfg, handshakeTimeout: s.opts.CommandTimeout,
+			authAvailable: s.opts.Auth != nil,
+			sizeLine: [2][]byte{
+				[]byte(fmt.Sprintf("250-SIZE %d\r\n", s.opts.MaxMessageBytes+1)),
+				[]byte(fmt.Sprintf("250-SIZE %d\r\n", s.opts.MaxMessageBytes)),
+			},
+		}, nil
+	}
+	plain, err := mk(s.opts.Addr, false)
 	if err != nil {
-		return fmt.Errorf("listen on %s: %w", s.opts.Addr, err)
+		return err
+	}
+	lns := []*guardedListener{plain}
+	if s.opts.ImplicitTLSAddr != "" {
+		impl, err := mk(s.opts.ImplicitTLSAddr, true)
+		if err != nil {
+			if cerr := plain.Listener.Close(); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
+			return err
+		}
+		lns = append(lns, impl)
 	}
 	s.mu.Lock()
-	s.ln = &guardedListener{
-		Listener: l, allowed: s.opts.AllowedNetworks,
-		maxTotal: s.opts.MaxConnections, maxPerIP: s.opts.MaxConnectionsPerClient,
-		log: s.log, onRefused: s.opts.OnRefused, perIP: map[netip.Addr]int{},
-		maxSession:  s.opts.MaxSessionDuration,
-		implicitTLS: s.smtp.TLSConfig != nil && s.opts.ImplicitTLS,
-		tlsConfig:   s.smtp.TLSConfig,
-		sizeLine: [2][]byte{
-			[]byte(fmt.Sprintf("250-SIZE %d\r\n", s.opts.MaxMessageBytes+1)),
-			[]byte(fmt.Sprintf("250-SIZE %d\r\n", s.opts.MaxMessageBytes)),
-		},
-	}
+	s.lns, s.caps = lns, caps
 	s.mu.Unlock()
 	return nil
 }
@@ -214,23 +281,47 @@ func (s *Server) Listen() error {
 func (s *Server) Addr() net.Addr {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ln == nil {
+	if len(s.lns) == 0 {
 		return nil
 	}
-	return s.ln.Addr()
+	return s.lns[0].Addr()
 }
 
-// Serve accepts connections until Shutdown; it returns nil after a clean
-// shutdown.
+// ImplicitTLSAddr returns the implicit-TLS listener's bound address, or nil.
+func (s *Server) ImplicitTLSAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.lns) < 2 {
+		return nil
+	}
+	return s.lns[1].Addr()
+}
+
+// Serve accepts connections on every listener until Shutdown; it returns
+// nil after a clean shutdown. If one listener fails, the others are closed
+// and its error returned.
 func (s *Server) Serve() error {
 	s.mu.Lock()
-	ln := s.ln
+	lns := s.lns
 	s.mu.Unlock()
-	if ln == nil {
+	if len(lns) == 0 {
 		return errors.New("smtpd: Serve before Listen")
 	}
-	err := s.smtp.Serve(ln)
-	if errors.Is(err, smtp.ErrServerClosed) || s.draining.Load() {
+	errc := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { errc <- s.smtp.Serve(ln) }()
+	}
+	var err error
+	for i := range lns {
+		e := <-errc
+		if i == 0 {
+			err = e
+			for _, ln := range lns {
+				_ = ln.Listener.Close()
+			}
+		}
+	}
+	if err == nil || errors.Is(err, smtp.ErrServerClosed) || s.draining.Load() {
 		return nil
 	}
 	return err
@@ -244,9 +335,9 @@ func (s *Server) Serve() error {
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.draining.Store(true)
 	s.mu.Lock()
-	ln := s.ln
+	lns := s.lns
 	s.mu.Unlock()
-	if ln != nil {
+	for _, ln := range lns {
 		// Stop accepting at once; go-smtp's Close below closes it again.
 		_ = ln.Listener.Close()
 	}

@@ -100,6 +100,13 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	if err := checkAddress(from, opts.UTF8, true); err != nil {
 		return err.SMTP()
 	}
+	if s.srv.opts.Auth != nil && s.authUser == "" && (s.tc == nil || !s.tc.trusted) {
+		// A client outside allowed_networks was let in only to
+		// authenticate (RFC 4954 §6: 530 5.7.0).
+		s.srv.log.Info("sender refused: authentication required", zap.String("client", s.clientIP.String()),
+			zap.String("from", from))
+		return errAuthRequired.SMTP()
+	}
 	if s.authUser != "" && !s.srv.opts.Auth.MaySend(s.authUser, from) {
 		s.srv.log.Info("sender refused for the authenticated user", zap.String("client", s.clientIP.String()),
 			zap.String("user", s.authUser), zap.String("from", from))
@@ -160,13 +167,11 @@ func (s *session) Data(r io.Reader) (err error) {
 	// line arrived (one CommandTimeout). Give the body its own, longer,
 	// deadline: long enough for a 35 MB attachment, short enough that a
 	// slow-drip client cannot hold a connection slot forever.
-	_, isTLS := s.conn.TLSConnectionState()
+	_, isTLS := s.tlsState()
 	if s.tc != nil {
 		_ = s.tc.SetReadDeadline(time.Now().Add(srv.opts.DataTimeout))
-		if !isTLS {
-			// Under TLS the bytes at this layer are ciphertext.
-			s.tc.startData()
-		}
+		// trackedConn sees plaintext, over TLS too.
+		s.tc.startData()
 	}
 	now := srv.opts.Clock()
 	env := &message.Envelope{
@@ -182,7 +187,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	}
 	hdr := receivedHeader(env.Helo, env.Client, srv.opts.Hostname, string(env.ID), true, isTLS, s.authUser != "", now)
 	checker := newBodyChecker(r, srv.opts.LineEndings)
-	if s.tc != nil && !isTLS {
+	if s.tc != nil {
 		checker.marker = s.tc.takeMarker
 	}
 	body := io.MultiReader(strings.NewReader(hdr), checker)
