@@ -52,6 +52,11 @@ type Config struct {
 	MaxConnections          int
 	MaxConnectionsPerClient int
 	LineEndings             string // "reject" or "normalize"
+	// Listener TLS and local AUTH (auth.go).
+	ListenTLS     string // implicit-TLS address; "" = none
+	ListenTLSCert string // PEM; with ListenTLSKey enables STARTTLS on Listen
+	ListenTLSKey  string
+	AuthUsers     []AuthUser // from the file's auth_users
 
 	// Exchange Online.
 	Upstream               string
@@ -239,18 +244,12 @@ func (c *Config) errf(key, format string, args ...any) error {
 // check makes the cross-setting checks.
 func (c *Config) check() []error {
 	var errs []error
-	host, _, _ := net.SplitHostPort(c.Listen)
-	if !isLoopbackHost(host) && c.Sources["allowed_networks"] == FromDefault {
-		// The relay does not authenticate SMTP clients: whoever reaches the
-		// port sends as the mailbox. Loopback by default is safe; anything
-		// wider must be a decision someone wrote down (style.md, smtprelay's
-		// "empty allowed_nets means everyone" is the trap to avoid).
-		errs = append(errs, c.errf("listen", "%s is not a loopback address and the relay does not authenticate SMTP clients; also set allowed_networks (O365RELAY_ALLOWED_NETWORKS) to the networks of the clients that may relay, e.g. 10.244.0.0/16", c.Listen))
-	}
+	// A non-loopback listener needs allowed_networks or TLS and AUTH.
+	errs = append(errs, c.checkListener()...)
 	if c.RetryMax < c.RetryMin {
 		errs = append(errs, c.errf("retry_max", "%s is shorter than retry_min (%s); make it at least as long", c.RetryMax, c.RetryMin))
 	}
-	if len(c.AllowedNetworks) == 0 {
+	if len(c.AllowedNetworks) == 0 && len(c.AuthUsers) == 0 {
 		c.Warnings = append(c.Warnings, "allowed_networks is empty: every client connection will be refused")
 	}
 	if !c.CertificatePassword.IsZero() && c.CertificatePath == "" {
@@ -334,6 +333,9 @@ func (c *Config) Effective() map[string]string {
 			v = secret.Redacted
 		}
 		m[s.Key] = v + " (" + string(c.Sources[s.Key]) + ")"
+	}
+	if len(c.AuthUsers) > 0 {
+		m[authUsersKey] = authUsersSummary(c.AuthUsers) + " (file)" // names and senders, never hashes
 	}
 	if senders, mailboxes := c.rulesSummary(); senders != "" || mailboxes != "" {
 		m["senders"] = senders + " (file)"

@@ -63,6 +63,17 @@ func parseYAML(path string, data []byte) ([]fileValue, *fileRules, error) {
 			errs = append(errs, fmt.Errorf("%s: a key must be a plain name", where))
 			continue
 		}
+		if k.Value == authUsersKey {
+			if first, dup := seen[k.Value]; dup {
+				errs = append(errs, &Error{Key: k.Value, Where: where + " " + k.Value, Reason: fmt.Sprintf("set twice (first on line %d)", first)})
+				continue
+			}
+			seen[k.Value] = k.Line
+			fv, ferrs := authUsersValue(path, k, v)
+			errs = append(errs, ferrs...)
+			out = append(out, fv)
+			continue
+		}
 		if structuredKeys[k.Value] {
 			if first, dup := fr.line[k.Value]; dup {
 				errs = append(errs, &Error{Key: k.Value, Where: where + " " + k.Value, Reason: fmt.Sprintf("set twice (first on line %d)", first)})

@@ -110,10 +110,10 @@ func Settings() []Setting {
 	}
 
 	add(Setting{Group: "Local SMTP listener", Key: "listen", Env: "O365RELAY_LISTEN", Default: "127.0.0.1:2525",
-		Doc: "Address the applications connect to. A non-loopback address needs an explicit allowed_networks."},
+		Doc: "Address the applications connect to. A non-loopback address needs an explicit allowed_networks, or TLS and auth_users."},
 		str(func(c *Config) *string { return &c.Listen }, parseHostPort))
 	add(Setting{Group: "Local SMTP listener", Key: "allowed_networks", Env: "O365RELAY_ALLOWED_NETWORKS", Default: "127.0.0.0/8,::1/128",
-		Doc: "Comma-separated CIDRs (or addresses) of clients that may relay; others get 554 5.7.1. Empty denies everyone; host bits set is an error."},
+		Doc: "Comma-separated CIDRs (or addresses) of clients that may relay; others get 554 5.7.1 — or, with auth_users, must AUTH (530 5.7.0). Empty denies everyone (with auth_users: everyone must AUTH); host bits set is an error."},
 		accessor{func(c *Config, v string) error {
 			ps, err := parsePrefixes(v)
 			c.AllowedNetworks = ps
@@ -157,6 +157,20 @@ func Settings() []Setting {
 	add(Setting{Group: "Local SMTP listener", Key: "line_endings", Env: "O365RELAY_LINE_ENDINGS", Default: "reject",
 		Doc: "What to do with a bare CR or LF in DATA: reject (550 5.6.0, the SMTP-smuggling defence) or normalize (rewrite to CRLF, for applications that send Unix line endings)."},
 		choice(func(c *Config) *string { return &c.LineEndings }, "reject", "normalize"))
+	add(Setting{Group: "Local SMTP listener", Key: "listen_tls_cert", Env: "O365RELAY_LISTEN_TLS_CERT", Default: "",
+		Doc: "PEM certificate (leaf first, then its chain) for the listener; with listen_tls_key it enables STARTTLS on listen. Re-read when the file changes."},
+		str(func(c *Config) *string { return &c.ListenTLSCert }, readable))
+	add(Setting{Group: "Local SMTP listener", Key: "listen_tls_key", Env: "O365RELAY_LISTEN_TLS_KEY", Default: "",
+		Doc: "PEM private key of listen_tls_cert (chmod 600)."},
+		str(func(c *Config) *string { return &c.ListenTLSKey }, readable))
+	add(Setting{Group: "Local SMTP listener", Key: "listen_tls", Env: "O365RELAY_LISTEN_TLS", Default: "",
+		Doc: "Address of an implicit-TLS listener (RFC 8314, e.g. :465) beside listen, with the same rules; needs listen_tls_cert. Empty = none."},
+		str(func(c *Config) *string { return &c.ListenTLS }, func(v string) (string, error) {
+			if v == "" {
+				return "", nil
+			}
+			return parseHostPort(v)
+		}))
 
 	add(Setting{Group: "Exchange Online", Key: "upstream", Env: "O365RELAY_UPSTREAM", Default: "smtp.office365.com:587",
 		Doc: "Submission server (STARTTLS is required; its certificate is verified against the system roots, which SSL_CERT_FILE extends). GCC High: smtp.office365.us:587."},
@@ -280,7 +294,7 @@ func Reference() string {
 		fmt.Fprintf(&b, "| `%s` | `%s` | `--%s` | %s | %s |\n", s.Key, s.Env, s.Flag(), def, s.Doc)
 	}
 	b.WriteString("\n**Config file only**\n\n| file key | meaning |\n|---|---|\n")
-	for _, s := range FileOnly() {
+	for _, s := range append(FileOnly(), authFileOnly()...) {
 		fmt.Fprintf(&b, "| `%s` | %s |\n", s.Key, s.Doc)
 	}
 	return b.String()
