@@ -74,6 +74,8 @@ type Relay struct {
 	level  *zap.AtomicLevel
 	every  time.Duration
 
+	listenTLS *listenerTLS // nil without listen_tls_cert (listentls.go)
+
 	reloadMu sync.Mutex // one certificate reload at a time
 	mu       sync.Mutex // guards watch
 	watch    credWatch
@@ -190,8 +192,15 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 	if cfg.LineEndings == "normalize" {
 		le = smtpd.NormalizeBareLineEndings
 	}
+	tlsConfig, localAuth, err := r.listenerSecurity(cfg)
+	if err != nil {
+		return nil, err
+	}
 	r.smtp, err = smtpd.New(smtpd.Options{
 		Addr:            cfg.Listen,
+		ImplicitTLSAddr: cfg.ListenTLS,
+		TLSConfig:       tlsConfig,
+		Auth:            localAuth,
 		AllowedNetworks: cfg.AllowedNetworks,
 		Hostname:        cfg.Hostname,
 		Sink:            &sink{spool: r.sp, sched: r.sched, mode: AckMode(cfg.Ack)},
@@ -331,6 +340,10 @@ func (r *Relay) Run(ctx context.Context) error {
 			defer wg.Done()
 			r.watchCredential(workCtx, r.every)
 		}()
+	}
+	if r.listenTLS != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.watchListenerTLS(workCtx, r.every) }()
 	}
 	goFn("delivery", func() error { return r.sched.Run(workCtx) })
 	goFn("smtp listener", r.smtp.Serve)
