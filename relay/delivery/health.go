@@ -6,6 +6,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/upstream"
 )
 
 // MailboxHealth is what the admin endpoint shows for one mailbox.
@@ -86,7 +87,11 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 	hold := func(reason string, d time.Duration) holdDecision {
 		b.HeldUntil = now.Add(d)
 		if b.Healthy || b.Reason != reason {
-			log.Error("mailbox held: delivery paused", zap.String("reason", reason), zap.Time("until", b.HeldUntil))
+			fields := []zap.Field{zap.String("reason", reason), zap.Time("until", b.HeldUntil)}
+			if h := upstream.AuthHint(re); h != "" {
+				fields = append(fields, zap.String("hint", h)) // the doctor's words
+			}
+			log.Error("mailbox held: delivery paused", fields...)
 		}
 		b.Healthy, b.Reason = false, reason
 		mailboxHealthy.WithLabelValues(name).Set(0)

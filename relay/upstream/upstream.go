@@ -413,9 +413,16 @@ func (c *Client) connect(ctx context.Context, mailbox string) (*conn, *reply.Err
 		}
 		cn.close(false)
 		if rerr.Code != 535 || attempt > 0 {
+			if rerr.Code == 535 {
+				// A fresh token refused too: a setup problem, not
+				// an expired token. Same hint as `o365relay doctor`.
+				c.log.Warn("Exchange refused AUTH with a fresh token", zap.String("mailbox", mailbox),
+					zap.String("reply", rerr.Error()), zap.String("hint", AuthHint(rerr)))
+			}
 			return nil, rerr
 		}
-		c.log.Info("Exchange rejected the access token; refreshing once", zap.String("mailbox", mailbox), zap.String("reply", rerr.Error()))
+		c.log.Info("Exchange rejected the access token; refreshing once", zap.String("mailbox", mailbox),
+			zap.String("reply", rerr.Error()), zap.String("hint", AuthHint(rerr)))
 		tok2, err := c.opts.Tokens.Refresh(ctx, tok)
 		if err != nil {
 			return nil, tokenError(err)
