@@ -260,6 +260,13 @@ func knownSecrets(t *testing.T, env []string) map[string]string {
 			needles["the federated token"] = string(bytes.TrimSpace(b))
 		}
 	}
+	if f := vals["O365RELAY_LISTEN_TLS_KEY"]; f != "" {
+		if b, err := os.ReadFile(f); err == nil {
+			for i, l := range pemKeyLines(b) {
+				needles[fmt.Sprintf("line %d of the listener's private key", i+1)] = l
+			}
+		}
+	}
 	if f := vals["AZURE_CLIENT_CERTIFICATE_PATH"]; f != "" {
 		if b, err := os.ReadFile(f); err == nil {
 			for i, l := range pemKeyLines(b) {
