@@ -88,7 +88,7 @@ func authUsersValue(path string, k, v *yaml.Node) (fileValue, []error) {
 					}
 					if _, err := bcrypt.Cost([]byte(fv.Value)); err != nil {
 						// The reason, never the value.
-						bad(fk, "password_bcrypt is not a bcrypt hash (%v); make one with htpasswd -nBC 12 USER, or python3 -c 'import bcrypt; print(bcrypt.hashpw(b\"PASSWORD\", bcrypt.gensalt(12)).decode())'", err)
+						bad(fk, "password_bcrypt is not a bcrypt hash (%v); make one with htpasswd -nBC 12 USER (the part after the colon), or python3 -c 'import bcrypt; print(bcrypt.hashpw(b\"PASSWORD\", bcrypt.gensalt(12)).decode())'", err)
 						continue
 					}
 					u.PasswordBcrypt = secret.Secret(fv.Value)
