@@ -169,13 +169,13 @@ type trackedConn struct {
 	handshakeTimeout time.Duration
 	tlsConn          atomic.Pointer[tls.Conn]
 
-	// Command-line framing, while STARTTLS may still come or a fresh
-	// EHLO is due after it (see lineMode). Only go-smtp's goroutine
-	// reads, so these need no lock.
+	// Command-line framing outside DATA (see readCommand). Only
+	// go-smtp's goroutine reads, so these need no lock.
 	inbuf     []byte // read from the client, not yet given to go-smtp
+	rbuf      []byte // read buffer, reused
 	readErr   error  // what the read that filled inbuf returned
 	passLine  bool   // the rest of the current line goes to go-smtp unexamined
-	passBytes int64  // a BDAT chunk's octets still to pass unexamined
+	dropBytes int64  // a refused BDAT chunk's octets still to discard
 	needHelo  bool   // TLS started: EHLO/HELO must come before anything else
 
 	once sync.Once
@@ -241,11 +241,14 @@ var goSMTPNoTLS = []byte("502 5.5.1 TLS not supported\r\n")
 var goSMTPBadParam = []byte("500 5.5.4 ")
 
 // goSMTPChunking is the EHLO line advertising CHUNKING (RFC 3030), which
-// go-smtp always sends. BDAT is refused (see session.Data): go-smtp runs
-// Session.Data for BDAT on a second goroutine, concurrently with the
-// connection's own, which this package's per-connection state does not
-// allow. It is never the last EHLO line (SMTPUTF8 and SIZE follow it), so
-// STARTTLS, when offered, takes its place.
+// go-smtp always sends. BDAT is refused (command; session.Data as a
+// fallback): go-smtp runs Session.Data for BDAT on a second goroutine,
+// concurrently with the connection's own, which this package's
+// per-connection state does not allow, and that goroutine asks for the
+// session after go-smtp's Close may have cleared it (a nil dereference
+// FuzzSessionSTARTTLS found: "BDAT 5" and the end of input). It is never
+// the last EHLO line (SMTPUTF8 and SIZE follow it), so STARTTLS, when
+// offered, takes its place.
 var goSMTPChunking = []byte("250-CHUNKING\r\n")
 
 // conn is what the client's bytes travel through: the TLS connection once
@@ -294,7 +297,7 @@ func (c *trackedConn) Read(p []byte) (n int, err error) {
 		c.pending = c.pending[n:]
 		return n, nil
 	}
-	if c.lineMode() {
+	if !c.inData {
 		return c.readCommand(p)
 	}
 	if len(c.inbuf) > 0 {
@@ -327,33 +330,27 @@ func (c *trackedConn) readConn(p []byte) (int, error) {
 	return n, err
 }
 
-// lineMode reports whether client bytes go to go-smtp one command line at a
-// time, each looked at first: while STARTTLS may still come (so that
-// nothing pipelined after it reaches go-smtp), and after the handshake
-// until the client greets again. Never inside DATA.
-func (c *trackedConn) lineMode() bool {
-	return !c.inData && (c.needHelo || (c.starttls != nil && c.tlsConn.Load() == nil))
-}
-
 // maxHeldLine is how much of a line without its end is held back to be
 // looked at; beyond it the line cannot be a command this layer acts on
 // (and go-smtp refuses it as too long).
 const maxHeldLine = 2048
 
-// readCommand gives go-smtp at most one command line per Read, after
-// command has looked at it. go-smtp asks for more only once it has
-// answered the previous line, so a line handled here (STARTTLS) is
+// readCommand gives go-smtp at most one command line per Read outside DATA,
+// after command has looked at it. go-smtp asks for more only once it has
+// answered the previous line, so a line handled here (STARTTLS, BDAT) is
 // answered in its turn, and what follows it in the buffer is known never
-// to have reached go-smtp.
+// to have reached go-smtp. (SASL responses in an AUTH exchange are lines
+// too; command acts on none of them: base64 has no space, and AUTH exists
+// only once STARTTLS no longer does.)
 func (c *trackedConn) readCommand(p []byte) (int, error) {
 	for {
 		if c.closing.Load() != connOpen {
 			return 0, io.EOF
 		}
-		if c.passBytes > 0 && len(c.inbuf) > 0 {
-			n := copy(p, c.inbuf[:min(int64(len(c.inbuf)), c.passBytes)])
-			c.inbuf, c.passBytes = c.inbuf[n:], c.passBytes-int64(n)
-			return n, nil
+		if c.dropBytes > 0 && len(c.inbuf) > 0 {
+			n := min(int64(len(c.inbuf)), c.dropBytes)
+			c.inbuf, c.dropBytes = c.inbuf[n:], c.dropBytes-n
+			continue
 		}
 		if c.passLine && len(c.inbuf) > 0 {
 			end := len(c.inbuf)
@@ -367,15 +364,10 @@ func (c *trackedConn) readCommand(p []byte) (int, error) {
 			c.inbuf = c.inbuf[n:]
 			return n, nil
 		}
-		if c.passBytes == 0 && !c.passLine {
+		if c.dropBytes == 0 && !c.passLine {
 			if i := bytes.IndexByte(c.inbuf, '\n'); i >= 0 {
 				if err := c.command(c.inbuf[:i+1]); err != nil {
 					return 0, err
-				}
-				if !c.lineMode() && !c.passLine {
-					// TLS started, or the fresh EHLO came:
-					// the rest is read as usual.
-					return c.Read(p)
 				}
 				continue
 			}
@@ -389,9 +381,14 @@ func (c *trackedConn) readCommand(p []byte) (int, error) {
 			c.readErr = nil
 			return 0, err
 		}
-		buf := make([]byte, 4096)
-		n, err := c.readConn(buf)
-		c.inbuf = append(c.inbuf, buf[:n]...)
+		if c.rbuf == nil {
+			c.rbuf = make([]byte, 4096)
+		}
+		n, err := c.readConn(c.rbuf)
+		if len(c.inbuf) == 0 {
+			c.inbuf = nil // let a long line's array go
+		}
+		c.inbuf = append(c.inbuf, c.rbuf[:n]...)
 		if err != nil {
 			if n == 0 || c.closing.Load() != connOpen {
 				return 0, err
@@ -405,9 +402,10 @@ func (c *trackedConn) readCommand(p []byte) (int, error) {
 // handled here; after the handshake only EHLO, HELO, NOOP, RSET and QUIT
 // reach go-smtp until the client has greeted again (RFC 3207 §4.2: the
 // server discards what it knew, such as the EHLO argument, and go-smtp
-// would still have the old one). A BDAT line is followed by its chunk,
-// which is passed on unexamined as go-smtp reads it. Whatever is passed
-// on sets passLine; a line answered here is removed from inbuf.
+// would still have the old one). BDAT is refused here, and its chunk, as
+// go-smtp would frame it, discarded (see goSMTPChunking); the transaction
+// stays, so a client can fall back to DATA. Whatever is passed on sets
+// passLine; a line answered here is removed from inbuf.
 func (c *trackedConn) command(line []byte) error {
 	text := strings.TrimRight(string(line), "\r\n")
 	verb, rest, _ := strings.Cut(text, " ")
@@ -432,14 +430,19 @@ func (c *trackedConn) command(line []byte) error {
 			return answer("503 5.5.1 Send EHLO first: TLS is on, and what was said before it is forgotten (RFC 3207 section 4.2)\r\n")
 		}
 	case verb == "BDAT":
-		// The framing go-smtp applies (conn.go handleBdat): a size it
-		// parses means a chunk of that many octets follows the line.
+		// RFC 3030 §2: a chunk of the given size follows the line
+		// whatever the reply; a size that does not parse frames nothing
+		// (go-smtp's rules, conn.go handleBdat).
 		f := strings.Fields(rest)
-		if len(f) >= 1 && len(f) <= 2 && (len(f) == 1 || strings.EqualFold(f[1], "LAST")) {
-			if size, err := strconv.ParseUint(f[0], 10, 32); err == nil {
-				c.passBytes = int64(size)
-			}
+		if len(f) < 1 || len(f) > 2 || (len(f) == 2 && !strings.EqualFold(f[1], "LAST")) {
+			return answer("501 5.5.4 Syntax: BDAT size [LAST]\r\n")
 		}
+		size, err := strconv.ParseUint(f[0], 10, 32)
+		if err != nil {
+			return answer("501 5.5.4 Malformed BDAT size\r\n")
+		}
+		c.dropBytes = int64(size)
+		return answer("502 5.5.1 BDAT is not supported here; use DATA\r\n") // errBDAT's words
 	}
 	c.passLine = true
 	return nil

@@ -27,17 +27,18 @@
 //     connection's handshake runs inside trackedConn at its first read or
 //     write, under the command timeout; go-smtp sees plaintext.
 //   - STARTTLS (RFC 3207): trackedConn puts STARTTLS into the EHLO reply
-//     (in CHUNKING's place) and, until TLS is on, hands go-smtp one command
-//     line per read, so it sees each line before go-smtp does and knows
-//     what go-smtp has not read yet. It answers STARTTLS itself (220
-//     2.0.0), discards whatever the client sent after it in clear (§4.2;
+//     (in CHUNKING's place). Outside DATA it hands go-smtp one command line
+//     per read, so it sees each line before go-smtp does and knows what
+//     go-smtp has not read yet. It answers STARTTLS itself (220 2.0.0),
+//     discards whatever the client sent after it in clear (§4.2;
 //     CVE-2011-0411's command injection), handshakes on the TCP connection
 //     and goes on presenting plaintext. go-smtp keeps its session and the
 //     old EHLO name, so until the client greets again only EHLO, HELO,
 //     NOOP, RSET and QUIT reach it (503 5.5.1 otherwise); the new EHLO
 //     resets the transaction (go-smtp's reset, session.Reset), which is
-//     the "discard prior knowledge" of §4.2. A BDAT line's chunk is passed
-//     through unexamined, framed as go-smtp frames it.
+//     the "discard prior knowledge" of §4.2. BDAT is refused at the same
+//     layer, its chunk discarded as go-smtp would frame it, so go-smtp's
+//     BDAT goroutine never runs, with or without TLS.
 //
 // The alternative — keeping go-smtp's STARTTLS and moving every rewrite
 // into the session — is not possible: go-smtp offers no hook for the EHLO

@@ -54,10 +54,10 @@ type fuzzServer struct {
 
 // startFuzzServer runs one listener for the whole fuzzing process, with small
 // limits so that fuzzed input reaches them.
-func startFuzzServer(f testing.TB, mode LineEndings) *fuzzServer {
+func startFuzzServer(f testing.TB, mode LineEndings, mods ...func(*Options)) *fuzzServer {
 	sink := &fuzzSink{stored: map[message.ID][]byte{}}
 	core, logs := observer.New(zap.WarnLevel)
-	s, err := New(Options{
+	opts := Options{
 		Addr:            "127.0.0.1:0",
 		AllowedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 		Hostname:        "relay.fuzz",
@@ -75,7 +75,11 @@ func startFuzzServer(f testing.TB, mode LineEndings) *fuzzServer {
 		MaxSessionDuration: 4 * time.Second,
 		LineEndings:        mode,
 		Logger:             zap.New(core),
-	})
+	}
+	for _, m := range mods {
+		m(&opts)
+	}
+	s, err := New(opts)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -149,7 +153,8 @@ func FuzzSession(f *testing.F) {
 	})
 }
 
-func fuzzSessionOnce(t *testing.T, fs *fuzzServer, in []byte) {
+// fuzzSessionOnce runs one session and returns the reply lines.
+func fuzzSessionOnce(t *testing.T, fs *fuzzServer, in []byte) []string {
 	{
 		fs.sink.take()
 		fs.logs.TakeAll()
@@ -225,6 +230,7 @@ func fuzzSessionOnce(t *testing.T, fs *fuzzServer, in []byte) {
 				t.Fatalf("%s: %v", e.Message, e.Context)
 			}
 		}
+		return lines
 	}
 }
 
