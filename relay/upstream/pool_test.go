@@ -190,15 +190,38 @@ func TestPoolReplacesBrokenConnections(t *testing.T) {
 	checkClean(t, e)
 }
 
-func TestPoolNoReuseAfterFailedTransaction(t *testing.T) {
+// A refusal from a live session (554 after the dot, 451 at MAIL, every
+// recipient refused) leaves the session usable after RSET: deferrals do not
+// cost a TLS handshake and AUTH each. A 421 or a dropped connection is
+// never reused (TestPoolReplacesBrokenConnections above).
+func TestPoolReusesSessionAfterRefusal(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	e.fake.Inject(exchangetest.Fault{Stage: "dot", Reply: smtpErr(554, smtp.EnhancedCode{5, 2, 0}, "SubmissionQuotaExceededException")})
-	_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
-	wantReply(t, err, 554, smtp.EnhancedCode{5, 2, 0}, reply.StageData)
-	if st := e.client.Stats(); st.Open != 0 {
-		t.Errorf("failed connection kept: %+v", st)
+	faults := []struct {
+		f    exchangetest.Fault
+		code int
+		enh  smtp.EnhancedCode
+		st   reply.Stage
+	}{
+		{exchangetest.Fault{Stage: "dot", Reply: smtpErr(554, smtp.EnhancedCode{5, 2, 0}, "SubmissionQuotaExceededException")}, 554, smtp.EnhancedCode{5, 2, 0}, reply.StageData},
+		{exchangetest.Fault{Stage: "mail", Reply: smtpErr(451, smtp.EnhancedCode{4, 7, 500}, "Server busy")}, 451, smtp.EnhancedCode{4, 7, 500}, reply.StageMail},
+		{exchangetest.Fault{Stage: "rcpt", Reply: smtpErr(452, smtp.EnhancedCode{4, 5, 3}, "Too many recipients")}, 452, smtp.EnhancedCode{4, 5, 3}, reply.StageRcpt},
 	}
+	for _, f := range faults {
+		e.fake.Inject(f.f)
+		_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+		wantReply(t, err, f.code, f.enh, f.st)
+		if st := e.client.Stats(); st.Open != 1 || st.Dials != 1 {
+			t.Errorf("after %d: %+v, want the one session kept", f.code, st)
+		}
+	}
+	if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+		t.Fatal(err)
+	}
+	if st := e.client.Stats(); st.Dials != 1 || st.Auths != 1 {
+		t.Errorf("stats %+v: the next message did not reuse the session", st)
+	}
+	checkClean(t, e)
 }
 
 // blockingBody blocks its first Read until release is closed.

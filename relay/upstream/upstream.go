@@ -542,6 +542,9 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *message.Envelope, 
 	mailFail := func(err error, stage reply.Stage) *txError {
 		return &txError{err: c.fail(c.classify(err, stage)), beforeData: true}
 	}
+	// A reply other than 421 comes from a live session: after RSET it can
+	// carry the next message, so a run of deferrals (451 at MAIL, 452 at
+	// RCPT) does not cost a TLS handshake and AUTH each.
 	if ok, _ := cn.smtp.Extension("SMTPUTF8"); env.SMTPUTF8 && !ok {
 		// RFC 6531 §3.4: without the extension the message cannot be
 		// relayed; retrying will not help.
@@ -551,7 +554,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *message.Envelope, 
 	// SIZE= (RFC 1870 §5) lets Exchange refuse an oversized message before
 	// the body is sent (552 5.3.4).
 	if err := cn.smtp.Mail(env.From, &smtp.MailOptions{UTF8: env.SMTPUTF8, Size: env.Size}); err != nil {
-		return nil, mailFail(err, reply.StageMail), false
+		return nil, mailFail(err, reply.StageMail), resettable(cn, err)
 	}
 	countReply(reply.StageMail, 250)
 	res = &message.Result{Rejected: map[string]*reply.Error{}}
@@ -580,11 +583,12 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *message.Envelope, 
 				pick = r
 			}
 		}
-		return res, &txError{err: pick}, false
+		// Every recipient refused, none with 421 (that returned above).
+		return res, &txError{err: pick}, !TokenExpired(pick) && cn.smtp.Reset() == nil
 	}
 	dc, err := cn.smtp.Data()
 	if err != nil {
-		return res, mailFail(err, reply.StageData), false
+		return res, mailFail(err, reply.StageData), resettable(cn, err)
 	}
 	if err := cn.raw.SetDeadline(time.Now().Add(c.opts.DataTimeout)); err != nil {
 		return res, &txError{err: c.fail(netError(err, reply.StageData, "connection lost before data"))}, false
@@ -602,11 +606,26 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *message.Envelope, 
 	}
 	resp, err := dc.CloseWithResponse()
 	if err != nil {
-		return res, &txError{err: c.fail(c.classify(err, reply.StageData))}, false
+		// Exchange's verdict on the message (e.g. 554 5.2.252): the
+		// transaction is over and the session is fine.
+		return res, &txError{err: c.fail(c.classify(err, reply.StageData))}, resettable(cn, err)
 	}
 	countReply(reply.StageData, 250)
 	res.Reply = resp.StatusText
 	return res, nil, true
+}
+
+// resettable reports whether a session whose command just failed with err
+// (as go-smtp returned it) can carry another transaction: err must be an
+// SMTP reply, not a network error; not 421 (the server is closing, RFC 5321
+// §3.8); not 501 5.5.127 (the session's token expired); and RSET
+// (§4.1.1.5) must be answered 250.
+func resettable(cn *conn, err error) bool {
+	var se *smtp.SMTPError
+	if !errors.As(err, &se) || se.Code == 421 || se.Code == 501 && se.EnhancedCode == (smtp.EnhancedCode{5, 5, 127}) {
+		return false
+	}
+	return cn.smtp.Reset() == nil
 }
 
 // Deliver sends one message as env.Mailbox. See message.Result for how the
@@ -685,7 +704,12 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 			}
 			return res, nil
 		}
-		cn.close(false)
+		if reusable && !c.opts.PoolDisabled {
+			cn.lastUsed = c.opts.Clock()
+			p.putIdle(cn)
+		} else {
+			cn.close(false)
+		}
 		if TokenExpired(txe.err) {
 			// The session's token ran out under us. Other pooled
 			// sessions authenticated with it are as dead; the source is
@@ -705,7 +729,7 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 			}
 			return res, txe.err
 		}
-		if reused && staleRetries == 0 && txe.beforeData && txe.err.Temporary() {
+		if reused && !reusable && staleRetries == 0 && txe.beforeData && txe.err.Temporary() {
 			// A pooled connection Exchange had closed or was closing (idle
 			// timeout, 421): nothing of the message was sent, so retry once
 			// on a fresh connection instead of failing the message. Other
