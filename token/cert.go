@@ -249,5 +249,9 @@ func newCertificate(what string, certs []*x509.Certificate, key crypto.PrivateKe
 	if _, ok := certs[0].PublicKey.(*rsa.PublicKey); !ok && len(certs) == 1 {
 		return nil, fmt.Errorf("the certificate %s has a %s public key; Entra ID accepts only RSA certificates", first.ThumbprintSHA1Hex(), certs[0].PublicKeyAlgorithm)
 	}
-	return nil, fmt.Errorf("key does not match the certificate (%s, thumbprint %s)", certs[0].Subject, first.ThumbprintSHA1Hex())
+	return nil, fmt.Errorf("%w (%s, thumbprint %s)", ErrKeyMismatch, certs[0].Subject, first.ThumbprintSHA1Hex())
 }
+
+// ErrKeyMismatch is wrapped by LoadCertificate's error when the private key
+// is not the certificate's: the file holds a key of another certificate.
+var ErrKeyMismatch = errors.New("key does not match the certificate")

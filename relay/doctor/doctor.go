@@ -366,7 +366,7 @@ func (d *doctor) checkCertificate() {
 		c.Message = "AZURE_CLIENT_CERTIFICATE_PATH: " + oneLine(err.Error())
 		// token.LoadCertificate says "key does not match the certificate"
 		// for a key that is not the certificate's (token/cert.go).
-		if strings.Contains(err.Error(), "does not match") {
+		if errors.Is(err, token.ErrKeyMismatch) {
 			p := cfg.CertificatePath
 			c.Fix = "The file must hold the certificate uploaded to the app and the private key it was made with. Compare the two public keys; both commands must print the same hash:\n" +
 				"openssl x509 -noout -pubkey -in " + p + " | openssl sha256\n" +
