@@ -1,93 +1,19 @@
 package smtpd
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"net"
 	"net/netip"
-	"runtime"
-	"runtime/debug"
-	"runtime/metrics"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/o365relay/o365relay/relay/internal/memtest"
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/spool"
 )
-
-// genReader yields n bytes of 76-character CRLF lines (the shape of a base64
-// attachment) without ever holding more than one 64 KiB block.
-type genReader struct {
-	left int64
-	off  int
-}
-
-var genBlock = func() []byte {
-	b := make([]byte, 0, 78*840)
-	for len(b) < cap(b) {
-		b = append(b, bytes.Repeat([]byte{'A' + byte(len(b)/78%26)}, 76)...)
-		b = append(b, '\r', '\n')
-	}
-	return b
-}()
-
-func (g *genReader) Read(p []byte) (int, error) {
-	if g.left <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > g.left {
-		p = p[:g.left]
-	}
-	n := 0
-	for n < len(p) {
-		c := copy(p[n:], genBlock[g.off:])
-		n += c
-		g.off = (g.off + c) % len(genBlock)
-	}
-	g.left -= int64(n)
-	return n, nil
-}
-
-// heapPeak returns how far the live heap rose above its level at the start
-// while f ran, sampled every millisecond. The GC target is lowered to 10%
-// meanwhile so that garbage (under -race sync.Pool drops items on purpose)
-// cannot pass for a held buffer, while a message held whole stays live for
-// the whole transfer and is seen.
-func heapPeak(f func()) uint64 {
-	old := debug.SetGCPercent(10)
-	defer debug.SetGCPercent(old)
-	runtime.GC()
-	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	metrics.Read(sample)
-	base := sample[0].Value.Uint64()
-	var peak uint64
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		s := []metrics.Sample{{Name: sample[0].Name}}
-		t := time.NewTicker(time.Millisecond)
-		defer t.Stop()
-		for {
-			metrics.Read(s)
-			peak = max(peak, s[0].Value.Uint64())
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	f()
-	close(stop)
-	<-done
-	if peak < base {
-		return 0
-	}
-	return peak - base
-}
 
 // spoolSink is the daemon's sink reduced to its first step: the body goes
 // from the DATA reader straight into spool.Put.
@@ -168,13 +94,13 @@ func TestIntakeStreamsToSpool(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if _, err := io.Copy(w, &genReader{left: size}); err != nil {
+		if _, err := io.Copy(w, memtest.Reader(size)); err != nil {
 			return err
 		}
 		return w.Close()
 	}
 	var sendErr error
-	got := heapPeak(func() { sendErr = send() })
+	got := memtest.HeapPeak(func() { sendErr = send() })
 	if sendErr != nil {
 		t.Fatal(sendErr)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/o365relay/o365relay/relay/internal/memtest"
 	"github.com/o365relay/o365relay/relay/spool"
 )
 
@@ -69,7 +70,7 @@ func benchAccept(b *testing.B, size, conc int) {
 			b.Error(err)
 		}
 	})
-	body, err := io.ReadAll(&genReader{left: int64(size / 78 * 78)})
+	body, err := io.ReadAll(memtest.Reader(int64(size / 78 * 78)))
 	if err != nil {
 		b.Fatal(err)
 	}

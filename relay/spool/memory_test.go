@@ -1,61 +1,15 @@
 package spool
 
 import (
-	"bytes"
 	"io"
 	"os"
-	"runtime"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/o365relay/o365relay/relay/internal/memtest"
 	"github.com/o365relay/o365relay/relay/message"
 )
-
-// genReader yields n bytes of 76-character CRLF lines (the shape of a base64
-// attachment) without ever holding more than one 64 KiB block.
-type genReader struct {
-	left int64
-	off  int
-}
-
-var genBlock = func() []byte {
-	b := make([]byte, 0, 78*840)
-	for len(b) < cap(b) {
-		b = append(b, bytes.Repeat([]byte{'A' + byte(len(b)/78%26)}, 76)...)
-		b = append(b, '\r', '\n')
-	}
-	return b
-}()
-
-func (g *genReader) Read(p []byte) (int, error) {
-	if g.left <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > g.left {
-		p = p[:g.left]
-	}
-	n := 0
-	for n < len(p) {
-		c := copy(p[n:], genBlock[g.off:])
-		n += c
-		g.off = (g.off + c) % len(genBlock)
-	}
-	g.left -= int64(n)
-	return n, nil
-}
-
-// allocated returns the bytes the whole process allocated while f ran
-// (runtime.MemStats.TotalAlloc is cumulative, so garbage collection cannot
-// hide a large buffer).
-func allocated(f func()) uint64 {
-	runtime.GC()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	f()
-	runtime.ReadMemStats(&after)
-	return after.TotalAlloc - before.TotalAlloc
-}
 
 // memoryMessageBytes is the size streamed by the memory tests: far above
 // the heap budget, so a body read into memory whole fails them. MEMTEST_MB
@@ -90,7 +44,7 @@ func TestPutAndBodyStream(t *testing.T) {
 	env := &message.Envelope{ID: message.NewID(time.Now()), From: "app@example.com",
 		To: []string{"a@example.org"}, Mailbox: "relay@example.com", Received: time.Now()}
 	var putErr error
-	put := allocated(func() { putErr = s.Put(env, &genReader{left: size}) })
+	put := memtest.Allocated(func() { putErr = s.Put(env, memtest.Reader(size)) })
 	if putErr != nil {
 		t.Fatal(putErr)
 	}
@@ -99,7 +53,7 @@ func TestPutAndBodyStream(t *testing.T) {
 	}
 	var n int64
 	var readErr error
-	read := allocated(func() {
+	read := memtest.Allocated(func() {
 		var b io.ReadCloser
 		if b, readErr = s.Body(env.ID); readErr != nil {
 			return

@@ -2,88 +2,13 @@ package upstream
 
 import (
 	"bytes"
-	"io"
 	"os"
-	"runtime"
-	"runtime/debug"
-	"runtime/metrics"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/o365relay/o365relay/relay/exchangetest"
+	"github.com/o365relay/o365relay/relay/internal/memtest"
 )
-
-// genReader yields n bytes of 76-character CRLF lines (the shape of a base64
-// attachment) without ever holding more than one 64 KiB block.
-type genReader struct {
-	left int64
-	off  int
-}
-
-var genBlock = func() []byte {
-	b := make([]byte, 0, 78*840)
-	for len(b) < cap(b) {
-		b = append(b, bytes.Repeat([]byte{'A' + byte(len(b)/78%26)}, 76)...)
-		b = append(b, '\r', '\n')
-	}
-	return b
-}()
-
-func (g *genReader) Read(p []byte) (int, error) {
-	if g.left <= 0 {
-		return 0, io.EOF
-	}
-	if int64(len(p)) > g.left {
-		p = p[:g.left]
-	}
-	n := 0
-	for n < len(p) {
-		c := copy(p[n:], genBlock[g.off:])
-		n += c
-		g.off = (g.off + c) % len(genBlock)
-	}
-	g.left -= int64(n)
-	return n, nil
-}
-
-// heapPeak returns how far the live heap rose above its level at the start
-// while f ran, sampled every millisecond. The GC target is lowered to 10%
-// meanwhile so that garbage (under -race sync.Pool drops items on purpose,
-// so TLS and bufio buffers are reallocated) cannot pass for a held buffer,
-// while a message held whole stays live for the whole transfer and is seen.
-func heapPeak(f func()) uint64 {
-	old := debug.SetGCPercent(10)
-	defer debug.SetGCPercent(old)
-	runtime.GC()
-	sample := []metrics.Sample{{Name: "/memory/classes/heap/objects:bytes"}}
-	metrics.Read(sample)
-	base := sample[0].Value.Uint64()
-	var peak uint64
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		s := []metrics.Sample{{Name: sample[0].Name}}
-		t := time.NewTicker(time.Millisecond)
-		defer t.Stop()
-		for {
-			metrics.Read(s)
-			peak = max(peak, s[0].Value.Uint64())
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	f()
-	close(stop)
-	<-done
-	if peak < base {
-		return 0
-	}
-	return peak - base
-}
 
 // TestDeliverStreamsBody: Deliver sends a 64 MiB body (8 MiB under -race) from a reader to the
 // fake Exchange over TLS without reading it into memory (issue 8: memory
@@ -112,7 +37,7 @@ func TestDeliverStreamsBody(t *testing.T) {
 	env := envelope()
 	env.Size = size
 	var err error
-	got := heapPeak(func() { _, err = e.client.Deliver(ctx, env, &genReader{left: size}) })
+	got := memtest.HeapPeak(func() { _, err = e.client.Deliver(ctx, env, memtest.Reader(size)) })
 	if err != nil {
 		t.Fatal(err)
 	}

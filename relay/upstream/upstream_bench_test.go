@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/o365relay/o365relay/relay/exchangetest"
+	"github.com/o365relay/o365relay/relay/internal/memtest"
 )
 
 // benchBody is a message of n bytes in 76-character CRLF lines.
@@ -17,7 +18,7 @@ func benchBody(n int) []byte {
 	b := make([]byte, 0, n)
 	b = append(b, hdr...)
 	for len(b) < n {
-		b = append(b, genBlock[:min(78, n-len(b))]...)
+		b = append(b, memtest.Lines(min(memtest.LineLen, n-len(b)))...)
 	}
 	if !bytes.HasSuffix(b, []byte("\r\n")) {
 		b = append(b[:len(b)-2], '\r', '\n')
