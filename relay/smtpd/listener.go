@@ -42,6 +42,7 @@ type guardedListener struct {
 	// authAvailable: a client outside allowed may connect (it must AUTH
 	// before MAIL, see session.Mail).
 	authAvailable bool
+	beginData     func() bool // Server.beginData
 
 	*connCaps
 }
@@ -72,7 +73,7 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			continue
 		}
 		tc := &trackedConn{Conn: c, ip: ip, trusted: trusted, release: l.release, started: time.Now(), maxSession: l.maxSession,
-			log: l.log, sizeLine: l.sizeLine, handshakeTimeout: l.handshakeTimeout}
+			log: l.log, sizeLine: l.sizeLine, handshakeTimeout: l.handshakeTimeout, beginData: l.beginData}
 		if l.implicitTLS {
 			// The handshake runs at the connection's first read or
 			// write (go-smtp's greeting), on go-smtp's goroutine, not in
@@ -179,6 +180,11 @@ type trackedConn struct {
 	needHelo  bool   // TLS started: EHLO/HELO must come before anything else
 
 	once sync.Once
+
+	// beginData counts the session into DATA as go-smtp's 354 goes out;
+	// dataCounted tells session.Data it was (see Server.beginData).
+	beginData   func() bool
+	dataCounted bool
 
 	// DATA-phase repair of CR CR (see splitCRCR).
 	inData  bool
@@ -607,6 +613,17 @@ func (c *trackedConn) Write(p []byte) (n int, err error) {
 	// after DATA started is the reply to it.
 	c.inData, c.markers = false, 0
 	out := p
+	if c.beginData != nil && bytes.HasPrefix(p, []byte("354 ")) {
+		if !c.beginData() {
+			// Shutting down: no new message. go-smtp calls Data
+			// next, which finds the connection closing.
+			out = []byte("421 4.3.2 Service shutting down, try again later\r\n")
+			c.closing.Store(connCloseAfterReply)
+			defer c.closing.Store(connClosed)
+		} else {
+			c.dataCounted = true
+		}
+	}
 	switch {
 	case bytes.Equal(p, goSMTPChunking):
 		if c.starttls == nil || c.tlsConn.Load() != nil {

@@ -149,6 +149,9 @@ type Server struct {
 	caps     *connCaps
 	draining atomic.Bool
 	inData   sync.WaitGroup
+	// dataMu orders beginData against Shutdown's draining, so that no
+	// session is counted into inData once Shutdown waits on it.
+	dataMu sync.Mutex
 	baseCtx  context.Context
 	cancel   context.CancelFunc
 
@@ -247,7 +250,7 @@ func (s *Server) Listen() error {
 		return &guardedListener{
 			Listener: l, allowed: s.opts.AllowedNetworks,
 			maxTotal: s.opts.MaxConnections, maxPerIP: s.opts.MaxConnectionsPerClient,
-			log: s.log, onRefused: s.opts.OnRefused, connCaps: caps,
+			log: s.log, onRefused: s.opts.OnRefused, connCaps: caps, beginData: s.beginData,
 			maxSession:  s.opts.MaxSessionDuration,
 			implicitTLS: implicit, tlsConfig: tlsCfg, handshakeTimeout: s.opts.CommandTimeout,
 			authAvailable: s.opts.Auth != nil,
@@ -334,7 +337,9 @@ func (s *Server) Serve() error {
 // connection. A session cut off here never got a 250, so nothing
 // acknowledged is lost.
 func (s *Server) Shutdown(ctx context.Context) error {
+	s.dataMu.Lock()
 	s.draining.Store(true)
+	s.dataMu.Unlock()
 	s.mu.Lock()
 	lns := s.lns
 	s.mu.Unlock()
@@ -359,6 +364,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 func isClosedErr(err error) bool { return errors.Is(err, net.ErrClosed) }
+
+// beginData counts a session into DATA, which Shutdown waits for, unless
+// the server is draining. trackedConn calls it as go-smtp writes 354, so a
+// client that heard 354 is always waited for; counting only once
+// session.Data runs left a window in which Shutdown closed the connection
+// under go-smtp (which then called Data on a nil session).
+func (s *Server) beginData() bool {
+	s.dataMu.Lock()
+	defer s.dataMu.Unlock()
+	if s.draining.Load() {
+		return false
+	}
+	s.inData.Add(1)
+	return true
+}
 
 var errShuttingDown = reply.New(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
 

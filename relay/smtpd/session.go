@@ -156,11 +156,20 @@ func (s *session) Data(r io.Reader) (err error) {
 		return errBDAT.SMTP()
 	}
 	srv := s.srv
-	srv.inData.Add(1)
-	defer srv.inData.Done()
+	// Counted as the 354 went out (Server.beginData), or here for a
+	// connection that is not a trackedConn.
+	var counted bool
+	if s.tc != nil {
+		counted, s.tc.dataCounted = s.tc.dataCounted, false
+	} else {
+		counted = srv.beginData()
+	}
+	if counted {
+		defer srv.inData.Done()
+	}
 	defer s.contain(&err, "DATA")
-	if s.closed() {
-		return errClosed.SMTP()
+	if s.closed() || !counted {
+		return errShuttingDown.SMTP()
 	}
 
 	// go-smtp reads the whole body under the deadline it set when the DATA
