@@ -151,9 +151,9 @@ type Server struct {
 	inData   sync.WaitGroup
 	// dataMu orders beginData against Shutdown's draining, so that no
 	// session is counted into inData once Shutdown waits on it.
-	dataMu sync.Mutex
-	baseCtx  context.Context
-	cancel   context.CancelFunc
+	dataMu  sync.Mutex
+	baseCtx context.Context
+	cancel  context.CancelFunc
 
 	authLimit *authLimiter
 }
