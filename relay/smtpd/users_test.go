@@ -77,3 +77,29 @@ func TestNewUsersRefusesBadHashes(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAuthenticate compares the cost of the two failures the client
+// must not tell apart (before the session's padding): an unknown user
+// (compared against the dummy hash) and a wrong password, at bcrypt's
+// default cost.
+func BenchmarkAuthenticate(b *testing.B) {
+	h, err := bcrypt.GenerateFromPassword([]byte("s3cret-app"), bcrypt.DefaultCost)
+	if err != nil {
+		b.Fatal(err)
+	}
+	u, err := NewUsers([]User{{Name: "app", Hash: h, Senders: []string{"*"}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct{ name, user, pw string }{
+		{"unknown_user", "nobody", "s3cret-app"},
+		{"wrong_password", "app", "guess"},
+		{"right_password", "app", "s3cret-app"},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			for b.Loop() {
+				_ = u.Authenticate(tc.user, tc.pw)
+			}
+		})
+	}
+}
