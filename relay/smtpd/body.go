@@ -63,6 +63,7 @@ type bodyChecker struct {
 
 	buf     []byte // input buffer
 	out     []byte // pending output (normalised bytes not yet returned)
+	outBuf  []byte // out's backing array, reused for every refill
 	pendCR  bool   // last input byte was CR, not yet known to be followed by LF
 	err     error  // sticky error
 	eof     bool
@@ -77,7 +78,10 @@ type bodyChecker struct {
 }
 
 func newBodyChecker(r io.Reader, mode LineEndings) *bodyChecker {
-	return &bodyChecker{r: r, mode: mode, buf: make([]byte, 32*1024), inHead: true, bol: true}
+	const n = 32 * 1024
+	// Normalising turns each bare LF into CRLF, so one input buffer
+	// yields at most twice its size (+2 for a CR held over).
+	return &bodyChecker{r: r, mode: mode, buf: make([]byte, n), outBuf: make([]byte, 0, 2*n+2), inHead: true, bol: true}
 }
 
 func (c *bodyChecker) Read(p []byte) (int, error) {
@@ -97,7 +101,10 @@ func (c *bodyChecker) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		n, err := c.r.Read(c.buf)
-		c.out = c.out[:0]
+		// Reuse the one output buffer: out[:0] after out = out[n:]
+		// would have lost the capacity already returned, and every
+		// refill would allocate (≈4 bytes allocated per body byte).
+		c.out = c.outBuf[:0]
 		for _, b := range c.buf[:n] {
 			if !c.step(b) {
 				break
