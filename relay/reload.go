@@ -21,8 +21,8 @@ import (
 // disk, which is how Kubernetes rotates a mounted Secret: it writes the new
 // files into a fresh directory and swaps the ..data symlink).
 //
-// What is applied: the certificate (path, password or the file's content)
-// and log_level. Everything else — listeners, limits, the spool, upstream,
+// What is applied: the certificate (path, password or the file's content),
+// the listener certificate's content (listentls.go) and log_level. Everything else — listeners, limits, the spool, upstream,
 // the mailbox — is fixed for the life of the process because changing it
 // under established sessions and queued mail would need a restart's worth
 // of care anyway; a reload that changes such a key says so in the log
@@ -93,6 +93,13 @@ func (r *Relay) Reload(ctx context.Context, cfg *config.Config) (ReloadReport, e
 		}
 		rep.CertificateNew = changed
 		rep.Applied = append(rep.Applied, "client_certificate_path", "client_certificate_password")
+	}
+	if r.listenTLS != nil {
+		// The listener's certificate files, re-read now rather than at
+		// the next watch tick (their paths apply at the next restart).
+		if _, err := r.listenTLS.reload(); err != nil {
+			r.log.Error("listener certificate reload refused; the certificate in use stays in use", zap.Error(err))
+		}
 	}
 	if r.level != nil {
 		rep.Applied = append(rep.Applied, "log_level")
