@@ -44,31 +44,13 @@ func TestIntakeStreamsToSpool(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	srv, err := New(Options{
+	srv := serve(t, Options{
 		Addr:            "127.0.0.1:0",
 		AllowedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 		Hostname:        "relay.test",
 		Sink:            spoolSink{sp},
 		Route:           allowAll,
 		MaxMessageBytes: 100 << 20,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve() }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-		if err := <-served; err != nil {
-			t.Error(err)
-		}
 	})
 
 	conn, err := net.DialTimeout("tcp", srv.Addr().String(), 5*time.Second)

@@ -79,25 +79,7 @@ func startFuzzServer(f testing.TB, mode LineEndings, mods ...func(*Options)) *fu
 	for _, m := range mods {
 		m(&opts)
 	}
-	s, err := New(opts)
-	if err != nil {
-		f.Fatal(err)
-	}
-	if err := s.Listen(); err != nil {
-		f.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Serve() }()
-	f.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := s.Shutdown(ctx); err != nil {
-			f.Error(err)
-		}
-		if err := <-done; err != nil {
-			f.Error(err)
-		}
-	})
+	s := serve(f, opts)
 	return &fuzzServer{srv: s, sink: sink, logs: logs}
 }
 

@@ -2,7 +2,6 @@ package smtpd
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -45,30 +44,12 @@ func benchAccept(b *testing.B, size, conc int) {
 			b.Error(err)
 		}
 	})
-	srv, err := New(Options{
+	srv := serve(b, Options{
 		Addr:            "127.0.0.1:0",
 		AllowedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 		Hostname:        "relay.test",
 		Sink:            spoolSink{sp},
 		Route:           allowAll,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := srv.Listen(); err != nil {
-		b.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve() }()
-	b.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			b.Error(err)
-		}
-		if err := <-served; err != nil {
-			b.Error(err)
-		}
 	})
 	body, err := io.ReadAll(memtest.Reader(int64(size / 78 * 78)))
 	if err != nil {

@@ -73,26 +73,33 @@ func startServer(t *testing.T, mod func(*Options)) (*Server, *recordSink, *obser
 	if mod != nil {
 		mod(&opts)
 	}
+	return serve(t, opts), sink, logs
+}
+
+// serve starts a Server with opts on its own goroutine and shuts it down
+// (checking both errors) when tb ends.
+func serve(tb testing.TB, opts Options) *Server {
+	tb.Helper()
 	s, err := New(opts)
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	if err := s.Listen(); err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Serve() }()
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if err := s.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
+			tb.Errorf("shutdown: %v", err)
 		}
 		if err := <-done; err != nil {
-			t.Errorf("serve: %v", err)
+			tb.Errorf("serve: %v", err)
 		}
 	})
-	return s, sink, logs
+	return s
 }
 
 // client is a raw SMTP dialog over TCP: what a real client sends, byte for byte.
