@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
@@ -105,27 +104,17 @@ func (l *listenerTLS) reload() (bool, error) {
 	return true, nil
 }
 
-// watchListenerTLS re-reads the listener's certificate every interval
-// until ctx is done.
-func (r *Relay) watchListenerTLS(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	last := ""
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		_, err := r.listenTLS.reload()
-		if err != nil && err.Error() != last {
-			// Once per problem, not every interval.
-			r.listenTLS.log.Error("listener certificate reload refused; the certificate in use stays in use",
-				zap.String("path", r.listenTLS.certPath), zap.Error(err))
-		}
-		last = ""
-		if err != nil {
-			last = err.Error()
-		}
+// checkListenerTLS re-reads the listener's certificate (for the watcher)
+// and logs a refusal once per problem, not every interval; it returns the
+// problem to pass in next time.
+func (r *Relay) checkListenerTLS(last string) string {
+	_, err := r.listenTLS.reload()
+	if err == nil {
+		return ""
 	}
+	if err.Error() != last {
+		r.listenTLS.log.Error("listener certificate reload refused; the certificate in use stays in use",
+			zap.String("path", r.listenTLS.certPath), zap.Error(err))
+	}
+	return err.Error()
 }

@@ -334,16 +334,12 @@ func (r *Relay) Run(ctx context.Context) error {
 		}()
 	}
 	goFn("token", func() error { return r.tokens.Run(workCtx) })
-	if r.tokens.Certificate() != nil {
+	if r.tokens.Certificate() != nil || r.listenTLS != nil {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r.watchCredential(workCtx, r.every)
+			r.watchFiles(workCtx, r.every)
 		}()
-	}
-	if r.listenTLS != nil {
-		wg.Add(1)
-		go func() { defer wg.Done(); r.watchListenerTLS(workCtx, r.every) }()
 	}
 	goFn("delivery", func() error { return r.sched.Run(workCtx) })
 	goFn("smtp listener", r.smtp.Serve)

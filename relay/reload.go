@@ -133,23 +133,32 @@ func settingValue(v string) string {
 	return v
 }
 
-// watchCredential re-reads the certificate file every interval until ctx is
-// done, and warns daily about an expiring certificate.
-func (r *Relay) watchCredential(ctx context.Context, every time.Duration) {
+// watchFiles re-reads the files the relay can reload — the Entra certificate and
+// the listener's certificate, whichever are configured — every interval
+// until ctx is done, and warns daily about an expiring Entra certificate.
+// One goroutine for both: they share the interval and the rule (content
+// hash, a bad file refused and the one in use kept).
+func (r *Relay) watchFiles(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	lastListenerErr := ""
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		r.mu.Lock()
-		path, pw := r.watch.path, r.watch.password
-		r.mu.Unlock()
-		// Errors are logged and counted inside; the watcher carries on.
-		_, _ = r.reloadCertificate(ctx, path, pw, false)
-		r.checkExpiry()
+		if r.tokens.Certificate() != nil {
+			r.mu.Lock()
+			path, pw := r.watch.path, r.watch.password
+			r.mu.Unlock()
+			// Errors are logged and counted inside; the watcher carries on.
+			_, _ = r.reloadCertificate(ctx, path, pw, false)
+			r.checkExpiry()
+		}
+		if r.listenTLS != nil {
+			lastListenerErr = r.checkListenerTLS(lastListenerErr)
+		}
 	}
 }
 
