@@ -75,12 +75,7 @@ func (l *listenerTLS) reload() (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("listen_tls_key: %w", err)
 	}
-	h := sha256.New()
-	h.Write(certPEM)
-	h.Write([]byte{0})
-	h.Write(keyPEM)
-	var sum [sha256.Size]byte
-	h.Sum(sum[:0])
+	sum := contentSum(certPEM, keyPEM)
 	if sum == l.inUse || sum == l.refused {
 		return false, nil
 	}

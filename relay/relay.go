@@ -132,7 +132,7 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 	if c := cred.Certificate; c != nil {
 		r.watch.path, r.watch.password = cfg.CertificatePath, cfg.CertificatePassword
 		if data, err := os.ReadFile(cfg.CertificatePath); err == nil {
-			r.watch.inUse = contentSum(data, cfg.CertificatePassword)
+			r.watch.inUse = contentSum(data, []byte(cfg.CertificatePassword.Reveal()))
 		}
 		certNotAfter.Set(float64(c.NotAfter().Unix()))
 		// token.NewSource has just warned about an expiring

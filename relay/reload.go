@@ -177,7 +177,7 @@ func (r *Relay) reloadCertificate(ctx context.Context, path string, password sec
 		// reported once, not every interval.
 		return false, r.refuse(path, sha256.Sum256([]byte(err.Error())), false, forced, err)
 	}
-	sum := contentSum(data, password)
+	sum := contentSum(data, []byte(password.Reveal()))
 	now := r.clock()
 	r.mu.Lock()
 	w := r.watch
@@ -278,13 +278,14 @@ func thumbprint(c *token.Certificate) string {
 	return c.ThumbprintSHA1Hex()
 }
 
-// contentSum identifies what a reload would load: the file and the
-// password that opens it.
-func contentSum(data []byte, password secret.Secret) [sha256.Size]byte {
+// contentSum identifies what a reload would load: the files' contents (and
+// the password that opens them), each part ended by a NUL.
+func contentSum(parts ...[]byte) [sha256.Size]byte {
 	h := sha256.New()
-	h.Write(data)
-	h.Write([]byte{0})
-	h.Write([]byte(password.Reveal()))
+	for _, p := range parts {
+		h.Write(p)
+		h.Write([]byte{0})
+	}
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
 	return sum
