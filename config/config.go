@@ -86,8 +86,12 @@ type Config struct {
 	LogLevel    string
 	LogFormat   string
 
-	// Identity (Entra ID app registration).
-	TenantID            string
+	// Identity (Entra ID app registration, or a managed identity).
+	// CredentialKind is the credential setting as given ("" = inferred);
+	// Credential() is the kind in use.
+	CredentialKind            string
+	ManagedIdentityResourceID string
+	TenantID                  string
 	ClientID            string
 	Scope               string
 	AuthorityHost       string
@@ -255,7 +259,7 @@ func (c *Config) check() []error {
 	if !c.CertificatePassword.IsZero() && c.CertificatePath == "" {
 		errs = append(errs, c.errf("client_certificate_password", "is set but client_certificate_path (AZURE_CLIENT_CERTIFICATE_PATH) is not; set the certificate's path or remove the password"))
 	}
-	if creds := c.credentialKeys(); len(creds) > 1 {
+	if creds := c.credentialKeys(); len(creds) > 1 && c.CredentialKind == "" {
 		var names []string
 		for _, k := range creds {
 			names = append(names, c.where(k))
@@ -265,6 +269,7 @@ func (c *Config) check() []error {
 	if c.AssertionAlgorithm != "PS256" && c.CertificatePath == "" && c.Sources["assertion_algorithm"] != FromDefault {
 		c.Warnings = append(c.Warnings, "assertion_algorithm only applies to a certificate credential; ignored")
 	}
+	errs = append(errs, c.checkCredentialKind()...)
 	return errs
 }
 
@@ -284,8 +289,13 @@ func (c *Config) credentialKeys() []string {
 }
 
 // Credential names the credential in use: "certificate", "federated",
-// "secret", or "" when none is set.
+// "secret", "managed_identity", or "" when none is set. The credential
+// setting wins; without it the kind is the one whose setting is present,
+// never a managed identity (credential.go).
 func (c *Config) Credential() string {
+	if c.CredentialKind != "" {
+		return c.CredentialKind
+	}
 	switch {
 	case c.CertificatePath != "":
 		return "certificate"
@@ -301,10 +311,11 @@ func (c *Config) Credential() string {
 // identity and a mailbox. Other commands (queue, healthcheck) do not need them.
 func (c *Config) CheckDaemon() error {
 	var errs []error
-	if c.TenantID == "" {
+	mi := c.Credential() == CredManagedIdentity
+	if c.TenantID == "" && !mi {
 		errs = append(errs, &Error{Key: "tenant_id", Where: "AZURE_TENANT_ID", Reason: "not set; use the Directory (tenant) ID from the app registration's Overview page (azure-setup step 1)"})
 	}
-	if c.ClientID == "" {
+	if c.ClientID == "" && !mi {
 		errs = append(errs, &Error{Key: "client_id", Where: "AZURE_CLIENT_ID", Reason: "not set; use the Application (client) ID from the app registration's Overview page (azure-setup step 1)"})
 	}
 	needDefault := len(c.Senders) == 0
@@ -318,8 +329,9 @@ func (c *Config) CheckDaemon() error {
 	}
 	if c.Credential() == "" {
 		errs = append(errs, &Error{Key: "client_certificate_path", Where: "AZURE_CLIENT_CERTIFICATE_PATH",
-			Reason: "no credential is set; set AZURE_CLIENT_CERTIFICATE_PATH to the PEM or PFX whose certificate is uploaded to the app registration (or AZURE_FEDERATED_TOKEN_FILE, or AZURE_CLIENT_SECRET)"})
+			Reason: "no credential is set; set AZURE_CLIENT_CERTIFICATE_PATH to the PEM or PFX whose certificate is uploaded to the app registration (or AZURE_FEDERATED_TOKEN_FILE, or AZURE_CLIENT_SECRET; on Azure or an Arc-enabled server, O365RELAY_CREDENTIAL=managed_identity)"})
 	}
+	errs = append(errs, c.checkNamedCredential()...)
 	return errors.Join(errs...)
 }
 

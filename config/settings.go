@@ -240,12 +240,18 @@ func Settings() []Setting {
 		Doc: "json (one object per line) or console."},
 		choice(func(c *Config) *string { return &c.LogFormat }, "json", "console"))
 
+	add(Setting{Group: "Identity", Key: "credential", Env: "O365RELAY_CREDENTIAL", Default: "",
+		Doc: "Kind of credential: certificate, secret, federated or managed_identity. Empty: the one whose setting is present (a managed identity is used only when named here)."},
+		str(func(c *Config) *string { return &c.CredentialKind }, parseCredentialKind))
 	add(Setting{Group: "Identity", Key: "tenant_id", Env: "AZURE_TENANT_ID", Default: "",
-		Doc: "Required by serve. Directory (tenant) ID of the app registration."},
+		Doc: "Required by serve (optional with a managed identity: the doctor then checks the token's tenant against it). Directory (tenant) ID of the app registration."},
 		str(func(c *Config) *string { return &c.TenantID }, parseTenant))
 	add(Setting{Group: "Identity", Key: "client_id", Env: "AZURE_CLIENT_ID", Default: "",
-		Doc: "Required by serve. Application (client) ID of the app registration."},
+		Doc: "Required by serve. Application (client) ID of the app registration. With credential managed_identity: the client ID of a user-assigned identity; empty means the system-assigned one."},
 		str(func(c *Config) *string { return &c.ClientID }, nil))
+	add(Setting{Group: "Identity", Key: "managed_identity_resource_id", Env: "O365RELAY_MANAGED_IDENTITY_RESOURCE_ID", Default: "",
+		Doc: "With credential managed_identity: selects a user-assigned identity by its Azure resource ID (/subscriptions/…/providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME) instead of AZURE_CLIENT_ID."},
+		str(func(c *Config) *string { return &c.ManagedIdentityResourceID }, parseResourceID))
 	add(Setting{Group: "Identity", Key: "client_certificate_path", Env: "AZURE_CLIENT_CERTIFICATE_PATH", Default: "",
 		Doc: "PEM with the certificate and its RSA key (PKCS#1, PKCS#8 or encrypted PKCS#8), or a .pfx/.p12. The recommended credential."},
 		str(func(c *Config) *string { return &c.CertificatePath }, readable))
