@@ -92,14 +92,14 @@ type Config struct {
 	CredentialKind            string
 	ManagedIdentityResourceID string
 	TenantID                  string
-	ClientID            string
-	Scope               string
-	AuthorityHost       string
-	CertificatePath     string
-	CertificatePassword secret.Secret
-	ClientSecret        secret.Secret
-	FederatedTokenFile  string
-	AssertionAlgorithm  string // "PS256" or "RS256"
+	ClientID                  string
+	Scope                     string
+	AuthorityHost             string
+	CertificatePath           string
+	CertificatePassword       secret.Secret
+	ClientSecret              secret.Secret
+	FederatedTokenFile        string
+	AssertionAlgorithm        string // "PS256" or "RS256"
 
 	// Sources records where each setting (by key) came from.
 	Sources map[string]Source
