@@ -13,14 +13,17 @@ import (
 // to show the user (azure-setup.md: a missing SMTP.SendAsApp role means
 // step 2 was skipped — or App RBAC is used, so it is a warning, not fatal).
 type Claims struct {
-	Audience  []string // "https://outlook.office365.com" for SMTP
-	Issuer    string   // "https://sts.windows.net/<tenant>/"
-	TenantID  string   // tid
-	AppID     string   // appid (v1 tokens) or azp (v2)
-	ObjectID  string   // oid: the service principal New-ServicePrincipal must name
-	Roles     []string // application permissions granted with admin consent
-	ExpiresAt time.Time
-	IssuedAt  time.Time
+	Audience []string // "https://outlook.office365.com" for SMTP
+	Issuer   string   // "https://sts.windows.net/<tenant>/"
+	TenantID string   // tid
+	AppID    string   // appid (v1 tokens) or azp (v2)
+	ObjectID string   // oid: the service principal New-ServicePrincipal must name
+	Roles    []string // application permissions granted with admin consent
+	// ManagedIdentityResourceID is xms_mirid, the Azure resource ID of the
+	// managed identity a token was issued to ("" for an app registration).
+	ManagedIdentityResourceID string
+	ExpiresAt                 time.Time
+	IssuedAt                  time.Time
 }
 
 // ParseClaims decodes the token's JWT payload WITHOUT verifying it: only
@@ -43,13 +46,14 @@ func ParseClaims(tok Token) (Claims, error) {
 		Azp   string          `json:"azp"`
 		Oid   string          `json:"oid"`
 		Roles []string        `json:"roles"`
+		MIRID string          `json:"xms_mirid"`
 		Exp   json.Number     `json:"exp"`
 		Iat   json.Number     `json:"iat"`
 	}
 	if err := json.Unmarshal(payload, &raw); err != nil {
 		return Claims{}, errors.New("token: access token payload is not JSON claims")
 	}
-	c := Claims{Issuer: raw.Iss, TenantID: raw.Tid, AppID: raw.AppID, ObjectID: raw.Oid, Roles: raw.Roles}
+	c := Claims{Issuer: raw.Iss, TenantID: raw.Tid, AppID: raw.AppID, ObjectID: raw.Oid, Roles: raw.Roles, ManagedIdentityResourceID: raw.MIRID}
 	if c.AppID == "" {
 		c.AppID = raw.Azp
 	}

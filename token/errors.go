@@ -35,7 +35,14 @@ type EntraError struct {
 	Description string
 	// Hint is what to do, pointing at the azure-setup.md step.
 	Hint string
+	// cause is a sentinel for errors.Is (ErrNoManagedIdentityEndpoint …),
+	// or nil.
+	cause error
 }
+
+// Unwrap returns the failure's class (a sentinel such as
+// ErrNoManagedIdentityEndpoint), or nil.
+func (e *EntraError) Unwrap() error { return e.cause }
 
 // Code is the first AADSTS code, or 0.
 func (e *EntraError) Code() int {

@@ -63,7 +63,7 @@ var microsoftHosts = map[string]bool{
 }
 
 // Credential is how the app proves its identity. Set exactly one of
-// Certificate, ClientSecret and FederatedTokenFile.
+// Certificate, ClientSecret, FederatedTokenFile and ManagedIdentity.
 type Credential struct {
 	// Certificate signs a client assertion (exchange-online.md §1.1–1.2).
 	Certificate *Certificate
@@ -77,6 +77,10 @@ type Credential struct {
 	// (AZURE_FEDERATED_TOKEN_FILE, exchange-online.md §6). It is re-read for
 	// every token request because the kubelet rotates it.
 	FederatedTokenFile string
+
+	// ManagedIdentity gets tokens from the platform's managed-identity
+	// endpoint instead of Entra ID's token endpoint (managedidentity.go).
+	ManagedIdentity *ManagedIdentity
 }
 
 func (c Credential) kind() (string, error) {
@@ -91,21 +95,26 @@ func (c Credential) kind() (string, error) {
 	if c.FederatedTokenFile != "" {
 		n, kind = n+1, "federated token file"
 	}
+	if c.ManagedIdentity != nil {
+		n, kind = n+1, "managed identity"
+	}
 	if n != 1 {
-		return "", fmt.Errorf("token: set exactly one credential (certificate, client secret or federated token file), %d set", n)
+		return "", fmt.Errorf("token: set exactly one credential (certificate, client secret, federated token file or managed identity), %d set", n)
 	}
 	return kind, nil
 }
 
 // Options configure a Source.
 type Options struct {
-	AuthorityHost string // default DefaultAuthorityHost
-	TenantID      string
-	ClientID      string
+	AuthorityHost string // default DefaultAuthorityHost; unused by a managed identity
+	TenantID      string // unused by a managed identity
+	ClientID      string // the app's; a managed identity's is in Credential
 	Scope         string // default DefaultScope
 	Credential    Credential
-	// HTTPClient talks to Entra ID. Nil: one with timeouts and the system
-	// roots. Tests pass one trusting a tlstest CA.
+	// HTTPClient talks to Entra ID, or to the managed-identity endpoint.
+	// Nil: one with timeouts and the system roots (for a managed
+	// identity: no proxy, short dial timeout). Tests pass one trusting a
+	// tlstest CA, or serving the managed-identity endpoint.
 	HTTPClient *http.Client
 	// Clock is now for token expiry, assertions and backoff. Token.ExpiresOn
 	// is in this clock's frame. Run waits on real timers for the durations
@@ -168,6 +177,12 @@ type EntraSource struct {
 	credKind                    string
 	client                      confidential.Client
 	httpClient                  *http.Client
+	// acquire makes one token request, and explain turns its failure into
+	// an *EntraError: the one step that differs between an app
+	// registration (Entra ID's token endpoint, via client) and a managed
+	// identity (the platform's endpoint, managedidentity.go).
+	acquire func(context.Context) (confidential.AuthResult, error)
+	explain func(error) *EntraError
 	clock                       func() time.Time
 	log                         *zap.Logger
 	discovery                   bool // MSAL instance discovery (public clouds only)
@@ -212,27 +227,6 @@ func NewSource(opts Options) (*EntraSource, error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.ClientID == "" || opts.TenantID == "" {
-		return nil, errors.New("token: client ID and tenant ID are required")
-	}
-	switch strings.ToLower(opts.TenantID) {
-	case "common", "consumers", "organizations":
-		// AADSTS9001023: client credentials need a specific tenant.
-		return nil, fmt.Errorf("token: tenant %q cannot be used with client credentials; use the Directory (tenant) ID", opts.TenantID)
-	}
-	host := opts.AuthorityHost
-	if host == "" {
-		host = DefaultAuthorityHost
-	}
-	hu, err := url.Parse(host)
-	if err != nil || hu.Scheme != "https" || hu.Host == "" {
-		// MSAL requires https (authority.go NewInfoFromAuthorityURI).
-		return nil, fmt.Errorf("token: authority host %q must be an https URL", host)
-	}
-	authority, err := url.JoinPath(host, opts.TenantID)
-	if err != nil {
-		return nil, fmt.Errorf("token: authority: %w", err)
-	}
 	scope := opts.Scope
 	if scope == "" {
 		scope = DefaultScope
@@ -243,7 +237,6 @@ func NewSource(opts Options) (*EntraSource, error) {
 	s := &EntraSource{
 		clientID:   opts.ClientID,
 		tenant:     opts.TenantID,
-		authority:  authority,
 		scopes:     []string{scope},
 		cred:       opts.Credential,
 		credKind:   kind,
@@ -260,12 +253,47 @@ func NewSource(opts Options) (*EntraSource, error) {
 	if s.log == nil {
 		s.log = zap.NewNop()
 	}
+	if m := opts.Credential.ManagedIdentity; m != nil {
+		err = s.initManagedIdentity(*m, opts.HTTPClient)
+	} else {
+		err = s.initApp(opts)
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// initApp makes s get its tokens from Entra ID's token endpoint as the app
+// registration opts names, with MSAL's confidential client.
+func (s *EntraSource) initApp(opts Options) error {
+	if opts.ClientID == "" || opts.TenantID == "" {
+		return errors.New("token: client ID and tenant ID are required")
+	}
+	switch strings.ToLower(opts.TenantID) {
+	case "common", "consumers", "organizations":
+		// AADSTS9001023: client credentials need a specific tenant.
+		return fmt.Errorf("token: tenant %q cannot be used with client credentials; use the Directory (tenant) ID", opts.TenantID)
+	}
+	host := opts.AuthorityHost
+	if host == "" {
+		host = DefaultAuthorityHost
+	}
+	hu, err := url.Parse(host)
+	if err != nil || hu.Scheme != "https" || hu.Host == "" {
+		// MSAL requires https (authority.go NewInfoFromAuthorityURI).
+		return fmt.Errorf("token: authority host %q must be an https URL", host)
+	}
+	if s.authority, err = url.JoinPath(host, opts.TenantID); err != nil {
+		return fmt.Errorf("token: authority: %w", err)
+	}
 	if s.httpClient == nil {
 		s.httpClient = defaultHTTPClient()
 	}
 	if c := opts.Credential.Certificate; c != nil {
 		if c.key == nil {
-			return nil, errors.New("token: certificate has no private key")
+			return errors.New("token: certificate has no private key")
 		}
 		s.cert, s.thumbprint = c, c.ThumbprintSHA1Hex()
 		s.warnExpiry(c)
@@ -279,16 +307,18 @@ func NewSource(opts Options) (*EntraSource, error) {
 	default:
 		cred, err = confidential.NewCredFromSecret(opts.Credential.ClientSecret.Reveal())
 		if err != nil {
-			return nil, errors.New("token: client secret rejected by MSAL")
+			return errors.New("token: client secret rejected by MSAL")
 		}
 	}
 	s.discovery = microsoftHosts[strings.ToLower(hu.Host)]
-	s.client, err = s.newClient(cred)
-	if err != nil {
-		return nil, err
+	if s.client, err = s.newClient(cred); err != nil {
+		return err
 	}
-	s.ctx, s.cancel = context.WithCancel(context.Background())
-	return s, nil
+	s.acquire = func(ctx context.Context) (confidential.AuthResult, error) {
+		return s.client.AcquireTokenByCredential(ctx, s.scopes)
+	}
+	s.explain = toEntraError
+	return nil
 }
 
 func (s *EntraSource) newClient(cred confidential.Credential) (confidential.Client, error) {
@@ -543,7 +573,7 @@ func (s *EntraSource) fetch() (Token, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, requestTimeout)
 	defer cancel()
 	start := time.Now()
-	ar, err := s.client.AcquireTokenByCredential(ctx, s.scopes)
+	ar, err := s.acquire(ctx)
 	// MSAL computes ExpiresOn from time.Now() when it parses expires_in;
 	// re-base the lifetime on the injected clock.
 	realNow := time.Now()
@@ -557,7 +587,7 @@ func (s *EntraSource) fetch() (Token, error) {
 		err = errors.New("token endpoint returned no access token")
 	}
 	if err != nil {
-		ee := toEntraError(err)
+		ee := s.explain(err)
 		if ee.Code() == 700027 && s.thumbprint != "" {
 			ee.Hint += fmt.Sprintf("; this relay presents the certificate with thumbprint %s", s.thumbprint)
 		}
