@@ -1,0 +1,344 @@
+package token
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/managedidentity"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/o365relay/o365relay/token/entratest"
+	"github.com/o365relay/o365relay/token/mitest"
+)
+
+// The identities of the imitated VM or app.
+var (
+	miSystem = mitest.Identity{ClientID: "5a5a5a5a-0000-4000-8000-000000000001", ObjectID: "5a5a5a5a-0000-4000-8000-0000000000a1",
+		ResourceID: "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/mail/providers/Microsoft.Compute/virtualMachines/relay-vm",
+		Roles:      []string{"SMTP.SendAsApp"}}
+	miUser = mitest.Identity{ClientID: "5a5a5a5a-0000-4000-8000-000000000002", ObjectID: "5a5a5a5a-0000-4000-8000-0000000000a2",
+		ResourceID: "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/mail/providers/Microsoft.ManagedIdentity/userAssignedIdentities/o365relay",
+		Roles:      []string{"SMTP.SendAsApp"}}
+)
+
+// miFixture is a fake Entra ID and a fake managed-identity endpoint of one
+// source, with MSAL's source-selecting environment set for it (so tests
+// using it cannot run in parallel: MSAL reads the process environment).
+type miFixture struct {
+	entra *entratest.Server
+	mi    *mitest.Server
+}
+
+func newMIFixture(t *testing.T, src mitest.Source, mod ...func(*mitest.Options)) *miFixture {
+	t.Helper()
+	entra, err := entratest.NewServer(entratest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := entra.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	sys := miSystem
+	o := mitest.Options{Source: src, Entra: entra, SystemAssigned: &sys, UserAssigned: []mitest.Identity{miUser}}
+	for _, m := range mod {
+		m(&o)
+	}
+	mi, err := mitest.NewServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if v := mi.Violations(); len(v) > 0 {
+			t.Errorf("managed identity endpoint saw violations: %q", v)
+		}
+		if err := mi.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	for _, k := range mitest.SourceEnv {
+		t.Setenv(k, "")
+	}
+	for _, kv := range mi.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	want := map[mitest.Source]managedidentity.Source{mitest.IMDS: managedidentity.DefaultToIMDS, mitest.AppService: managedidentity.AppService, mitest.Arc: managedidentity.AzureArc}[src]
+	if got, err := managedidentity.GetSource(); err != nil || got != want {
+		// E.g. IMDS on a machine with the Arc agent installed.
+		t.Skipf("MSAL picks %s here, not %s (%v)", got, want, err)
+	}
+	return &miFixture{entra: entra, mi: mi}
+}
+
+func (f *miFixture) source(t *testing.T, m ManagedIdentity, mod ...func(*Options)) *EntraSource {
+	t.Helper()
+	o := Options{Credential: Credential{ManagedIdentity: &m}, HTTPClient: f.mi.Client()}
+	for _, fn := range mod {
+		fn(&o)
+	}
+	s, err := NewSource(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return s
+}
+
+// verify checks the token with Entra's key, as the fake Exchange does, and
+// that it is the identity's.
+func (f *miFixture) verify(t *testing.T, tok Token, id mitest.Identity) {
+	t.Helper()
+	claims := jwt.MapClaims{}
+	if _, err := jwt.ParseWithClaims(tok.Value.Reveal(), claims, func(*jwt.Token) (any, error) { return f.entra.PublicKey(), nil },
+		jwt.WithValidMethods([]string{"RS256"}), jwt.WithAudience(entratest.Audience), jwt.WithExpirationRequired()); err != nil {
+		t.Fatalf("token does not verify: %v", err)
+	}
+	cl, err := ParseClaims(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl.AppID != id.ClientID || cl.ObjectID != id.ObjectID || cl.ManagedIdentityResourceID != id.ResourceID ||
+		cl.TenantID != f.entra.Tenant() || !cl.HasRole("SMTP.SendAsApp") {
+		t.Fatalf("claims %+v, want identity %+v", cl, id)
+	}
+}
+
+// Through MSAL, for each source the relay can be tested against (IMDS via
+// the HTTP client option, App Service via its environment variables) and
+// each way of naming the identity: the request carries the source's
+// api-version, headers and selector (the fake refuses anything else), the
+// token is the identity's, a second Token is served from the source's
+// cache, and Refresh after a rejection makes exactly one new request.
+func TestManagedIdentitySources(t *testing.T) {
+	for _, src := range []mitest.Source{mitest.IMDS, mitest.AppService} {
+		resParam := map[mitest.Source]string{mitest.IMDS: "msi_res_id", mitest.AppService: "mi_res_id"}[src]
+		for _, tc := range []struct {
+			name  string
+			m     ManagedIdentity
+			id    mitest.Identity
+			param string
+		}{
+			{"system-assigned", ManagedIdentity{}, miSystem, ""},
+			{"user-assigned by client ID", ManagedIdentity{ClientID: miUser.ClientID}, miUser, "client_id"},
+			{"user-assigned by resource ID", ManagedIdentity{ResourceID: miUser.ResourceID}, miUser, resParam},
+		} {
+			t.Run(string(src)+"/"+tc.name, func(t *testing.T) {
+				f := newMIFixture(t, src)
+				s := f.source(t, tc.m)
+				tok, err := s.Token(ctxT(t))
+				if err != nil {
+					t.Fatal(err)
+				}
+				f.verify(t, tok, tc.id)
+				if life := time.Until(tok.ExpiresOn); life < 23*time.Hour || life > 24*time.Hour {
+					t.Errorf("token lifetime %v, want the endpoint's 24 h", life)
+				}
+				req := f.mi.Requests()[0]
+				if req.Outcome != "ok" || req.Query.Get("resource") != "https://outlook.office365.com" {
+					t.Errorf("request %+v", req)
+				}
+				if tc.param != "" && req.Query.Get(tc.param) == "" {
+					t.Errorf("identity not selected with %s: %v", tc.param, req.Query)
+				}
+				again, err := s.Token(ctxT(t))
+				if err != nil || again != tok || f.mi.Issued() != 1 {
+					t.Fatalf("second Token: %v, issued %d", err, f.mi.Issued())
+				}
+				fresh, err := s.Refresh(ctxT(t), tok)
+				if err != nil || fresh.Value == tok.Value || f.mi.Issued() != 2 {
+					t.Fatalf("Refresh: %v, new=%v, issued %d", err, fresh.Value != tok.Value, f.mi.Issued())
+				}
+				f.verify(t, fresh, tc.id)
+			})
+		}
+	}
+}
+
+// The shared mechanism with a managed identity: one request for many cold
+// callers; Run refreshes before expiry; during an endpoint outage the held
+// token is served and the source backs off, with MSAL's own retries (3
+// tries for IMDS) the only repetition inside one attempt; the metrics
+// count the outcome.
+func TestManagedIdentityCacheRefreshOutage(t *testing.T) {
+	f := newMIFixture(t, mitest.IMDS, func(o *mitest.Options) { o.Lifetime = 4 * time.Second })
+	logger, acquired := acquiredLogger()
+	s := f.source(t, ManagedIdentity{}, func(o *Options) { o.Logger = logger })
+
+	const n = 20
+	var wg sync.WaitGroup
+	toks := make([]Token, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			toks[i], errs[i] = s.Token(ctxT(t))
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil || toks[i] != toks[0] {
+			t.Fatalf("caller %d: %v", i, errs[i])
+		}
+	}
+	if got := f.mi.Issued(); got != 1 {
+		t.Fatalf("%d tokens issued for %d cold callers", got, n)
+	}
+	<-acquired
+
+	// Run refreshes at half-life (4 s lifetime: 2 s in).
+	ctx, cancel := context.WithCancel(ctxT(t))
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	select {
+	case <-acquired:
+	case <-ctxT(t).Done():
+		t.Fatal("Run did not refresh")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	held, err := s.Token(ctxT(t))
+	if err != nil || held.Value == toks[0].Value || f.mi.Issued() != 2 {
+		t.Fatalf("after Run: %v, issued %d", err, f.mi.Issued())
+	}
+
+	before := testutil.ToFloat64(requestsTotal.WithLabelValues("failure", "http_503"))
+	f.mi.SetOutage(503)
+	reqs := len(f.mi.Requests())
+	_, err = s.Refresh(ctxT(t), held)
+	ee := entraErr(t, err)
+	if !ee.Temporary() || errors.Is(err, ErrNoManagedIdentityEndpoint) {
+		t.Fatalf("outage: %v", ee)
+	}
+	if tries := len(f.mi.Requests()) - reqs; tries < 1 || tries > 3 {
+		t.Fatalf("%d requests for one attempt; MSAL tries IMDS at most 3 times", tries)
+	}
+	if after := testutil.ToFloat64(requestsTotal.WithLabelValues("failure", "http_503")); after < before+1 {
+		t.Errorf("failure counter %v → %v", before, after)
+	}
+	reqs = len(f.mi.Requests())
+	for range 50 {
+		tok, err := s.Token(ctxT(t))
+		if err != nil || tok != held {
+			t.Fatalf("Token during the outage: %v", err)
+		}
+		if _, err := s.Refresh(ctxT(t), held); err == nil {
+			t.Fatal("Refresh during the backoff succeeded")
+		}
+	}
+	if got := len(f.mi.Requests()) - reqs; got != 0 {
+		t.Fatalf("%d requests during the backoff", got)
+	}
+	if st := s.Status(); !st.HasToken || st.LastError == nil {
+		t.Fatalf("status %+v", st)
+	}
+	// Back: the next attempt after the backoff gets a token.
+	f.mi.SetOutage(0)
+	s.mu.Lock()
+	s.nextAttempt = time.Time{}
+	s.mu.Unlock()
+	if tok, err := s.Refresh(ctxT(t), held); err != nil || tok.Value == held.Value {
+		t.Fatalf("after the outage: %v", err)
+	}
+}
+
+// Each failure a user can cause is classed and explained: no endpoint
+// (not on Azure, Arc agent missing), identity not assigned (system-assigned
+// off, user-assigned not attached), and Entra's own refusal forwarded.
+func TestManagedIdentityFailuresExplained(t *testing.T) {
+	closed := closedPort(t)
+	cases := []struct {
+		name  string
+		src   mitest.Source
+		mod   func(*mitest.Options)
+		m     ManagedIdentity
+		env   []string // overrides after the fixture's
+		scope string
+		is    error
+		code  int
+		want  []string
+	}{
+		{name: "IMDS, system-assigned off", src: mitest.IMDS, mod: func(o *mitest.Options) { o.SystemAssigned = nil },
+			is: ErrManagedIdentityNotFound, want: []string{"Identity not found", "system-assigned identity of this VM is off", "Identity → System assigned → On"}},
+		{name: "IMDS, user-assigned not attached", src: mitest.IMDS, m: ManagedIdentity{ClientID: "0000dead-0000-4000-8000-000000000000"},
+			is: ErrManagedIdentityNotFound, want: []string{"user-assigned identity (user-assigned, client ID 0000dead-", "is not assigned to this VM", "AZURE_CLIENT_ID"}},
+		{name: "App Service, user-assigned not attached", src: mitest.AppService, m: ManagedIdentity{ResourceID: miUser.ResourceID + "x"},
+			is: ErrManagedIdentityNotFound, want: []string{"Unable to load the proper Managed Identity", "not assigned to this app"}},
+		{name: "App Service, endpoint down", src: mitest.AppService, env: []string{"IDENTITY_ENDPOINT=http://" + closed + "/msi/token"},
+			is: ErrNoManagedIdentityEndpoint, want: []string{"no managed identity endpoint answered at http://" + closed + "/msi/token (App Service)", "connection refused"}},
+		{name: "Arc agent not running", src: mitest.AppService, env: []string{"IDENTITY_HEADER=", "IDENTITY_ENDPOINT=http://" + closed + "/metadata/identity/oauth2/token", "IMDS_ENDPOINT=http://" + closed},
+			is: ErrNoManagedIdentityEndpoint, want: []string{"(Azure Arc)", "himdsd", "azcmagent connect"}},
+		{name: "wrong resource, forwarded from Entra", src: mitest.IMDS, scope: "https://graph.microsoft.com/.default",
+			code: 500011, want: []string{"AADSTS500011", "scope must be https://outlook.office365.com/.default"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var mods []func(*mitest.Options)
+			if tc.mod != nil {
+				mods = append(mods, tc.mod)
+			}
+			f := newMIFixture(t, tc.src, mods...)
+			for _, kv := range tc.env {
+				k, v, _ := strings.Cut(kv, "=")
+				t.Setenv(k, v)
+			}
+			s := f.source(t, tc.m, func(o *Options) { o.Scope = tc.scope })
+			_, err := s.Token(ctxT(t))
+			ee := entraErr(t, err)
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Errorf("errors.Is(%v) false: %v", tc.is, ee)
+			}
+			if ee.Code() != tc.code {
+				t.Errorf("code %d, want %d", ee.Code(), tc.code)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(ee.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, ee)
+				}
+			}
+			if strings.Contains(ee.Error(), f.mi.Header()) {
+				t.Error("the App Service identity header leaked into the error")
+			}
+		})
+	}
+}
+
+// A managed identity cannot be combined with another credential, and a
+// user-assigned one is named one way only.
+func TestManagedIdentityCredentialValidation(t *testing.T) {
+	if _, err := NewSource(Options{Credential: Credential{ManagedIdentity: &ManagedIdentity{}, ClientSecret: "x"}}); err == nil || !strings.Contains(err.Error(), "2 set") {
+		t.Errorf("managed identity + secret: %v", err)
+	}
+	if _, err := NewSource(Options{Credential: Credential{ManagedIdentity: &ManagedIdentity{ClientID: "a", ResourceID: "/b"}}}); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("client ID + resource ID: %v", err)
+	}
+}
+
+// closedPort is a loopback address nothing listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
