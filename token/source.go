@@ -181,11 +181,11 @@ type EntraSource struct {
 	// an *EntraError: the one step that differs between an app
 	// registration (Entra ID's token endpoint, via client) and a managed
 	// identity (the platform's endpoint, managedidentity.go).
-	acquire func(context.Context) (confidential.AuthResult, error)
-	explain func(error) *EntraError
-	clock                       func() time.Time
-	log                         *zap.Logger
-	discovery                   bool // MSAL instance discovery (public clouds only)
+	acquire   func(context.Context) (confidential.AuthResult, error)
+	explain   func(error) *EntraError
+	clock     func() time.Time
+	log       *zap.Logger
+	discovery bool // MSAL instance discovery (public clouds only)
 
 	backoffMin, backoffMax time.Duration // fields so tests can shorten them
 
