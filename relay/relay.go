@@ -270,6 +270,9 @@ func Credential(cfg *config.Config, log *zap.Logger) (token.Credential, error) {
 		return token.Credential{FederatedTokenFile: cfg.FederatedTokenFile}, nil
 	case "secret":
 		return token.Credential{ClientSecret: cfg.ClientSecret}, nil
+	case config.CredManagedIdentity:
+		// AZURE_CLIENT_ID names a user-assigned identity here.
+		return token.Credential{ManagedIdentity: &token.ManagedIdentity{ClientID: cfg.ClientID, ResourceID: cfg.ManagedIdentityResourceID}}, nil
 	}
 	return token.Credential{}, errors.New("no credential configured")
 }

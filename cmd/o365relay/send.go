@@ -143,7 +143,7 @@ func sendStepText(st upstream.ProbeStep, res *upstream.ProbeResult, cfg *config.
 		return fmt.Sprintf("STARTTLS, %s, certificate %s issued by %s verified for %s (%s)", res.TLSVersion, res.PeerSubject, res.PeerIssuer, res.ServerName, took)
 	case upstream.StepToken:
 		exp := src.Status().ExpiresOn
-		return fmt.Sprintf("from %s, expires %s (%s)", cfg.AuthorityHost, exp.UTC().Format(time.RFC3339), took)
+		return fmt.Sprintf("from %s, expires %s (%s)", tokenIssuer(cfg), exp.UTC().Format(time.RFC3339), took)
 	case upstream.StepAuth:
 		return fmt.Sprintf("AUTH XOAUTH2 as %s accepted (%s)", env.Mailbox, took)
 	case upstream.StepSend:
@@ -168,7 +168,11 @@ func oneLineErr(e *reply.Error) string {
 func printSendHint(w io.Writer, cfg *config.Config, e *reply.Error) {
 	if ee := token.AsEntraError(e); ee != nil {
 		ids := token.SetupIDs{TenantID: cfg.TenantID, ClientID: cfg.ClientID, AuthorityHost: cfg.AuthorityHost, CertificatePath: cfg.CertificatePath}
-		if fix := token.Fix(ee.Code(), ids); fix != "" {
+		fix := token.Fix(ee.Code(), ids)
+		if m := managedIdentityOf(cfg); m != nil && ee.Code() == 0 {
+			fix = token.ManagedIdentityFix(e, *m)
+		}
+		if fix != "" {
 			for _, l := range strings.Split(fix, "\n") {
 				fmt.Fprintln(w, "    "+l)
 			}

@@ -77,12 +77,15 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	if roles == "" {
 		roles = "(none: admin consent for SMTP.SendAsApp missing, or Exchange RBAC for Applications; see o365relay doctor)"
 	}
-	fmt.Fprintf(stdout, "token obtained from %s for %s in %s (%s credential)\n", cfg.AuthorityHost, cfg.Scope, took.Round(time.Millisecond), cfg.Credential())
+	fmt.Fprintf(stdout, "token obtained from %s for %s in %s (%s credential)\n", tokenIssuer(cfg), cfg.Scope, took.Round(time.Millisecond), cfg.Credential())
 	fmt.Fprintf(stdout, "  audience (aud)  %s\n", strings.Join(cl.Audience, ", "))
 	fmt.Fprintf(stdout, "  issuer (iss)    %s\n", cl.Issuer)
 	fmt.Fprintf(stdout, "  tenant (tid)    %s\n", cl.TenantID)
 	fmt.Fprintf(stdout, "  app (appid)     %s\n", cl.AppID)
 	fmt.Fprintf(stdout, "  object (oid)    %s  (the Enterprise application's object ID, for New-ServicePrincipal and Add-MailboxPermission)\n", cl.ObjectID)
+	if cl.ManagedIdentityResourceID != "" {
+		fmt.Fprintf(stdout, "  identity        %s  (xms_mirid: the managed identity's resource)\n", cl.ManagedIdentityResourceID)
+	}
 	fmt.Fprintf(stdout, "  roles           %s\n", roles)
 	fmt.Fprintf(stdout, "  issued (iat)    %s\n", cl.IssuedAt.UTC().Format(time.RFC3339))
 	fmt.Fprintf(stdout, "  expires         %s (in %s)\n", tok.ExpiresOn.UTC().Format(time.RFC3339), time.Until(tok.ExpiresOn).Round(time.Second))
@@ -150,11 +153,36 @@ func printTokenFailure(w io.Writer, cfg *config.Config, err error) {
 			ids.Thumbprint = c.ThumbprintSHA1Hex()
 		}
 	}
-	if fix := token.Fix(ee.Code(), ids); fix != "" {
+	fix := token.Fix(ee.Code(), ids)
+	if m := managedIdentityOf(cfg); m != nil && ee.Code() == 0 {
+		fix = token.ManagedIdentityFix(err, *m)
+	}
+	if fix != "" {
 		fmt.Fprintln(w, "fix:")
 		for _, l := range strings.Split(fix, "\n") {
 			fmt.Fprintln(w, "  "+l)
 		}
 	}
 	fmt.Fprintln(w, "o365relay doctor checks every step.")
+}
+
+// tokenIssuer says where the token comes from: the authority host, or the
+// managed-identity endpoint MSAL picks here.
+func tokenIssuer(cfg *config.Config) string {
+	if cfg.Credential() != config.CredManagedIdentity {
+		return cfg.AuthorityHost
+	}
+	source, endpoint, err := token.ManagedIdentityEndpoint()
+	if err != nil {
+		return "the managed identity endpoint"
+	}
+	return "the managed identity endpoint of " + source + " (" + endpoint + ")"
+}
+
+// managedIdentityOf is the configured managed identity, or nil.
+func managedIdentityOf(cfg *config.Config) *token.ManagedIdentity {
+	if cfg.Credential() != config.CredManagedIdentity {
+		return nil
+	}
+	return &token.ManagedIdentity{ClientID: cfg.ClientID, ResourceID: cfg.ManagedIdentityResourceID}
 }

@@ -120,6 +120,9 @@ type Options struct {
 	// HTTPClient talks to Entra ID; nil means one with the system roots
 	// (which SSL_CERT_FILE extends), as the daemon uses.
 	HTTPClient *http.Client
+	// ManagedIdentityHTTPClient talks to the managed-identity endpoint;
+	// nil means the token package's (no proxy), as the daemon uses.
+	ManagedIdentityHTTPClient *http.Client
 	// RootCAs verify Exchange; nil means the system roots.
 	RootCAs *x509.CertPool
 	// Clock is the local clock; nil means time.Now. The clock check
@@ -244,6 +247,9 @@ func (d *doctor) checkConfig() {
 	c.Status = OK
 	c.Message = fmt.Sprintf("tenant %s, client %s, %s credential, mailbox %s, upstream %s, authority %s",
 		cfg.TenantID, cfg.ClientID, cfg.Credential(), strings.Join(d.o.Mailboxes, ", "), cfg.Upstream, d.authorityHost())
+	if d.managedIdentity() {
+		c.Message = d.miConfigMessage()
+	}
 	if len(cfg.Warnings) > 0 {
 		c.Status = Warn
 		c.Message += "; " + strings.Join(cfg.Warnings, "; ")
@@ -258,6 +264,10 @@ const (
 )
 
 func (d *doctor) checkClock(ctx context.Context) {
+	if d.managedIdentity() {
+		d.skip(1, "clock", "", "not needed: a managed identity signs no client assertion (the platform's endpoint gets the token)")
+		return
+	}
 	c := Check{Step: 1, Name: "clock"}
 	u, err := url.JoinPath(d.authorityHost(), d.tenantOr("common"), "v2.0/.well-known/openid-configuration")
 	if err != nil {
@@ -342,6 +352,8 @@ func (d *doctor) checkCredential() {
 		d.checkCertificate()
 	case "federated":
 		d.checkFederated()
+	case config.CredManagedIdentity:
+		d.checkManagedIdentity()
 	case "secret":
 		cred, err := relay.Credential(cfg, d.o.Logger)
 		if err != nil {
@@ -460,13 +472,17 @@ func (d *doctor) checkToken(ctx context.Context) {
 		d.skip(3, "token", "", "the credential did not load (step 2)")
 		return
 	}
+	httpClient := d.o.HTTPClient
+	if d.cred.ManagedIdentity != nil {
+		httpClient = d.o.ManagedIdentityHTTPClient
+	}
 	src, err := token.NewSource(token.Options{
 		AuthorityHost: d.cfg.AuthorityHost,
 		TenantID:      d.cfg.TenantID,
 		ClientID:      d.cfg.ClientID,
 		Scope:         d.cfg.Scope,
 		Credential:    *d.cred,
-		HTTPClient:    d.o.HTTPClient,
+		HTTPClient:    httpClient,
 		Clock:         d.o.Clock,
 		Logger:        d.o.Logger.Named("token"),
 	})
@@ -488,6 +504,9 @@ func (d *doctor) checkToken(ctx context.Context) {
 				c.AzureSteps = []int{step}
 			}
 			c.Fix = token.Fix(ee.Code(), d.ids)
+			if d.cred.ManagedIdentity != nil && ee.Code() == 0 {
+				c.Fix = token.ManagedIdentityFix(err, *d.cred.ManagedIdentity)
+			}
 			if c.Fix == "" && ee.Code() == 0 {
 				c.Fix = "Check that this host reaches " + d.authorityHost() + " over HTTPS (proxy: HTTPS_PROXY; firewall; DNS), and that its certificate is trusted (SSL_CERT_FILE for a TLS-inspecting proxy's CA)."
 			}
@@ -541,7 +560,7 @@ func (d *doctor) checkClaims() {
 		problems = append(problems, fmt.Sprintf("tenant is %s, not AZURE_TENANT_ID %s", cl.TenantID, d.cfg.TenantID))
 		fixes = append(fixes, "Set AZURE_TENANT_ID to the Directory (tenant) ID of the tenant the mailboxes are in.")
 	}
-	if cl.AppID != "" && !strings.EqualFold(cl.AppID, d.cfg.ClientID) {
+	if cl.AppID != "" && d.cfg.ClientID != "" && !strings.EqualFold(cl.AppID, d.cfg.ClientID) {
 		problems = append(problems, fmt.Sprintf("app is %s, not AZURE_CLIENT_ID %s", cl.AppID, d.cfg.ClientID))
 	}
 	summary := fmt.Sprintf("aud %s, tenant %s, app %s, service principal object ID (oid) %s, roles [%s], expires %s",
@@ -551,6 +570,10 @@ func (d *doctor) checkClaims() {
 		c.Status = Fail
 		c.Message = strings.Join(problems, "; ") + " (" + summary + ")"
 		c.Fix = strings.Join(fixes, "\n")
+	case !cl.HasRole(RoleSendAsApp) && d.managedIdentity():
+		c.Status = Warn
+		c.Message = "the token has no " + RoleSendAsApp + " role: the managed identity's service principal has no app role assignment on Office 365 Exchange Online (a managed identity has no API permissions page) — unless Exchange RBAC for Applications is used (step 6 shows whether Exchange accepts the token) (" + summary + ")"
+		c.Fix = d.consentFix()
 	case !cl.HasRole(RoleSendAsApp):
 		c.Status = Warn
 		c.AzureSteps = []int{2}
@@ -564,13 +587,16 @@ func (d *doctor) checkClaims() {
 }
 
 func (d *doctor) consentFix() string {
+	if d.managedIdentity() {
+		return d.miRoleFix()
+	}
 	return "Entra ID → App registrations → " + d.cfg.ClientID + " → API permissions → Add a permission → APIs my organization uses → Office 365 Exchange Online → Application permissions → SMTP.SendAsApp, then Grant admin consent for the tenant (or open https://login.microsoftonline.com/" + d.cfg.TenantID + "/adminconsent?client_id=" + d.cfg.ClientID + ")."
 }
 
 func (d *doctor) rbacFix() string {
-	return "Connect-ExchangeOnline -Organization " + d.cfg.TenantID + "\n" +
-		"New-ServicePrincipal -AppId " + d.cfg.ClientID + " -ObjectId " + d.objectID() + " -Organization " + d.cfg.TenantID + "\n" +
-		"New-ManagementRoleAssignment -Role 'Application SMTP.SendAsApp' -App " + d.cfg.ClientID + " -CustomResourceScope <management scope containing the mailboxes>"
+	return "Connect-ExchangeOnline -Organization " + d.tenantID() + "\n" +
+		"New-ServicePrincipal -AppId " + d.appID() + " -ObjectId " + d.objectID() + " -Organization " + d.tenantID() + "\n" +
+		"New-ManagementRoleAssignment -Role 'Application SMTP.SendAsApp' -App " + d.appID() + " -CustomResourceScope <management scope containing the mailboxes>"
 }
 
 // objectID is the Enterprise application's (service principal's) object
@@ -580,6 +606,9 @@ func (d *doctor) rbacFix() string {
 func (d *doctor) objectID() string {
 	if d.claims != nil && d.claims.ObjectID != "" {
 		return d.claims.ObjectID
+	}
+	if d.managedIdentity() {
+		return "<object (principal) ID on the managed identity's Identity page>"
 	}
 	return "<object ID from Entra ID → Enterprise applications → " + d.cfg.ClientID + ">"
 }
@@ -744,6 +773,8 @@ func (d *doctor) checkAuth(ctx context.Context) {
 // registered and only this mailbox's permission is missing).
 func (d *doctor) authFailureHint(anyOK bool) string {
 	switch {
+	case d.managedIdentity() && d.claims != nil && !d.claims.HasRole(RoleSendAsApp) && !anyOK:
+		return "the token has no " + RoleSendAsApp + " role (step 4): the managed identity has no app role assignment on Office 365 Exchange Online; then Exchange needs its service principal and the mailbox permission"
 	case d.claims != nil && !d.claims.HasRole(RoleSendAsApp) && !anyOK:
 		return "the token has no " + RoleSendAsApp + " role (step 4): admin consent was not granted (Azure step 2), or, with RBAC for Applications, the role assignment is missing; then the service principal and mailbox permission (steps 5, 6)"
 	case anyOK:
@@ -753,14 +784,17 @@ func (d *doctor) authFailureHint(anyOK bool) string {
 }
 
 func (d *doctor) authFailureFix(mailbox string, anyOK bool) ([]int, string) {
-	connect := "Connect-ExchangeOnline -Organization " + d.cfg.TenantID
-	sp := "New-ServicePrincipal -AppId " + d.cfg.ClientID + " -ObjectId " + d.objectID() + " -Organization " + d.cfg.TenantID
+	connect := "Connect-ExchangeOnline -Organization " + d.tenantID()
+	sp := "New-ServicePrincipal -AppId " + d.appID() + " -ObjectId " + d.objectID() + " -Organization " + d.tenantID()
 	perm := "Add-MailboxPermission -Identity " + mailbox + " -User " + d.objectID() + " -AccessRights FullAccess"
 	note := "The object ID is the Enterprise application's (service principal's)"
 	if d.claims != nil && d.claims.ObjectID != "" {
 		note += ", read from the token's oid claim"
 	}
 	note += ", not the one on the app registration's Overview page. Exchange takes a few minutes to apply a new permission; then run o365relay doctor again."
+	if d.managedIdentity() {
+		note = d.miExchangeNote()
+	}
 	if anyOK {
 		return []int{6}, connect + "\n" + perm + "\n" + note
 	}
