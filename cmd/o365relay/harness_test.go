@@ -104,7 +104,15 @@ type proc struct {
 // shell) and waits until addr accepts connections.
 func startRelay(t *testing.T, env []string, waitAddr string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(binPath, args...)
+	return startRelayArgv(t, env, waitAddr, append([]string{binPath}, args...))
+}
+
+// startRelayArgv is startRelay with the whole command line, for a relay
+// started through a wrapper (unshare for the Arc tests).
+func startRelayArgv(t *testing.T, env []string, waitAddr string, argv []string) *proc {
+	t.Helper()
+	args := argv[1:]
+	cmd := exec.Command(argv[0], args...)
 	base := []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
 	if !configSetsLogLevel(args) {
 		// Debug level unless the test says otherwise (in env, or in a
@@ -249,6 +257,12 @@ func knownSecrets(t *testing.T, env []string) map[string]string {
 	for _, s := range config.Settings() {
 		if v := vals[s.Env]; s.Secret && len(v) >= 6 {
 			needles["the value of "+s.Env] = v
+		}
+	}
+	for _, k := range []string{"IDENTITY_HEADER", "MSI_SECRET"} {
+		// The App Service and Azure ML endpoints' shared secrets.
+		if v := vals[k]; len(v) >= 6 {
+			needles["the value of "+k] = v
 		}
 	}
 	if mb := vals["O365RELAY_MAILBOX"]; mb != "" {

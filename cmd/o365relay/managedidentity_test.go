@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/o365relay/o365relay/relay/exchangetest"
+	"github.com/o365relay/o365relay/relay/relaytest"
+	"github.com/o365relay/o365relay/token/mitest"
+)
+
+// The managed identity of the imitated VM, server or app: its tokens carry
+// its client ID as appid, and the fake Exchange lets only that app use the
+// mailbox.
+var e2eIdentity = mitest.Identity{
+	ClientID: "5a5a5a5a-0000-4000-8000-0000000000e1", ObjectID: "5a5a5a5a-0000-4000-8000-0000000000f1",
+	ResourceID: "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/mail/providers/Microsoft.ManagedIdentity/userAssignedIdentities/o365relay",
+	Roles:      []string{exchangetest.RoleSendAsApp},
+}
+
+// miCloud is a fake Microsoft 365 whose mailbox is granted to the managed
+// identity (and not to the app registration), and a fake endpoint of src.
+func miCloud(t *testing.T, src mitest.Source, mod func(*mitest.Options)) (*relaytest.Cloud, *mitest.Server) {
+	t.Helper()
+	cloud, err := relaytest.New(relaytest.Options{Dir: t.TempDir(), Exchange: func(o *exchangetest.Options) {
+		o.Mailboxes[relaytest.Mailbox] = exchangetest.Mailbox{Apps: []string{e2eIdentity.ClientID}}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := cloud.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	id := e2eIdentity
+	o := mitest.Options{Source: src, Entra: cloud.Entra, SystemAssigned: &id}
+	if mod != nil {
+		mod(&o)
+	}
+	mi, err := mitest.NewServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if v := mi.Violations(); len(v) > 0 {
+			t.Errorf("managed identity endpoint saw violations: %q", v)
+		}
+		if err := mi.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return cloud, mi
+}
+
+// miEnv is a relay's environment for a managed identity: the cloud's
+// upstream and mailbox, no app registration (no tenant, client ID,
+// certificate or authority), and the endpoint's variables.
+func miEnv(t *testing.T, cloud *relaytest.Cloud, mi *mitest.Server, extra ...string) (env []string, smtpAddr, adminAddr, spool string) {
+	t.Helper()
+	spool = t.TempDir()
+	env, smtpAddr, adminAddr = relayEnv(t, cloud, spool)
+	env = without(env, "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_AUTHORITY_HOST")
+	env = append(env, "O365RELAY_CREDENTIAL=managed_identity")
+	env = append(env, mi.Env()...)
+	return append(env, extra...), smtpAddr, adminAddr, spool
+}
+
+// checkMIDelivery: every message went over TLS, authenticated as the
+// mailbox with the managed identity's token (the fake Exchange verified its
+// signature, aud, tid and SMTP.SendAsApp, and that its appid holds the
+// mailbox).
+func checkMIDelivery(t *testing.T, cloud *relaytest.Cloud) {
+	t.Helper()
+	if v := cloud.Exchange.Violations(); len(v) != 0 {
+		t.Errorf("protocol violations: %q", v)
+	}
+	for _, m := range cloud.Exchange.Messages() {
+		if !m.TLS || m.AuthUser != relaytest.Mailbox || m.AppID != e2eIdentity.ClientID {
+			t.Errorf("message from session %d: TLS %v, authenticated as %s with app %s", m.Session, m.TLS, m.AuthUser, m.AppID)
+		}
+	}
+	if n := cloud.Entra.TokenRequests(); n != 0 {
+		t.Errorf("%d requests to Entra ID's token endpoint; a managed identity asks only the platform", n)
+	}
+}
+
+// tokenLines are the relay's "token acquired" log lines.
+func tokenLines(out string) []struct {
+	TS      time.Time `json:"ts"`
+	Expires time.Time `json:"expires"`
+} {
+	var got []struct {
+		TS      time.Time `json:"ts"`
+		Expires time.Time `json:"expires"`
+	}
+	for _, l := range strings.Split(out, "\n") {
+		if !strings.Contains(l, `"token acquired"`) {
+			continue
+		}
+		var v struct {
+			TS      time.Time `json:"ts"`
+			Expires time.Time `json:"expires"`
+		}
+		if json.Unmarshal([]byte(l), &v) == nil {
+			got = append(got, v)
+		}
+	}
+	return got
+}
+
+// The whole path through the built binary with the App Service source
+// (its documented IDENTITY_ENDPOINT and IDENTITY_HEADER, pointing at
+// loopback): one token at start, served from the cache for every message,
+// refreshed in the background before it expires; then the endpoint goes
+// down for longer than the token lives: mail is accepted and waits in the
+// spool, and is delivered once the endpoint is back.
+func TestE2EManagedIdentityAppService(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits out a 24 s token")
+	}
+	t.Parallel()
+	// 24 s: refreshed at half-life (12 s), handed out until 6 s before
+	// its end (a quarter of the lifetime, below the 30 s margin).
+	cloud, mi := miCloud(t, mitest.AppService, func(o *mitest.Options) { o.Lifetime = 24 * time.Second })
+	env, smtpAddr, adminAddr, _ := miEnv(t, cloud, mi, "O365RELAY_RETRY_MIN=1s", "O365RELAY_RETRY_MAX=2s")
+	p := startRelay(t, env, smtpAddr, "serve")
+	waitFor(t, p, "token acquired")
+	if out := p.out.String(); !strings.Contains(out, `"source":"App Service"`) || !strings.Contains(out, `"identity":"system-assigned"`) {
+		t.Fatalf("the relay does not say which managed identity it uses:\n%s", out)
+	}
+
+	sendN(t, smtpAddr, 3, "managed identity")
+	e := &e2e{t: t, cloud: cloud, relay: p}
+	e.waitMessages(3)
+	if n := mi.Issued(); n != 1 {
+		t.Fatalf("%d tokens issued for 3 messages, want 1 (cached)", n)
+	}
+	checkMIDelivery(t, cloud)
+
+	// Refreshed in the background, before the first token expired.
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for mi.Issued() < 2 {
+		if err := mi.WaitRequests(ctx, len(mi.Requests())+1); err != nil {
+			t.Fatalf("no refresh: %v\n%s", err, p.out.String())
+		}
+	}
+	waitFor(t, p, `"token acquired"`)
+	for deadline := time.Now().Add(10 * time.Second); len(tokenLines(p.out.String())) < 2; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("second token not logged:\n%s", p.out.String())
+		}
+	}
+	toks := tokenLines(p.out.String())
+	if !toks[1].TS.Before(toks[0].Expires) {
+		t.Errorf("refreshed at %v, after the first token expired at %v", toks[1].TS, toks[0].Expires)
+	}
+
+	// Down: the held token serves until it is too close to its end, then
+	// mail waits in the spool.
+	mi.SetOutage(503)
+	for deadline := time.Now().Add(60 * time.Second); runCode(t, "healthcheck", "--admin-listen", adminAddr) == 0; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the held token never expired")
+		}
+	}
+	sendN(t, smtpAddr, 2, "while the endpoint is down")
+	waitFor(t, p, `"upstream":"4.7.0"`)
+	if n := len(cloud.Exchange.Messages()); n != 3 {
+		t.Fatalf("%d messages delivered without a token", n)
+	}
+	if out := p.out.String(); !strings.Contains(out, "managed identity endpoint (App Service") {
+		t.Errorf("the failed token request is not explained:\n%s", out)
+	}
+	mi.SetOutage(0)
+	e.waitMessages(5)
+	checkMIDelivery(t, cloud)
+	p.stop()
+}
+
+// canUnshare reports whether this process may run a command in a private
+// mount namespace (root, or unprivileged user namespaces).
+func canUnshare(t *testing.T) bool {
+	t.Helper()
+	if _, err := exec.LookPath("unshare"); err != nil {
+		return false
+	}
+	return exec.Command("unshare", "--mount", "--propagation", "private", "true").Run() == nil
+}
+
+// Azure Arc through the built binary, with its challenge-file handshake
+// (IDENTITY_ENDPOINT and IMDS_ENDPOINT, as the agent sets them): the first
+// request gets 401 and WWW-Authenticate: Basic realm=<file>, the relay
+// (MSAL) reads the file and sends its content as Basic credentials.
+//
+// MSAL accepts a challenge file only directly in /var/opt/azcmagent/tokens
+// (managedidentity.go). The test does not touch that system path: it runs
+// the relay with `unshare --mount` in a private mount namespace where a
+// temporary directory is bind-mounted over /var/opt, and the fake writes
+// its challenge files into that temporary directory. Needs root (CI is) or
+// unprivileged user namespaces; skipped otherwise, except under
+// E2E_REQUIRE_TOOLS.
+func TestE2EManagedIdentityArc(t *testing.T) {
+	t.Parallel()
+	if !canUnshare(t) {
+		if os.Getenv("E2E_REQUIRE_TOOLS") != "" {
+			t.Fatal("unshare --mount does not work here (required in CI)")
+		}
+		t.Skip("unshare --mount does not work here")
+	}
+	if fi, err := os.Stat("/var/opt"); err != nil || !fi.IsDir() {
+		t.Skip("no /var/opt to mount over")
+	}
+	for _, tc := range []struct {
+		name  string
+		extra []string
+	}{
+		{"system-assigned", nil},
+		{"user-assigned by client ID", []string{"AZURE_CLIENT_ID=" + e2eIdentity.ClientID}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			varOpt := t.TempDir()
+			tokens := filepath.Join(varOpt, "azcmagent", "tokens")
+			if err := os.MkdirAll(tokens, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			cloud, mi := miCloud(t, mitest.Arc, func(o *mitest.Options) {
+				o.ArcDir = tokens
+				o.UserAssigned = []mitest.Identity{e2eIdentity}
+			})
+			env, smtpAddr, _, _ := miEnv(t, cloud, mi, tc.extra...)
+			env = append(env, "ARC_VAR_OPT="+varOpt, "RELAY_BIN="+binPath)
+			p := startRelayArgv(t, env, smtpAddr, []string{"unshare", "--mount", "--propagation", "private", "sh", "-c",
+				`mount --bind "$ARC_VAR_OPT" /var/opt && exec "$RELAY_BIN" serve`})
+			waitFor(t, p, `"source":"Azure Arc"`)
+			sendN(t, smtpAddr, 1, "arc")
+			e := &e2e{t: t, cloud: cloud, relay: p}
+			e.waitMessages(1)
+			checkMIDelivery(t, cloud)
+			var outcomes []string
+			for _, r := range mi.Requests() {
+				outcomes = append(outcomes, r.Outcome)
+			}
+			if strings.Join(outcomes, " ") != "challenge ok" {
+				t.Errorf("requests %q, want a challenge then the token", outcomes)
+			}
+			left, err := os.ReadDir(tokens)
+			if err != nil || len(left) != 0 {
+				t.Errorf("challenge files left: %v %v", left, err)
+			}
+			p.stop()
+		})
+	}
+}
