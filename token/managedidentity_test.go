@@ -342,3 +342,28 @@ func closedPort(t *testing.T) string {
 	}
 	return addr
 }
+
+// MSAL's Arc challenge errors are plain errors: each of its texts
+// (managedidentity.go getAzureArcSecretKey, acquireTokenForAzureArc) is
+// classed as the challenge failing, with the himds fix.
+func TestArcChallengeErrorsExplained(t *testing.T) {
+	for _, msg := range []string{
+		"response has no www-authenticate header",
+		"basic realm= not found in the string, instead found: Bearer",
+		"invalid file extension, expected .key, got .txt",
+		"invalid file path, expected /var/opt/azcmagent/tokens, got /tmp",
+		"failed to get metadata for /var/opt/azcmagent/tokens/a.key due to error: stat: no such file or directory",
+		"invalid secret file size, expected 4096, file size was 5000",
+		`failed to read "/var/opt/azcmagent/tokens/a.key" due to error: open /var/opt/azcmagent/tokens/a.key: permission denied`,
+		"expected a 401 response, received 200",
+	} {
+		err := errors.New(msg)
+		ee := explainManagedIdentity(err, "Azure Arc", "http://127.0.0.1:40342/metadata/identity/oauth2/token", ManagedIdentity{})
+		if !errors.Is(ee, ErrArcChallenge) || !strings.Contains(ee.Error(), "himds group") {
+			t.Errorf("%q → %v", msg, ee)
+		}
+		if fix := ManagedIdentityFix(ee, ManagedIdentity{}); !strings.Contains(fix, "usermod -aG himds") {
+			t.Errorf("%q: fix %q", msg, fix)
+		}
+	}
+}
