@@ -183,6 +183,17 @@ func TestE2EManagedIdentityAppService(t *testing.T) {
 	e.waitMessages(5)
 	checkMIDelivery(t, cloud)
 	p.stop()
+
+	// `o365relay token` gets the identity's token the same way and says
+	// where from.
+	out, code := runToolEnv(t, env, binPath, "token")
+	for _, w := range []string{"from the managed identity endpoint of App Service (http://127.0.0.1:", "(managed_identity credential)",
+		"app (appid)     " + e2eIdentity.ClientID, "object (oid)    " + e2eIdentity.ObjectID, "roles           SMTP.SendAsApp"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("o365relay token (exit %d) lacks %q:\n%s", code, w, out)
+		}
+	}
+	scanForSecrets(t, out, knownSecrets(t, env))
 }
 
 // canUnshare reports whether this process may run a command in a private
