@@ -274,3 +274,27 @@ func encryptPKCS8(t testing.TB, key *rsa.PrivateKey, password string, iter int) 
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "ENCRYPTED PRIVATE KEY", Bytes: mustMarshal(info)})
 }
+
+// coldCallers has n callers ask s for a token at once and fails unless all
+// got the same one; it returns that token.
+func coldCallers(t *testing.T, s *EntraSource, n int) Token {
+	t.Helper()
+	var wg sync.WaitGroup
+	toks := make([]Token, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			toks[i], errs[i] = s.Token(ctxT(t))
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil || toks[i] != toks[0] {
+			t.Fatalf("caller %d: %v", i, errs[i])
+		}
+	}
+	return toks[0]
+}

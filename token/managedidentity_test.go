@@ -27,6 +27,11 @@ var (
 		Roles:      []string{"SMTP.SendAsApp"}}
 )
 
+// miEntra is one fake Entra ID for every managed-identity test (RSA key
+// generation dominates their time); they only ask it to sign tokens, with
+// lifetimes of their own. The process's exit closes it.
+var miEntra = sync.OnceValues(func() (*entratest.Server, error) { return entratest.NewServer(entratest.Options{}) })
+
 // miFixture is a fake Entra ID and a fake managed-identity endpoint of one
 // source, with MSAL's source-selecting environment set for it (so tests
 // using it cannot run in parallel: MSAL reads the process environment).
@@ -37,39 +42,17 @@ type miFixture struct {
 
 func newMIFixture(t *testing.T, src mitest.Source, mod ...func(*mitest.Options)) *miFixture {
 	t.Helper()
-	entra, err := entratest.NewServer(entratest.Options{})
+	entra, err := miEntra()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := entra.Close(); err != nil {
-			t.Error(err)
-		}
-	})
 	sys := miSystem
 	o := mitest.Options{Source: src, Entra: entra, SystemAssigned: &sys, UserAssigned: []mitest.Identity{miUser}}
 	for _, m := range mod {
 		m(&o)
 	}
-	mi, err := mitest.NewServer(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if v := mi.Violations(); len(v) > 0 {
-			t.Errorf("managed identity endpoint saw violations: %q", v)
-		}
-		if err := mi.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	for _, k := range mitest.SourceEnv {
-		t.Setenv(k, "")
-	}
-	for _, kv := range mi.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
+	mi := mitest.Start(t, o)
+	mi.SetEnv(t)
 	want := map[mitest.Source]managedidentity.Source{mitest.IMDS: managedidentity.DefaultToIMDS, mitest.AppService: managedidentity.AppService, mitest.Arc: managedidentity.AzureArc}[src]
 	if got, err := managedidentity.GetSource(); err != nil || got != want {
 		// E.g. IMDS on a machine with the Arc agent installed.
@@ -177,23 +160,7 @@ func TestManagedIdentityCacheRefreshOutage(t *testing.T) {
 	s := f.source(t, ManagedIdentity{}, func(o *Options) { o.Logger = logger })
 
 	const n = 20
-	var wg sync.WaitGroup
-	toks := make([]Token, n)
-	errs := make([]error, n)
-	start := make(chan struct{})
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			toks[i], errs[i] = s.Token(ctxT(t))
-		})
-	}
-	close(start)
-	wg.Wait()
-	for i := range n {
-		if errs[i] != nil || toks[i] != toks[0] {
-			t.Fatalf("caller %d: %v", i, errs[i])
-		}
-	}
+	first := coldCallers(t, s, n)
 	if got := f.mi.Issued(); got != 1 {
 		t.Fatalf("%d tokens issued for %d cold callers", got, n)
 	}
@@ -213,7 +180,7 @@ func TestManagedIdentityCacheRefreshOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	held, err := s.Token(ctxT(t))
-	if err != nil || held.Value == toks[0].Value || f.mi.Issued() != 2 {
+	if err != nil || held.Value == first.Value || f.mi.Issued() != 2 {
 		t.Fatalf("after Run: %v, issued %d", err, f.mi.Issued())
 	}
 

@@ -262,23 +262,7 @@ func TestColdCacheSingleFlight(t *testing.T) {
 	f := newFixture(t)
 	s := f.source(t, f.certCred(t, 0))
 	const n = 50
-	var wg sync.WaitGroup
-	toks := make([]Token, n)
-	errs := make([]error, n)
-	start := make(chan struct{})
-	for i := range n {
-		wg.Go(func() {
-			<-start
-			toks[i], errs[i] = s.Token(ctxT(t))
-		})
-	}
-	close(start)
-	wg.Wait()
-	for i := range n {
-		if errs[i] != nil || toks[i] != toks[0] {
-			t.Fatalf("caller %d: %v", i, errs[i])
-		}
-	}
+	coldCallers(t, s, n)
 	if got := f.srv.TokenRequests(); got != 1 {
 		t.Fatalf("%d token requests for %d cold callers", got, n)
 	}

@@ -44,19 +44,7 @@ func miCloud(t *testing.T, src mitest.Source, mod func(*mitest.Options)) (*relay
 	if mod != nil {
 		mod(&o)
 	}
-	mi, err := mitest.NewServer(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if v := mi.Violations(); len(v) > 0 {
-			t.Errorf("managed identity endpoint saw violations: %q", v)
-		}
-		if err := mi.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return cloud, mi
+	return cloud, mitest.Start(t, o)
 }
 
 // miEnv is a relay's environment for a managed identity: the cloud's

@@ -29,25 +29,8 @@ func miFixture(t *testing.T, src mitest.Source, mod func(*mitest.Options), mailb
 	if mod != nil {
 		mod(&o)
 	}
-	mi, err := mitest.NewServer(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if v := mi.Violations(); len(v) > 0 {
-			t.Errorf("managed identity endpoint saw violations: %q", v)
-		}
-		if err := mi.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	for _, k := range mitest.SourceEnv {
-		t.Setenv(k, "")
-	}
-	for _, kv := range mi.Env() {
-		k, v, _ := strings.Cut(kv, "=")
-		t.Setenv(k, v)
-	}
+	mi := mitest.Start(t, o)
+	mi.SetEnv(t)
 	if mailboxes == nil {
 		mailboxes = map[string]exchangetest.Mailbox{relaytest.Mailbox: granted(vmIdentity.ClientID)}
 	}

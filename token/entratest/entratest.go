@@ -746,25 +746,7 @@ func (s *Server) issue(a *App) (map[string]any, *entraErr) {
 	s.mu.Lock()
 	lifetime, refreshIn := s.lifetime, s.refreshIn
 	s.mu.Unlock()
-	now := s.clock()
-	claims := jwt.MapClaims{
-		"aud":   Audience,
-		"iss":   "https://sts.windows.net/" + s.tenant + "/",
-		"tid":   s.tenant,
-		"appid": a.ClientID,
-		"oid":   a.ObjectID,
-		"iat":   now.Unix(),
-		"nbf":   now.Unix(),
-		"exp":   now.Add(lifetime).Unix(),
-		"uti":   newUUID(),
-		"ver":   "1.0",
-	}
-	if a.Roles != nil {
-		claims["roles"] = a.Roles
-	}
-	tok := jwt.NewWithClaims(jwt.SigningMethodRS256, claims)
-	tok.Header["kid"] = s.kid
-	signed, err := tok.SignedString(s.key)
+	signed, _, err := s.sign(a.ClientID, a.ObjectID, a.Roles, nil, lifetime)
 	if err != nil {
 		return nil, &entraErr{http.StatusInternalServerError, "temporarily_unavailable", 90033, "signing failed"}
 	}
@@ -810,34 +792,43 @@ func (s *Server) Issue(p Principal, resource string, lifetime time.Duration) (to
 		lifetime = s.lifetime
 		s.mu.Unlock()
 	}
+	extra := map[string]any{"sub": p.ObjectID, "idtyp": "app"}
+	for k, v := range p.Extra {
+		extra[k] = v
+	}
+	signed, now, err := s.sign(p.AppID, p.ObjectID, p.Roles, extra, lifetime)
+	if err != nil {
+		return "", time.Time{}, time.Time{}, fmt.Errorf("entratest: signing: %w", err)
+	}
+	return signed, now, now.Add(lifetime), nil
+}
+
+// sign makes an access token for the Exchange Online resource with the
+// claims Exchange looks at (package comment), plus extra.
+func (s *Server) sign(appID, objectID string, roles []string, extra map[string]any, lifetime time.Duration) (string, time.Time, error) {
 	now := s.clock()
 	claims := jwt.MapClaims{
 		"aud":   Audience,
 		"iss":   "https://sts.windows.net/" + s.tenant + "/",
 		"tid":   s.tenant,
-		"appid": p.AppID,
-		"oid":   p.ObjectID,
-		"sub":   p.ObjectID,
-		"idtyp": "app",
+		"appid": appID,
+		"oid":   objectID,
 		"iat":   now.Unix(),
 		"nbf":   now.Unix(),
 		"exp":   now.Add(lifetime).Unix(),
 		"uti":   newUUID(),
 		"ver":   "1.0",
 	}
-	if p.Roles != nil {
-		claims["roles"] = p.Roles
+	if roles != nil {
+		claims["roles"] = roles
 	}
-	for k, v := range p.Extra {
+	for k, v := range extra {
 		claims[k] = v
 	}
 	tok := jwt.NewWithClaims(jwt.SigningMethodRS256, claims)
 	tok.Header["kid"] = s.kid
 	signed, err := tok.SignedString(s.key)
-	if err != nil {
-		return "", time.Time{}, time.Time{}, fmt.Errorf("entratest: signing: %w", err)
-	}
-	return signed, now, now.Add(lifetime), nil
+	return signed, now, err
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
