@@ -179,9 +179,16 @@ func TestManagedIdentityCacheRefreshOutage(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	held, err := s.Token(ctxT(t))
-	if err != nil || held.Value == first.Value || f.mi.Issued() != 2 {
+	refreshed, err := s.Token(ctxT(t))
+	if err != nil || refreshed.Value == first.Value || f.mi.Issued() != 2 {
 		t.Fatalf("after Run: %v, issued %d", err, f.mi.Issued())
+	}
+	// The outage below outlasts MSAL's retries (2 s and more on a busy
+	// machine): hold a token that lives through it.
+	f.mi.SetLifetime(time.Hour)
+	held, err := s.Refresh(ctxT(t), refreshed)
+	if err != nil || held.Value == refreshed.Value {
+		t.Fatalf("Refresh: %v", err)
 	}
 
 	before := testutil.ToFloat64(requestsTotal.WithLabelValues("failure", "http_503"))

@@ -220,6 +220,13 @@ func (s *Server) SetOutage(status int) {
 	s.outage = status
 }
 
+// SetLifetime changes the lifetime of the tokens issued from now on.
+func (s *Server) SetLifetime(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.o.Lifetime = d
+}
+
 // Issued counts the tokens issued.
 func (s *Server) Issued() int {
 	s.mu.Lock()
@@ -395,10 +402,13 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		s.writeNotFound(w)
 		return
 	}
+	s.mu.Lock()
+	lifetime := s.o.Lifetime
+	s.mu.Unlock()
 	tok, issued, exp, err := s.o.Entra.Issue(entratest.Principal{
 		AppID: id.ClientID, ObjectID: id.ObjectID, Roles: id.Roles,
 		Extra: map[string]any{"xms_mirid": id.ResourceID},
-	}, q.Get("resource"), s.o.Lifetime)
+	}, q.Get("resource"), lifetime)
 	if err != nil {
 		refuse(http.StatusBadRequest, "invalid_resource", err.Error())
 		return
