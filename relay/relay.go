@@ -22,8 +22,8 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -31,9 +31,11 @@ import (
 
 	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/relay/admin"
+	"github.com/o365relay/o365relay/relay/control"
 	"github.com/o365relay/o365relay/relay/delivery"
 	"github.com/o365relay/o365relay/relay/smtpd"
 	"github.com/o365relay/o365relay/relay/spool"
+	"github.com/o365relay/o365relay/relay/status"
 	"github.com/o365relay/o365relay/relay/upstream"
 	"github.com/o365relay/o365relay/token"
 )
@@ -49,8 +51,8 @@ type Deps struct {
 	RootCAs *x509.CertPool
 	// Clock; nil means time.Now.
 	Clock func() time.Time
-	// OnReady is called once, when the listener is bound and a token is held
-	// (systemd's READY=1).
+	// OnReady is called once, when the listener is serving and the spool is
+	// open (systemd's READY=1). It does not wait for a token: see ready.go.
 	OnReady func()
 	// Level, if set, is the logger's level, which Reload changes.
 	Level *zap.AtomicLevel
@@ -69,12 +71,17 @@ type Relay struct {
 	sched  *delivery.Scheduler
 	smtp   *smtpd.Server
 	admin  *admin.Server
+	ctl    *control.Server // nil when the socket could not be created
 	onRdy  func()
 	clock  func() time.Time
 	level  *zap.AtomicLevel
 	every  time.Duration
 
 	listenTLS *listenerTLS // nil without listen_tls_cert (listentls.go)
+
+	build    status.Build
+	serving  atomic.Bool // the SMTP listener's Serve is running
+	draining atomic.Bool // Run is shutting down
 
 	reloadMu sync.Mutex // one certificate reload at a time
 	mu       sync.Mutex // guards watch
@@ -96,7 +103,7 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 	if clock == nil {
 		clock = time.Now
 	}
-	r = &Relay{cfg: cfg, log: log, onRdy: d.OnReady, clock: clock, level: d.Level, every: d.WatchInterval}
+	r = &Relay{cfg: cfg, log: log, onRdy: d.OnReady, clock: clock, level: d.Level, every: d.WatchInterval, build: status.ReadBuild()}
 	if r.every <= 0 {
 		r.every = defaultWatchInterval
 	}
@@ -223,6 +230,21 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 	}
 	closers = append(closers, func() error { return r.smtp.Shutdown(context.Background()) })
 
+	// The control socket, once the spool's lock is held (no other daemon
+	// serves this spool). Without it the relay still relays: a file system
+	// that has no Unix sockets must not stop the mail; `o365relay queue`
+	// then says the daemon cannot be reached.
+	if r.ctl, err = control.Listen(control.SocketPath(cfg.SpoolDir), control.Daemon{
+		Admin:  &control.SpoolAdmin{Spool: r.sp, Retried: r.sched.Retried, Deleted: r.sched.Deleted},
+		Status: r.Status,
+	}, log.Named("control")); err != nil {
+		log.Warn("no control socket: 'o365relay queue' and 'o365relay status' cannot reach this daemon", zap.Error(err))
+		r.ctl, err = nil, nil
+	} else {
+		closers = append(closers, func() error { return r.ctl.Shutdown(context.Background()) })
+	}
+
+	initMailboxMetrics(cfg.Mailboxes())
 	if cfg.AdminListen != "" {
 		var cs []prometheus.Collector
 		cs = append(cs, token.Collectors()...)
@@ -230,19 +252,22 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 		cs = append(cs, spool.Collectors()...)
 		cs = append(cs, delivery.Collectors()...)
 		cs = append(cs, Collectors()...)
+		cs = append(cs, r.stateCollectors()...)
 		smtp := r.smtp
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "o365relay_smtp_connections_open",
 			Help: "Client connections being served now (refused ones not counted).",
 		}, func() float64 { return float64(smtp.OpenConnections()) }))
+		ready := map[string]admin.Check{}
+		for _, c := range r.readyChecks() {
+			ready[c.name] = c.fn
+		}
 		r.admin, err = admin.New(admin.Options{
 			Addr:       cfg.AdminListen,
 			Collectors: cs,
-			Ready: map[string]admin.Check{
-				"token": r.tokenReady,
-				"spool": r.spoolReady,
-			},
-			Logger: log.Named("admin"),
+			Ready:      ready,
+			Status:     func(ctx context.Context) any { return r.Status(ctx) },
+			Logger:     log.Named("admin"),
 		})
 		if err != nil {
 			return nil, err
@@ -296,28 +321,6 @@ func (r *Relay) SMTPAddr() net.Addr { return r.smtp.Addr() }
 // Spool returns the spool.
 func (r *Relay) Spool() *spool.Spool { return r.sp }
 
-func (r *Relay) tokenReady(context.Context) error {
-	st := r.tokens.Status()
-	if st.HasToken {
-		return nil
-	}
-	if st.LastError != nil {
-		// EntraError text: AADSTS code, description and hint; no secrets.
-		return st.LastError
-	}
-	return errors.New("no token from Entra ID yet")
-}
-
-func (r *Relay) spoolReady(context.Context) error {
-	// Prove the spool is writable now (a full or read-only disk makes
-	// every new message a 452); the file is tiny and removed at once.
-	p := filepath.Join(r.cfg.SpoolDir, "tmp", ".readyz")
-	if err := os.WriteFile(p, []byte("ok"), 0o600); err != nil {
-		return fmt.Errorf("spool not writable: %w", err)
-	}
-	return os.Remove(p)
-}
-
 // Run serves until ctx is done, then shuts down in order. It returns nil
 // after a clean shutdown.
 func (r *Relay) Run(ctx context.Context) error {
@@ -346,34 +349,30 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	goFn("delivery", func() error { return r.sched.Run(workCtx) })
 	goFn("smtp listener", r.smtp.Serve)
+	r.serving.Store(true) // bound in New: connections wait in the backlog until Serve accepts
 	if r.admin != nil {
 		goFn("admin listener", r.admin.Serve)
+	}
+	if r.ctl != nil {
+		goFn("control socket", r.ctl.Serve)
 	}
 	log.Info("listening", zap.Stringer("smtp", r.smtp.Addr()), zap.String("admin", r.cfg.AdminListen),
 		zap.String("upstream", r.cfg.Upstream), zap.String("mailbox", r.cfg.Mailbox), zap.String("ack", r.cfg.Ack))
 
-	// Ready once a token is held: before that every message would only
-	// queue. The wait ends with ctx too.
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if r.tokens.Status().HasToken {
-				log.Info("ready: listener up and token held")
-				if r.onRdy != nil {
-					r.onRdy()
-				}
-				return
-			}
-			select {
-			case <-workCtx.Done():
-				return
-			case <-t.C:
-			}
-		}
-	}()
+	// Started: the listener serves and the spool is open, so mail handed
+	// over is safe. No wait for a token (ready.go); whether the spool has
+	// room is readiness, which changes over time and is reported by
+	// /readyz and STATUS=, while systemd's READY=1 is sent once: waiting
+	// for room here would fail the start of a relay whose backlog only
+	// its own delivery can drain.
+	if rd := r.Readiness(ctx); rd.OK {
+		log.Info("ready: listener serving, spool writable")
+	} else {
+		log.Warn("started but not ready", zap.Any("checks", rd.Checks))
+	}
+	if r.onRdy != nil {
+		r.onRdy()
+	}
 
 	var runErr error
 	select {
@@ -381,6 +380,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	case runErr = <-errc:
 		log.Error("a part of the relay stopped; shutting down", zap.Error(runErr))
 	}
+	r.draining.Store(true)
 	log.Info("shutting down", zap.Duration("timeout", r.cfg.ShutdownTimeout))
 	sctx, cancel := context.WithTimeout(context.Background(), r.cfg.ShutdownTimeout)
 	defer cancel()
@@ -388,10 +388,16 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err := r.smtp.Shutdown(sctx); err != nil {
 		errs = append(errs, err)
 	}
+	r.serving.Store(false)
 	stopWork()
 	if r.admin != nil {
 		if err := r.admin.Shutdown(sctx); err != nil {
 			errs = append(errs, err)
+		}
+	}
+	if r.ctl != nil {
+		if err := r.ctl.Shutdown(sctx); err != nil {
+			errs = append(errs, fmt.Errorf("control socket: %w", err))
 		}
 	}
 	wg.Wait()

@@ -14,8 +14,9 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"syscall"
+
+	"github.com/o365relay/o365relay/relay/status"
 )
 
 type command struct {
@@ -27,8 +28,9 @@ func commands() []command {
 	return []command{
 		{"serve", "run the relay daemon", runServe},
 		{"demo", "run the relay against built-in imitations of Entra ID and Exchange Online and send one message", runDemo},
-		{"queue", "inspect and manage the spool: list | show ID | retry ID|all | delete ID | failed", runQueue},
-		{"healthcheck", "exit 0 if the running relay's /readyz says ready, 1 otherwise", runHealthcheck},
+		{"status", "what the running relay is doing: readiness, token, certificate, held mailboxes, queue", runStatus},
+		{"queue", "administer the queue through the running relay: list | show ID | retry ID|all | delete ID | failed", runQueue},
+		{"healthcheck", "exit 0 if the running relay's /readyz says ready (mail handed over is safe), 1 otherwise", runHealthcheck},
 		{"doctor", "check the Azure and Exchange setup step by step and print the fix for what is wrong", runDoctor},
 		{"send", "send one test message straight to Exchange Online, reporting each step", runSend},
 		{"token", "obtain an access token and print its claims (never the token unless --print-token)", runToken},
@@ -73,31 +75,7 @@ func usage(w io.Writer) {
 
 // version reports the module version and VCS revision Go stamped into the
 // binary (no ldflags needed: `go build` records them in build info).
-func version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := bi.Main.Version
-	var rev, modified string
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			if s.Value == "true" {
-				modified = "+dirty"
-			}
-		}
-	}
-	if rev != "" {
-		if len(rev) > 12 {
-			rev = rev[:12]
-		}
-		v += " (" + rev + modified + ")"
-	}
-	return v + " " + bi.GoVersion
-}
+func version() string { return status.ReadBuild().String() }
 
 func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {

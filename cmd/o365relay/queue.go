@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -11,21 +10,23 @@ import (
 	"time"
 
 	"github.com/o365relay/o365relay/relay/admin"
+	"github.com/o365relay/o365relay/relay/control"
 	"github.com/o365relay/o365relay/relay/message"
-	"github.com/o365relay/o365relay/relay/spool"
 )
 
-// runQueue works on the spool directly, beside a running daemon or a stopped
-// one (spool.OpenAdmin takes no lock; the daemon rescans queue/ and re-reads a
-// message's state before every attempt, so a retry or delete takes effect
-// within its rescan interval, 30 s).
-func runQueue(_ context.Context, args []string, stdout, stderr io.Writer) int {
+// runQueue administers the queue through the running daemon's control
+// socket, or, when no daemon runs, on the spool itself (queueadmin.go).
+// Every change takes effect before the command returns.
+func runQueue(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("queue", "queue [--config FILE] [--spool-dir DIR] list | show ID | retry ID|all | delete ID | failed\n\n"+
 		"  list          queued messages, oldest first\n"+
 		"  show ID       one message's envelope and delivery state (never its body)\n"+
 		"  retry ID|all  make a queued message due now, or move a failed one back into the queue\n"+
 		"  delete ID     remove a message from the queue or from failed/\n"+
-		"  failed        messages that failed for good, with the reason", stderr)
+		"  failed        messages that failed for good, with the reason\n\n"+
+		"With a relay running on the spool the daemon makes each change at once (its\n"+
+		"control socket, spool_dir/control.sock); run it as the relay's user. Give the\n"+
+		"daemon's spool_dir (O365RELAY_SPOOL_DIR): a missing one is an error.", stderr)
 	cfg, rest, code := loadCommand(fs, args, true, stderr)
 	if cfg == nil {
 		return code
@@ -34,15 +35,13 @@ func runQueue(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.Usage()
 		return 2
 	}
-	sp, err := spool.OpenAdmin(spool.Options{Dir: cfg.SpoolDir, Fsync: true})
-	if err != nil {
-		return exitErr(stderr, fmt.Errorf("spool_dir %s: %w", cfg.SpoolDir, err))
+	switch rest[0] {
+	case "list", "failed", "show", "retry", "delete":
+	default:
+		fmt.Fprintf(stderr, "o365relay queue: unknown action %q\n\n", rest[0])
+		fs.Usage()
+		return 2
 	}
-	defer func() {
-		if err := sp.Close(); err != nil {
-			fmt.Fprintln(stderr, "o365relay: closing spool:", err)
-		}
-	}()
 	needID := func() (message.ID, error) {
 		if len(rest) != 2 {
 			return "", fmt.Errorf("queue %s needs one message ID: %w", rest[0], errUsage)
@@ -53,105 +52,73 @@ func runQueue(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return id, nil
 	}
+	var id message.ID
+	if rest[0] == "show" || rest[0] == "delete" || (rest[0] == "retry" && !(len(rest) == 2 && rest[1] == "all")) {
+		var err error
+		if id, err = needID(); err != nil {
+			return exitErr(stderr, err)
+		}
+	}
+	q, closeQ, err := openAdmin(ctx, cfg.SpoolDir)
+	if err != nil {
+		return exitErr(stderr, err)
+	}
+	defer func() {
+		if err := closeQ(); err != nil {
+			fmt.Fprintln(stderr, "o365relay: closing spool:", err)
+		}
+	}()
 	switch rest[0] {
-	case "list":
-		es, err := sp.List()
+	case "list", "failed":
+		list := q.List
+		if rest[0] == "failed" {
+			list = q.ListFailed
+		}
+		ms, err := list(ctx)
 		if err != nil {
 			return exitErr(stderr, err)
 		}
-		printEntries(stdout, es, false)
-	case "failed":
-		es, err := sp.ListFailed()
-		if err != nil {
-			return exitErr(stderr, err)
-		}
-		printEntries(stdout, es, true)
+		printEntries(stdout, ms, rest[0] == "failed")
 	case "show":
-		id, err := needID()
-		if err != nil {
-			return exitErr(stderr, err)
-		}
-		e, err := sp.Get(id)
-		if errors.Is(err, spool.ErrNotFound) {
-			e, err = findFailed(sp, id)
-		}
+		m, err := q.Get(ctx, id)
 		if err != nil {
 			return exitErr(stderr, err)
 		}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(struct {
-			Envelope *message.Envelope `json:"envelope"`
-			State    spool.State       `json:"state"`
-		}{e.Envelope, e.State}); err != nil {
+		if err := enc.Encode(m); err != nil {
 			return exitErr(stderr, err)
 		}
 	case "retry":
-		if len(rest) == 2 && rest[1] == "all" {
-			es, err := sp.List()
+		if id == "" {
+			n, err := q.RetryAll(ctx)
 			if err != nil {
 				return exitErr(stderr, err)
-			}
-			fes, err := sp.ListFailed()
-			if err != nil {
-				return exitErr(stderr, err)
-			}
-			n := 0
-			for _, e := range append(es, fes...) {
-				if err := sp.Retry(e.Envelope.ID); err != nil && !errors.Is(err, spool.ErrNotFound) {
-					return exitErr(stderr, err)
-				}
-				n++
 			}
 			fmt.Fprintf(stdout, "%d messages due now\n", n)
 			return 0
 		}
-		id, err := needID()
-		if err != nil {
-			return exitErr(stderr, err)
-		}
-		if err := sp.Retry(id); err != nil {
+		if err := q.Retry(ctx, id); err != nil {
 			return exitErr(stderr, err)
 		}
 		fmt.Fprintf(stdout, "%s due now\n", id)
 	case "delete":
-		id, err := needID()
-		if err != nil {
-			return exitErr(stderr, err)
-		}
-		if err := sp.Delete(id); err != nil {
+		if err := q.Delete(ctx, id); err != nil {
 			return exitErr(stderr, err)
 		}
 		fmt.Fprintf(stdout, "%s deleted\n", id)
-	default:
-		fmt.Fprintf(stderr, "o365relay queue: unknown action %q\n\n", rest[0])
-		fs.Usage()
-		return 2
 	}
 	return 0
 }
 
-func findFailed(sp *spool.Spool, id message.ID) (*spool.Entry, error) {
-	es, err := sp.ListFailed()
-	if err != nil {
-		return nil, err
-	}
-	for i := range es {
-		if es[i].Envelope.ID == id {
-			return &es[i], nil
-		}
-	}
-	return nil, spool.ErrNotFound
-}
-
-func printEntries(w io.Writer, es []spool.Entry, failed bool) {
+func printEntries(w io.Writer, ms []control.Message, failed bool) {
 	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
 	last := "NEXT ATTEMPT\tLAST ERROR"
 	if failed {
 		last = "REASON"
 	}
 	fmt.Fprintf(tw, "ID\tRECEIVED\tSIZE\tFROM\tRCPTS\tATTEMPTS\t%s\n", last)
-	for _, e := range es {
+	for _, e := range ms {
 		env := e.Envelope
 		from := env.From
 		if from == "" {
@@ -169,7 +136,7 @@ func printEntries(w io.Writer, es []spool.Entry, failed bool) {
 		fmt.Fprintf(tw, "%s\t%s\n", next, e.State.LastError)
 	}
 	_ = tw.Flush()
-	fmt.Fprintf(w, "%d message(s)\n", len(es))
+	fmt.Fprintf(w, "%d message(s)\n", len(ms))
 }
 
 // runHealthcheck asks the running relay's /readyz: exit 0 when ready, 1

@@ -118,6 +118,9 @@ func newLogger(cfg *config.Config, w io.Writer) (*zap.Logger, zap.AtomicLevel, e
 	} else {
 		enc = zapcore.NewJSONEncoder(ec)
 	}
+	if f, ok := w.(*os.File); ok && isJournal(f, os.Getenv("JOURNAL_STREAM")) {
+		enc = newPriorityEncoder(enc) // journal.go
+	}
 	core := zapcore.NewCore(enc, zapcore.AddSync(w), lvl)
 	return zap.New(core, zap.ErrorOutput(zapcore.AddSync(w))), lvl, nil
 }

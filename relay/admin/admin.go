@@ -1,9 +1,11 @@
 // Package admin owns the relay's operator-facing HTTP endpoint: Prometheus
-// metrics at /metrics, liveness at /healthz and readiness at /readyz.
+// metrics at /metrics, liveness at /healthz, readiness at /readyz and the
+// structured status (relay/status) at /status.
 //
 // It listens on loopback by default (the metrics name mailboxes) and is off
-// when its address is empty. Readiness is decided by checks handed in by the
-// daemon, so this package knows nothing about spools or tokens.
+// when its address is empty. Readiness is decided by checks and the status
+// document built by the daemon, so this package knows nothing about spools
+// or tokens.
 package admin
 
 import (
@@ -32,7 +34,10 @@ type Options struct {
 	Addr       string
 	Collectors []prometheus.Collector
 	Ready      map[string]Check
-	Logger     *zap.Logger
+	// Status, if set, is served as JSON at /status. Like a Check's error,
+	// what it returns is shown to whoever reaches the port: no secrets.
+	Status func(ctx context.Context) any
+	Logger *zap.Logger
 }
 
 // Server is the admin HTTP server.
@@ -64,6 +69,9 @@ func New(opts Options) (*Server, error) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", s.readyz)
+	if opts.Status != nil {
+		mux.HandleFunc("GET /status", s.status)
+	}
 	s.http = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -134,6 +142,16 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}
 	_ = json.NewEncoder(w).Encode(out)
+}
+
+// status serves the daemon's status document.
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(s.opts.Status(ctx))
 }
 
 // Probe asks a running relay's /readyz; it is what `o365relay healthcheck`

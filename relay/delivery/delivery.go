@@ -374,7 +374,7 @@ func (s *Scheduler) guarded(ctx context.Context, id message.ID, sync bool) (out 
 				s.log.Error("could not set aside a message whose delivery panics", zap.String("id", string(id)), zap.Error(qerr))
 				return
 			}
-			messagesTotal.WithLabelValues("", "failed", "panic").Inc()
+			count("", "failed", "panic")
 			out, err = &Outcome{Failed: map[string]*reply.Error{}, Removed: true,
 				Err: reply.Wrap(why, 451, enhInternal, "Internal error; message set aside")}, nil
 		}
@@ -525,7 +525,7 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 		// final dot (spool.Body fails at EOF). Retrying cannot help and
 		// failing would bounce a message we cannot read; keep it for an
 		// operator.
-		messagesTotal.WithLabelValues(env.Mailbox, "failed", "corrupt").Inc()
+		count(env.Mailbox, "failed", "corrupt")
 		log.Error("queued message is corrupt; moved to corrupt/", zap.Int("attempt", st.Attempts), zap.Error(derr))
 		out.Err, out.Removed = derr, true
 		if err := s.sp.Quarantine(id, derr); err != nil && !errors.Is(err, spool.ErrNotFound) {
@@ -589,7 +589,7 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 		s.settle(env.Mailbox, admitted, len(pending), len(out.Delivered))
 	}
 	if len(out.Delivered) > 0 {
-		messagesTotal.WithLabelValues(env.Mailbox, "delivered", "250").Inc()
+		count(env.Mailbox, "delivered", "250")
 		log.Info("delivered", zap.Strings("rcpts", out.Delivered), zap.Int("attempt", st.Attempts), zap.String("reply", out.Reply))
 	}
 	if len(out.Pending) > 0 {
@@ -610,7 +610,7 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 		if err := s.sp.SetState(id, st); err != nil {
 			return nil, err
 		}
-		messagesTotal.WithLabelValues(env.Mailbox, "deferred", class).Inc()
+		count(env.Mailbox, "deferred", class)
 		log.Warn("deferred", zap.Strings("rcpts", out.Pending), zap.Int("attempt", st.Attempts), zap.String("upstream", class), zap.Time("next_attempt", st.NextAttempt), zap.NamedError("reason", derr))
 		if len(out.Failed) > 0 {
 			log.Warn("failed for some recipients", zap.Int("failed", len(out.Failed)))
@@ -648,7 +648,7 @@ func (s *Scheduler) finish(log *zap.Logger, env *message.Envelope, st *spool.Sta
 	if re := reply.As(out.Err); re != nil {
 		class = classOf(re)
 	}
-	messagesTotal.WithLabelValues(env.Mailbox, "failed", class).Inc()
+	count(env.Mailbox, "failed", class)
 	log.Error("failed", zap.Int("attempt", st.Attempts), zap.String("upstream", class), zap.String("final", reason))
 	var err error
 	if reported {

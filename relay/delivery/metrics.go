@@ -25,5 +25,5 @@ var (
 
 // Collectors returns the delivery metrics for the admin endpoint.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{messagesTotal, attemptDuration, pacedTotal, mailboxHealthy}
+	return []prometheus.Collector{messagesTotal, outcomesTotal, attemptDuration, pacedTotal, mailboxHealthy}
 }
