@@ -17,6 +17,7 @@ import (
 
 	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/relaytest"
+	"github.com/o365relay/o365relay/relay/status"
 	"github.com/o365relay/o365relay/relay/tlstest"
 	"github.com/o365relay/o365relay/token/entratest"
 )
@@ -145,9 +146,10 @@ func TestE2ECredentialForms(t *testing.T) {
 	}
 }
 
-// A certificate Entra ID does not know: the daemon runs (the message is
-// spooled), says AADSTS700027 with the setup step to revisit, and is not
-// ready; after the certificate is uploaded the queued message goes out.
+// A certificate Entra ID does not know: the daemon runs and is ready (the
+// message is spooled: readiness never depends on the token), says
+// AADSTS700027 with the setup step to revisit in its log and its status;
+// after the certificate is uploaded the queued message goes out.
 func TestE2EUnregisteredCertificate(t *testing.T) {
 	t.Parallel()
 	cloud := newCloud(t)
@@ -167,16 +169,11 @@ func TestE2EUnregisteredCertificate(t *testing.T) {
 	if !strings.Contains(out, "Certificates & secrets") {
 		t.Errorf("no explanation with the AADSTS700027 error:\n%s", out)
 	}
-	resp, err := http.Get("http://" + adminAddr + "/readyz")
-	if err != nil {
-		t.Fatal(err)
+	if code, body := readyz(t, adminAddr); code != http.StatusOK {
+		t.Errorf("/readyz %d without a token, want 200 (mail is safe in the spool): %s", code, body)
 	}
-	_ = resp.Body.Close()
-	if resp.StatusCode == http.StatusOK {
-		t.Error("/readyz is ready without a token")
-	}
-	if o, code := runTool(t, nil, binPath, "healthcheck", "--admin-listen", adminAddr); code != 1 {
-		t.Errorf("healthcheck exit %d, want 1:\n%s", code, o)
+	if st := getStatus(t, adminAddr); st.Token.State != status.TokenNone || st.Token.AADSTS != 700027 {
+		t.Errorf("/status token %+v, want none with AADSTS700027", st.Token)
 	}
 
 	// Mail is still accepted (spooled) while Entra refuses us...

@@ -163,6 +163,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	log.Info("starting", fields...)
 
+	ready := make(chan struct{})
 	r, err := relay.New(cfg, relay.Deps{
 		Logger: log,
 		Level:  &level,
@@ -170,6 +171,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			if err := sdNotify("READY=1"); err != nil {
 				log.Warn("systemd notify", zap.Error(err))
 			}
+			close(ready)
 		},
 	})
 	if err != nil {
@@ -188,7 +190,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { done <- r.Run(runCtx) }()
+	notified := make(chan struct{})
+	go func() {
+		defer close(notified)
+		notifyStatus(runCtx, ready, func(ctx context.Context) string {
+			st := r.Status(ctx)
+			return st.Line()
+		})
+	}()
 	err = waitServe(ctx, done, hup, func() { reload(runCtx, r, in, log) }, cancel)
+	cancel()
+	<-notified
 	if err != nil {
 		log.Error("stopped with an error", zap.Error(err))
 		return 1
@@ -207,7 +219,7 @@ func waitServe(ctx context.Context, done <-chan error, hup <-chan os.Signal, onH
 			onHUP()
 		case <-ctx.Done():
 			signal.Reset(os.Interrupt, syscall.SIGTERM)
-			_ = sdNotify("STOPPING=1")
+			_ = sdNotify("STOPPING=1\nSTATUS=draining: finishing sessions in DATA, then stopping")
 			stop()
 			return <-done
 		case err := <-done:

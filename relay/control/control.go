@@ -128,9 +128,13 @@ func (s *Server) Serve() error {
 	return nil
 }
 
-// Shutdown stops serving and removes the socket file.
+// Shutdown stops serving and removes the socket file (also when Serve was
+// never called).
 func (s *Server) Shutdown(ctx context.Context) error {
 	err := s.http.Shutdown(ctx)
+	if cerr := s.ln.Close(); cerr != nil && !errors.Is(cerr, net.ErrClosed) && err == nil {
+		err = cerr
+	}
 	if rerr := os.Remove(s.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) && err == nil {
 		err = rerr
 	}
