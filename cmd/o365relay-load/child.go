@@ -113,7 +113,8 @@ func startChild(ctx context.Context, bin, dir string, cloud *relaytest.Cloud, cf
 	return c, nil
 }
 
-// waitReady polls /readyz: listener bound and a token held.
+// waitReady polls /readyz: the listener serves and the spool takes mail
+// (not the token: the first messages may wait in the spool for it).
 func (c *child) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()

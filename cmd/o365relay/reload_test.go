@@ -127,7 +127,7 @@ func TestE2ECertificateRotationOnDisk(t *testing.T) {
 	// Pacing off: it sends as fast as it can, not Exchange's 30 a minute.
 	env, smtpAddr, adminAddr := relayEnv(t, cloud, spool, "AZURE_CLIENT_CERTIFICATE_PATH="+sd.path(), "O365RELAY_MAILBOX_RATE=0")
 	p := startRelay(t, env, smtpAddr, "serve")
-	waitFor(t, p, "ready: listener up and token held")
+	waitFor(t, p, "token acquired")
 
 	// An application sending all along.
 	var (
@@ -241,7 +241,7 @@ func TestE2EReloadOnSIGHUP(t *testing.T) {
 	env = without(env, "O365RELAY_LOG_LEVEL", "O365RELAY_LISTEN")
 	cfgFile := writeFile(t, dir, "o365relay.yaml", []byte("log_level: info\nlisten: "+smtpAddr+"\n"))
 	p := startRelay(t, env, smtpAddr, "serve", "--config", cfgFile)
-	waitFor(t, p, "ready: listener up and token held")
+	waitFor(t, p, "token acquired")
 	sendAndWait(t, cloud, p, smtpAddr)
 	waitFor(t, p, `"msg":"delivered"`)
 
@@ -293,7 +293,7 @@ func TestE2EMetricsMoveWithTraffic(t *testing.T) {
 	t.Parallel()
 	requireTool(t, "swaks")
 	e := startE2E(t, nil)
-	waitFor(t, e.relay, "ready: listener up and token held")
+	waitFor(t, e.relay, "token acquired")
 	before := scrape(t, e.admin)
 	const n = 3
 	for i := range n {
