@@ -7,6 +7,7 @@
 #
 # Uses, when installed (Debian packages; each missing one is a printed SKIP):
 #   systemd   -> systemd-analyze verify / security --offline (Debian 12: 252)
+#   prometheus -> promtool check/test rules for deploy/prometheus
 #   yamllint  -> YAML syntax and style of the manifests
 #   hadolint  -> not packaged by Debian; used if someone put it on PATH
 #               (BuildKit's own checks run instead, from deploy/dockerfile)
@@ -196,10 +197,61 @@ fi
 if ! have go; then
 	skip "go not installed: manifests not validated"
 elif (cd deploy/kubernetes/validate && GOWORK=off GOFLAGS=-mod=readonly go test -count=1 ./...); then
-	pass "manifests decode strictly as k8s.io/api v0.37 objects and are consistent"
+	pass "manifests decode strictly as k8s.io/api v0.37 and prometheus-operator objects and are consistent"
 else
 	fail "Kubernetes manifest validation (deploy/kubernetes/validate)"
 fi
+
+# ---------------------------------------------------------------------------
+section "Prometheus rules and dashboard"
+if have yamllint; then
+	# Alert annotations are one line each: longer lines allowed here.
+	if yamllint -s -d '{extends: default, rules: {line-length: {max: 200}, document-start: disable, comments: {min-spaces-from-content: 1}, comments-indentation: disable}}' deploy/prometheus; then
+		pass "yamllint deploy/prometheus"
+	else
+		fail "yamllint deploy/prometheus"
+	fi
+else
+	skip "yamllint not installed (apt-get install yamllint)"
+fi
+if have promtool; then
+	if promtool check rules deploy/prometheus/o365relay.rules.yml; then
+		pass "promtool check rules deploy/prometheus/o365relay.rules.yml"
+	else
+		fail "promtool check rules"
+	fi
+	# Every alert has cases that must fire it and cases that must not.
+	if (cd deploy/prometheus && promtool test rules o365relay.rules.test.yml); then
+		pass "promtool test rules: every alert fires and stays quiet where it should"
+	else
+		fail "promtool test rules"
+	fi
+	# The dashboard's queries parse: each becomes a recording rule that
+	# promtool checks ($instance as the regex the dashboard's "All" sends).
+	if have python3 && python3 - "$work/dashboard.rules.yml" <<'PY'
+import json, sys
+d = json.load(open("deploy/prometheus/grafana-dashboard.json"))
+exprs = [t["expr"].replace("$instance", ".*") for p in d["panels"] for t in p.get("targets", [])]
+with open(sys.argv[1], "w") as f:
+    f.write("groups:\n  - name: dashboard\n    rules:\n")
+    for i, e in enumerate(exprs):
+        f.write("      - record: dashboard:panel_%d\n        expr: %s\n" % (i, json.dumps(e)))
+PY
+	then
+		if promtool check rules "$work/dashboard.rules.yml" >/dev/null; then
+			pass "grafana-dashboard.json is JSON and every query parses"
+		else
+			promtool check rules "$work/dashboard.rules.yml" >&2 || true
+			fail "grafana-dashboard.json queries"
+		fi
+	else
+		fail "grafana-dashboard.json does not parse as JSON (or python3 missing)"
+	fi
+else
+	skip "promtool not installed (apt-get install prometheus): rules not checked"
+fi
+# The PrometheusRule, PodMonitor and ServiceMonitor are decoded strictly by
+# the manifest validator below (deploy/kubernetes/validate, TestMonitoring).
 
 # ---------------------------------------------------------------------------
 section "summary"

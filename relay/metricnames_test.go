@@ -1,0 +1,63 @@
+package relay
+
+import (
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/o365relay/o365relay/relay/delivery"
+	"github.com/o365relay/o365relay/relay/spool"
+	"github.com/o365relay/o365relay/relay/upstream"
+	"github.com/o365relay/o365relay/token"
+)
+
+// Every metric the shipped alert rules, their tests and the dashboard
+// (deploy/prometheus) name is one the relay exports: a renamed metric must
+// not leave an alert that silently never fires.
+func TestDeployedRulesNameExportedMetrics(t *testing.T) {
+	var cs []prometheus.Collector
+	cs = append(cs, token.Collectors()...)
+	cs = append(cs, upstream.Collectors()...)
+	cs = append(cs, spool.Collectors()...)
+	cs = append(cs, delivery.Collectors()...)
+	cs = append(cs, Collectors()...)
+	cs = append(cs, (&Relay{}).stateCollectors()...) // Describe reads no state
+	exported := map[string]bool{"o365relay_smtp_connections_open": true} // made in New
+	for _, c := range cs {
+		ch := make(chan *prometheus.Desc, 64)
+		go func() { c.Describe(ch); close(ch) }()
+		for d := range ch {
+			m := regexp.MustCompile(`fqName: "([^"]+)"`).FindStringSubmatch(d.String())
+			if m == nil {
+				t.Fatalf("cannot read the name of %s", d)
+			}
+			exported[m[1]] = true
+		}
+	}
+	name := regexp.MustCompile(`\bo365relay_[a-z0-9_]+`)
+	files, err := filepath.Glob("../deploy/prometheus/*")
+	if err != nil || len(files) < 4 {
+		t.Fatalf("deploy/prometheus: %v %v", files, err)
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range name.FindAllString(string(b), -1) {
+			base := n
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				if s, ok := strings.CutSuffix(n, suffix); ok && exported[s] {
+					base = s
+				}
+			}
+			if !exported[base] {
+				t.Errorf("%s names %s, which the relay does not export", filepath.Base(f), n)
+			}
+		}
+	}
+}
