@@ -175,7 +175,8 @@ if grep -Eq '^[A-Z]' deploy/systemd/o365relay.env.example; then
 fi
 for line in 'Type=notify' 'DynamicUser=yes' 'StateDirectory=o365relay' 'Environment=O365RELAY_SPOOL_DIR=%S/o365relay' \
 	'LoadCredential=o365relay.pem:/etc/o365relay/o365relay.pem' 'Environment=AZURE_CLIENT_CERTIFICATE_PATH=%d/o365relay.pem' \
-	'ExecReload=/bin/kill -HUP $MAINPID' 'TimeoutStopSec=60' 'CapabilityBoundingSet=' 'SystemCallErrorNumber=EPERM'; do
+	'ExecReload=/bin/kill -HUP $MAINPID' 'TimeoutStopSec=60' 'CapabilityBoundingSet=' 'SystemCallErrorNumber=EPERM' \
+	'RestartPreventExitStatus=2'; do
 	grep -qxF -- "$line" "$unit" || { echo "  unit lacks: $line" >&2; env_ok=0; }
 done
 if [ "$env_ok" = 1 ]; then pass "unit and env example cover every setting"; else fail "unit/env example"; fi
