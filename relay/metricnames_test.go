@@ -25,7 +25,7 @@ func TestDeployedRulesNameExportedMetrics(t *testing.T) {
 	cs = append(cs, spool.Collectors()...)
 	cs = append(cs, delivery.Collectors()...)
 	cs = append(cs, Collectors()...)
-	cs = append(cs, (&Relay{}).stateCollectors()...) // Describe reads no state
+	cs = append(cs, (&Relay{}).stateCollectors()...)                     // Describe reads no state
 	exported := map[string]bool{"o365relay_smtp_connections_open": true} // made in New
 	for _, c := range cs {
 		ch := make(chan *prometheus.Desc, 64)
