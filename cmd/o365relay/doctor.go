@@ -17,8 +17,8 @@ import (
 func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("doctor", "doctor [--config FILE] [--json] [--SETTING VALUE ...]\n\n"+
 		"Checks the setup in the order it is built — configuration and clock, certificate,\n"+
-		"token, token claims, Exchange TLS, AUTH per mailbox, spool and listener — and\n"+
-		"prints ✔ / ✘ / ! per check; every ✘ names the Azure step and the fix with your\n"+
+		"token, token claims, Exchange TLS, AUTH per mailbox, spool and listener, and what\n"+
+		"a relay running on the spool reports — and prints ✔ / ✘ / ! per check; every ✘ names the Azure step and the fix with your\n"+
 		"IDs filled in. Sends no mail. Exit 0 when no check failed.", stderr)
 	asJSON := fs.Bool("json", false, "print the report as JSON (same checks, for scripts)")
 	var cfgErr bytes.Buffer
@@ -34,6 +34,10 @@ func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		rep = &doctor.Report{Checks: []doctor.Check{doctor.ConfigError(fmt.Errorf("%s", strings.TrimPrefix(msg, "o365relay: configuration:")))}}
 	} else {
 		rep = doctor.Run(ctx, doctor.Options{Config: cfg})
+		if c, ok := daemonCheck(ctx, cfg.SpoolDir); ok {
+			rep.Checks = append(rep.Checks, c)
+			rep.OK = rep.OK && c.Status != doctor.Fail
+		}
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)

@@ -62,6 +62,11 @@ func TestE2EReadyWithoutEntra(t *testing.T) {
 		t.Errorf("o365relay status --json: %v\n%s", err, out)
 	}
 	notify.wait(t, "STATUS=ready; no token (", 30*time.Second)
+	// The doctor adds what the running daemon sees.
+	out, _ = runToolWith(t, append([]string{"PATH=" + os.Getenv("PATH")}, e.env...), nil, binPath, "doctor")
+	if !strings.Contains(out, "! 8 daemon: the running relay reports: no token from Entra ID") {
+		t.Errorf("doctor does not report the running daemon's view:\n%s", out)
+	}
 
 	cloud.Entra.SetOutage(0)
 	e.waitMessages(2)
