@@ -74,8 +74,11 @@ VOLUME /var/spool/o365relay
 EXPOSE 2525 9025
 
 # `healthcheck` asks the admin listener's /readyz (O365RELAY_ADMIN_LISTEN;
-# a wildcard address is probed on loopback), exit 0/1. Exec form: there is
-# no shell in the image. start-period covers the first token request.
+# a wildcard address is probed on loopback), exit 0/1: healthy means mail
+# handed over is safe (listener serving, spool writable with room), never
+# "Entra ID answered" - `docker exec <name> /o365relay status` shows the path
+# to Exchange. Exec form: there is no shell in the image. start-period
+# covers the spool's recovery at start.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["/o365relay", "healthcheck"]
 

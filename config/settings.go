@@ -226,7 +226,7 @@ func Settings() []Setting {
 		duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout }))
 
 	add(Setting{Group: "Operations", Key: "admin_listen", Env: "O365RELAY_ADMIN_LISTEN", Default: "127.0.0.1:9025",
-		Doc: "HTTP address of /metrics, /healthz and /readyz; empty disables it."},
+		Doc: "HTTP address of /metrics, /healthz, /readyz and /status; empty disables it."},
 		str(func(c *Config) *string { return &c.AdminListen }, func(v string) (string, error) {
 			if v == "" {
 				return "", nil

@@ -259,6 +259,6 @@ section "summary"
 printf '%s\n' "${summary[@]}"
 echo "Not validated here: the image was not built or run (no Docker engine);"
 echo "no manifest was applied to a cluster (schema + consistency checks only);"
-echo "the unit was verified offline, not started under systemd."
+echo "the unit is verified offline here; it runs under a real systemd in TestSystemdUnit (go test, as root)."
 echo "deploy: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]
