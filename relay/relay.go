@@ -246,13 +246,7 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 
 	initMailboxMetrics(cfg.Mailboxes())
 	if cfg.AdminListen != "" {
-		var cs []prometheus.Collector
-		cs = append(cs, token.Collectors()...)
-		cs = append(cs, upstream.Collectors()...)
-		cs = append(cs, spool.Collectors()...)
-		cs = append(cs, delivery.Collectors()...)
-		cs = append(cs, Collectors()...)
-		cs = append(cs, r.stateCollectors()...)
+		cs := r.collectors()
 		smtp := r.smtp
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "o365relay_smtp_connections_open",

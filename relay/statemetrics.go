@@ -8,7 +8,23 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/o365relay/o365relay/relay/delivery"
+	"github.com/o365relay/o365relay/relay/spool"
+	"github.com/o365relay/o365relay/relay/upstream"
+	"github.com/o365relay/o365relay/token"
 )
+
+// collectors are every metric the admin endpoint exports but the intake's
+// open-connections gauge (made in New from the listener): the packages'
+// counters and this relay's state.
+func (r *Relay) collectors() []prometheus.Collector {
+	var cs []prometheus.Collector
+	cs = append(cs, token.Collectors()...)
+	cs = append(cs, upstream.Collectors()...)
+	cs = append(cs, spool.Collectors()...)
+	cs = append(cs, delivery.Collectors()...)
+	cs = append(cs, Collectors()...)
+	return append(cs, r.stateCollectors()...)
+}
 
 // stateCollectors are the metrics read from this relay's state when
 // scraped (so they need no package state): build info, readiness, the
