@@ -12,6 +12,7 @@ import (
 
 	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/relaytest"
+	"github.com/o365relay/o365relay/relay/status"
 	"github.com/o365relay/o365relay/token/mitest"
 )
 
@@ -154,11 +155,7 @@ func TestE2EManagedIdentityAppService(t *testing.T) {
 	// Down: the held token serves until it is too close to its end, then
 	// mail waits in the spool.
 	mi.SetOutage(503)
-	for deadline := time.Now().Add(60 * time.Second); runCode(t, "healthcheck", "--admin-listen", adminAddr) == 0; time.Sleep(200 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("the held token never expired")
-		}
-	}
+	waitStatus(t, p, adminAddr, "the held token expired", func(st status.Status) bool { return st.Token.State == status.TokenNone })
 	sendN(t, smtpAddr, 2, "while the endpoint is down")
 	waitFor(t, p, `"upstream":"4.7.0"`)
 	if n := len(cloud.Exchange.Messages()); n != 3 {
