@@ -22,10 +22,18 @@ type Setting struct {
 	accessor
 }
 
-// accessor parses a value into a Config and prints it back.
+// accessor parses a value into a Config and prints it back; typ says what
+// the value looks like, for --help and the JSON Schema (schema.go).
 type accessor struct {
 	set func(c *Config, v string) error
 	get func(c *Config) string
+	typ valueType
+}
+
+// as returns a copy of a with the value type t.
+func (a accessor) as(t valueType) accessor {
+	a.typ = t
+	return a
 }
 
 // Flag is the command-line flag name (without dashes).
@@ -56,12 +64,12 @@ func str(p func(*Config) *string, parse func(string) (string, error)) accessor {
 		return nil
 	}, func(c *Config) string {
 		return *p(c)
-	}}
+	}, typeString}
 }
 
 func sec(p func(*Config) *secret.Secret) accessor {
 	return accessor{func(c *Config, v string) error { *p(c) = secret.Secret(v); return nil },
-		func(c *Config) string { return p(c).Reveal() }}
+		func(c *Config) string { return p(c).Reveal() }, typeSecret}
 }
 
 func count(p func(*Config) *int) accessor {
@@ -71,7 +79,7 @@ func count(p func(*Config) *int) accessor {
 		return err
 	}, func(c *Config) string {
 		return strconv.Itoa(*p(c))
-	}}
+	}, typeCount}
 }
 
 func size(p func(*Config) *int64, positive bool) accessor {
@@ -84,7 +92,7 @@ func size(p func(*Config) *int64, positive bool) accessor {
 		return err
 	}, func(c *Config) string {
 		return strconv.FormatInt(*p(c), 10)
-	}}
+	}, typeSize}
 }
 
 func duration(p func(*Config) *time.Duration) accessor {
@@ -92,11 +100,11 @@ func duration(p func(*Config) *time.Duration) accessor {
 		d, err := parseDuration(v)
 		*p(c) = d
 		return err
-	}, func(c *Config) string { return p(c).String() }}
+	}, func(c *Config) string { return p(c).String() }, typeDuration}
 }
 
 func choice(p func(*Config) *string, allowed ...string) accessor {
-	return str(p, func(v string) (string, error) { return oneOf(v, allowed...) })
+	return str(p, func(v string) (string, error) { return oneOf(v, allowed...) }).as(valueType{name: strings.Join(allowed, "|"), choices: allowed})
 }
 
 // Settings returns every setting, in the order of the reference table. It
@@ -111,14 +119,14 @@ func Settings() []Setting {
 
 	add(Setting{Group: "Local SMTP listener", Key: "listen", Env: "O365RELAY_LISTEN", Default: "127.0.0.1:2525",
 		Doc: "Address the applications connect to. A non-loopback address needs an explicit allowed_networks, or TLS and auth_users."},
-		str(func(c *Config) *string { return &c.Listen }, parseHostPort))
+		str(func(c *Config) *string { return &c.Listen }, parseHostPort).as(typeHostPort))
 	add(Setting{Group: "Local SMTP listener", Key: "allowed_networks", Env: "O365RELAY_ALLOWED_NETWORKS", Default: "127.0.0.0/8,::1/128",
 		Doc: "Comma-separated CIDRs (or addresses) of clients that may relay; others get 554 5.7.1 — or, with auth_users, must AUTH (530 5.7.0). Empty denies everyone (with auth_users: everyone must AUTH); host bits set is an error."},
 		accessor{func(c *Config, v string) error {
 			ps, err := parsePrefixes(v)
 			c.AllowedNetworks = ps
 			return err
-		}, func(c *Config) string { return formatPrefixes(c.AllowedNetworks) }})
+		}, func(c *Config) string { return formatPrefixes(c.AllowedNetworks) }, typeCIDRs})
 	add(Setting{Group: "Local SMTP listener", Key: "hostname", Env: "O365RELAY_HOSTNAME", Default: "",
 		Doc: "Name in the greeting and the Received: header; empty means the machine's host name."},
 		accessor{func(c *Config, v string) error {
@@ -134,7 +142,7 @@ func Settings() []Setting {
 			}
 			c.Hostname = v
 			return nil
-		}, func(c *Config) string { return c.Hostname }})
+		}, func(c *Config) string { return c.Hostname }, typeString})
 	add(Setting{Group: "Local SMTP listener", Key: "max_message_bytes", Env: "O365RELAY_MAX_MESSAGE_BYTES", Default: "35MiB",
 		Doc: "Largest message accepted (advertised in EHLO SIZE; 552 5.3.4 beyond). Exchange Online's default send limit is 35 MB."},
 		size(func(c *Config) *int64 { return &c.MaxMessageBytes }, true))
@@ -147,7 +155,7 @@ func Settings() []Setting {
 			}
 			c.MaxRecipients = n
 			return err
-		}, func(c *Config) string { return strconv.Itoa(c.MaxRecipients) }})
+		}, func(c *Config) string { return strconv.Itoa(c.MaxRecipients) }, typeCount1})
 	add(Setting{Group: "Local SMTP listener", Key: "max_connections", Env: "O365RELAY_MAX_CONNECTIONS", Default: "1000",
 		Doc: "Concurrent client connections in total (421 4.7.0 beyond); 0 = unlimited."},
 		count(func(c *Config) *int { return &c.MaxConnections }))
@@ -159,10 +167,10 @@ func Settings() []Setting {
 		choice(func(c *Config) *string { return &c.LineEndings }, "reject", "normalize"))
 	add(Setting{Group: "Local SMTP listener", Key: "listen_tls_cert", Env: "O365RELAY_LISTEN_TLS_CERT", Default: "",
 		Doc: "PEM certificate (leaf first, then its chain) for the listener; with listen_tls_key it enables STARTTLS on listen. Re-read when the file changes."},
-		str(func(c *Config) *string { return &c.ListenTLSCert }, readable))
+		str(func(c *Config) *string { return &c.ListenTLSCert }, readable).as(typePath))
 	add(Setting{Group: "Local SMTP listener", Key: "listen_tls_key", Env: "O365RELAY_LISTEN_TLS_KEY", Default: "",
 		Doc: "PEM private key of listen_tls_cert (chmod 600)."},
-		str(func(c *Config) *string { return &c.ListenTLSKey }, readable))
+		str(func(c *Config) *string { return &c.ListenTLSKey }, readable).as(typePath))
 	add(Setting{Group: "Local SMTP listener", Key: "listen_tls", Env: "O365RELAY_LISTEN_TLS", Default: "",
 		Doc: "Address of an implicit-TLS listener (RFC 8314, e.g. :465) beside listen, with the same rules; needs listen_tls_cert. Empty = none."},
 		str(func(c *Config) *string { return &c.ListenTLS }, func(v string) (string, error) {
@@ -170,14 +178,14 @@ func Settings() []Setting {
 				return "", nil
 			}
 			return parseHostPort(v)
-		}))
+		}).as(typeHostPortOrEmpty))
 
 	add(Setting{Group: "Exchange Online", Key: "upstream", Env: "O365RELAY_UPSTREAM", Default: "smtp.office365.com:587",
 		Doc: "Submission server (STARTTLS is required; its certificate is verified against the system roots, which SSL_CERT_FILE extends). GCC High: smtp.office365.us:587."},
-		str(func(c *Config) *string { return &c.Upstream }, parseHostPort))
+		str(func(c *Config) *string { return &c.Upstream }, parseHostPort).as(typeHostPort))
 	add(Setting{Group: "Exchange Online", Key: "mailbox", Env: "O365RELAY_MAILBOX", Default: "",
 		Doc: "Required by serve unless every sender rule names its mailbox. The mailbox the relay authenticates as (XOAUTH2 user=), for senders without a rule of their own."},
-		str(func(c *Config) *string { return &c.Mailbox }, parseMailbox))
+		str(func(c *Config) *string { return &c.Mailbox }, parseMailbox).as(typeAddress))
 	add(Setting{Group: "Exchange Online", Key: "mailbox_connections", Env: "O365RELAY_MAILBOX_CONNECTIONS", Default: "3",
 		Doc: "Concurrent authenticated connections per mailbox, reused across messages; Exchange refuses a fourth with 432 4.3.2."},
 		accessor{func(c *Config, v string) error {
@@ -187,7 +195,7 @@ func Settings() []Setting {
 			}
 			c.MailboxConnections = n
 			return err
-		}, func(c *Config) string { return strconv.Itoa(c.MailboxConnections) }})
+		}, func(c *Config) string { return strconv.Itoa(c.MailboxConnections) }, typeCount1})
 	add(Setting{Group: "Exchange Online", Key: "mailbox_rate", Env: "O365RELAY_MAILBOX_RATE", Default: "30",
 		Doc: "Messages per minute per mailbox (Exchange Online's limit; it delays the excess). A burst of one minute's worth goes at once, more is spaced evenly; 0 = unlimited."},
 		count(func(c *Config) *int { return &c.MailboxRate }))
@@ -202,7 +210,7 @@ func Settings() []Setting {
 				return "", fmt.Errorf("must not be empty; name a directory the relay can write")
 			}
 			return v, nil
-		}))
+		}).as(typeDir))
 	add(Setting{Group: "Spool and delivery", Key: "spool_max_messages", Env: "O365RELAY_SPOOL_MAX_MESSAGES", Default: "0",
 		Doc: "Queued messages beyond which new mail gets 452 4.3.1; 0 = unlimited."},
 		count(func(c *Config) *int { return &c.SpoolMaxItems }))
@@ -232,7 +240,7 @@ func Settings() []Setting {
 				return "", nil
 			}
 			return parseHostPort(v)
-		}))
+		}).as(typeHostPortOrEmpty))
 	add(Setting{Group: "Operations", Key: "log_level", Env: "O365RELAY_LOG_LEVEL", Default: "info",
 		Doc: "debug, info, warn or error. No level logs tokens, keys or message bodies."},
 		choice(func(c *Config) *string { return &c.LogLevel }, "debug", "info", "warn", "error"))
@@ -254,22 +262,22 @@ func Settings() []Setting {
 		str(func(c *Config) *string { return &c.ManagedIdentityResourceID }, parseResourceID))
 	add(Setting{Group: "Identity", Key: "client_certificate_path", Env: "AZURE_CLIENT_CERTIFICATE_PATH", Default: "",
 		Doc: "PEM with the certificate and its RSA key (PKCS#1, PKCS#8 or encrypted PKCS#8), or a .pfx/.p12. The recommended credential."},
-		str(func(c *Config) *string { return &c.CertificatePath }, readable))
+		str(func(c *Config) *string { return &c.CertificatePath }, readable).as(typePath))
 	add(Setting{Group: "Identity", Key: "client_certificate_password", Env: "AZURE_CLIENT_CERTIFICATE_PASSWORD", Default: "", Secret: true,
 		Doc: "Password of the PFX or encrypted PEM key."},
 		sec(func(c *Config) *secret.Secret { return &c.CertificatePassword }))
 	add(Setting{Group: "Identity", Key: "federated_token_file", Env: "AZURE_FEDERATED_TOKEN_FILE", Default: "",
 		Doc: "Kubernetes workload identity: a file whose content is the client assertion, re-read for every token request."},
-		str(func(c *Config) *string { return &c.FederatedTokenFile }, readable))
+		str(func(c *Config) *string { return &c.FederatedTokenFile }, readable).as(typePath))
 	add(Setting{Group: "Identity", Key: "client_secret", Env: "AZURE_CLIENT_SECRET", Default: "", Secret: true,
 		Doc: "A client secret, if no certificate can be used."},
 		sec(func(c *Config) *secret.Secret { return &c.ClientSecret }))
 	add(Setting{Group: "Identity", Key: "authority_host", Env: "AZURE_AUTHORITY_HOST", Default: "https://login.microsoftonline.com/",
 		Doc: "Entra ID endpoint; https://login.microsoftonline.us/ for US Government. Another host gets no instance discovery."},
-		str(func(c *Config) *string { return &c.AuthorityHost }, parseAuthority))
+		str(func(c *Config) *string { return &c.AuthorityHost }, parseAuthority).as(typeURL))
 	add(Setting{Group: "Identity", Key: "scope", Env: "O365RELAY_SCOPE", Default: "https://outlook.office365.com/.default",
 		Doc: "Token scope; Exchange Online SMTP accepts only this one (https://outlook.office365.us/.default for GCC High)."},
-		str(func(c *Config) *string { return &c.Scope }, parseScope))
+		str(func(c *Config) *string { return &c.Scope }, parseScope).as(typeScope))
 	add(Setting{Group: "Identity", Key: "assertion_algorithm", Env: "O365RELAY_ASSERTION_ALGORITHM", Default: "PS256",
 		Doc: "Client assertion signature: PS256 with x5t#S256 (Microsoft's current guidance) or RS256 with x5t (older form, ADFS)."},
 		choice(func(c *Config) *string { return &c.AssertionAlgorithm }, "PS256", "RS256"))
