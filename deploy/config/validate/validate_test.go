@@ -113,14 +113,14 @@ func TestExampleValidates(t *testing.T) {
 func TestMistakesFail(t *testing.T) {
 	s := compile(t)
 	for _, src := range []string{
-		"lsten: 127.0.0.1:2525",         // unknown key (typo)
-		"listen: 2525",                  // not host:port
-		"log_format: xml",               // not a choice
-		"retry_min: 5",                  // a duration needs a unit
-		"max_recipients: 0",             // at least 1
-		"max_connections: -1",           // a count
-		"max_message_bytes: 35 MiBs",    // not a size
-		"mailbox: relay",                // not an address
+		"lsten: 127.0.0.1:2525",      // unknown key (typo)
+		"listen: 2525",               // not host:port
+		"log_format: xml",            // not a choice
+		"retry_min: 5",               // a duration needs a unit
+		"max_recipients: 0",          // at least 1
+		"max_connections: -1",        // a count
+		"max_message_bytes: 35 MiBs", // not a size
+		"mailbox: relay",             // not an address
 		"scope: https://outlook.office365.com/SMTP.Send", // not /.default
 		"authority_host: http://login.microsoftonline.com/",
 		"allowed_networks: any",
