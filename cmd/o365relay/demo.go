@@ -25,7 +25,7 @@ import (
 // client assertion, gets a token over TLS from the fake Entra ID, spools the
 // message with fsync and delivers it over STARTTLS + AUTH XOAUTH2.
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("demo", "demo [--verbose] [--from A] [--to B]\n\nStarts a fake Entra ID and a fake Exchange Online on loopback, a relay between\nthem, sends one message through the relay over SMTP and prints what Exchange\nreceived. Needs no Azure account and no network.", stderr)
+	fs := newFlagSet("demo", "demo [--verbose] [--from A] [--to B]\n\nStarts a fake Entra ID and a fake Exchange Online on loopback, a relay between\nthem, sends one message through the relay over SMTP and prints what Exchange\nreceived. Needs no Azure account and no network.", stdout, stderr)
 	verbose := fs.Bool("verbose", false, "show the relay's log")
 	from := fs.String("from", relaytest.Mailbox, "envelope sender and From: of the demo message (Exchange lets the mailbox send only as itself)")
 	to := fs.String("to", "someone@fabrikam.example", "recipient of the demo message")

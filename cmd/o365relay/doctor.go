@@ -19,7 +19,7 @@ func runDoctor(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		"Checks the setup in the order it is built — configuration and clock, certificate,\n"+
 		"token, token claims, Exchange TLS, AUTH per mailbox, spool and listener, and what\n"+
 		"a relay running on the spool reports — and prints ✔ / ✘ / ! per check; every ✘ names the Azure step and the fix with your\n"+
-		"IDs filled in. Sends no mail. Exit 0 when no check failed.", stderr)
+		"IDs filled in. Sends no mail. Exit 0 when no check failed.", stdout, stderr)
 	asJSON := fs.Bool("json", false, "print the report as JSON (same checks, for scripts)")
 	var cfgErr bytes.Buffer
 	cfg, _, code := loadCommand(fs, args, false, &cfgErr)

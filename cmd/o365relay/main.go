@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/o365relay/o365relay/relay/status"
@@ -35,20 +36,32 @@ func commands() []command {
 		{"send", "send one test message straight to Exchange Online, reporting each step", runSend},
 		{"token", "obtain an access token and print its claims (never the token unless --print-token)", runToken},
 		{"version", "print the version", runVersion},
+		{"config", "check a configuration, show the effective one and where each value came from, print the schema or an example", runConfig},
+		{"help", "show the commands, or one command's flags: help COMMAND", runHelp},
 	}
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	args := os.Args[1:]
+	// Installed as /usr/sbin/sendmail (a symlink or the packages'
+	// alternative), the binary is the sendmail command.
+	if filepath.Base(os.Args[0]) == "sendmail" {
+		args = append([]string{"sendmail"}, args...)
+	}
+	os.Exit(run(args, os.Stdout, os.Stderr))
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+	if len(args) == 0 {
 		usage(stderr)
-		if len(args) == 0 {
-			return 2
-		}
+		return 2
+	}
+	switch args[0] {
+	case "-h", "--help":
+		usage(stdout)
 		return 0
+	case "--version", "-version":
+		return runVersion(context.Background(), nil, stdout, stderr)
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
@@ -70,7 +83,7 @@ func usage(w io.Writer) {
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintf(w, "\nRun 'o365relay <command> --help' for a command's flags.\n")
+	fmt.Fprintf(w, "\nRun 'o365relay help <command>' for a command's flags; --version prints the version.\n")
 }
 
 // version reports the module version and VCS revision Go stamped into the
@@ -79,7 +92,7 @@ func version() string { return status.ReadBuild().String() }
 
 func runVersion(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-		fmt.Fprintln(stderr, "Usage: o365relay version\n\nPrints the version, VCS revision and Go version.")
+		fmt.Fprintln(stdout, "Usage: o365relay version\n\nPrints the version, VCS revision and Go version (also: o365relay --version).")
 		return 0
 	}
 	fmt.Fprintln(stdout, "o365relay", version())

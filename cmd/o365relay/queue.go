@@ -26,7 +26,7 @@ func runQueue(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		"  failed        messages that failed for good, with the reason\n\n"+
 		"With a relay running on the spool the daemon makes each change at once (its\n"+
 		"control socket, spool_dir/control.sock); run it as the relay's user. Give the\n"+
-		"daemon's spool_dir (O365RELAY_SPOOL_DIR): a missing one is an error.", stderr)
+		"daemon's spool_dir (O365RELAY_SPOOL_DIR): a missing one is an error.", stdout, stderr)
 	cfg, rest, code := loadCommand(fs, args, true, stderr)
 	if cfg == nil {
 		return code
@@ -142,7 +142,7 @@ func printEntries(w io.Writer, ms []control.Message, failed bool) {
 // runHealthcheck asks the running relay's /readyz: exit 0 when ready, 1
 // otherwise. It is the container HEALTHCHECK in images without a shell.
 func runHealthcheck(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("healthcheck", "healthcheck [--config FILE] [--admin-listen ADDR]\n\nExits 0 if the relay's /readyz (at admin_listen) says ready, 1 otherwise.", stderr)
+	fs := newFlagSet("healthcheck", "healthcheck [--config FILE] [--admin-listen ADDR]\n\nExits 0 if the relay's /readyz (at admin_listen) says ready, 1 otherwise.", stdout, stderr)
 	cfg, _, code := loadCommand(fs, args, false, stderr)
 	if cfg == nil {
 		return code

@@ -27,7 +27,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("send", "send --to B [--from A] [--subject S] [--body-file F] [--config FILE] [--SETTING VALUE ...]\n\n"+
 		"Sends one test message to Exchange Online as the configured mailbox, on one\n"+
 		"connection, and reports each step: token, connect, TLS, AUTH, and Exchange's\n"+
-		"reply to the message. Does not use the spool.", stderr)
+		"reply to the message. Does not use the spool.", stdout, stderr)
 	from := fs.String("from", "", "envelope sender and From: header (default: the mailbox)")
 	to := fs.String("to", "", "recipient(s), comma-separated (required)")
 	subject := fs.String("subject", "o365relay test message", "Subject: header")

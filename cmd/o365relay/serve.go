@@ -46,6 +46,9 @@ func parseCommand(fs *flag.FlagSet, args []string, positional bool, stderr io.Wr
 	keyOf := map[string]string{}
 	for _, s := range config.Settings() {
 		usage := s.Doc + " (env " + s.Env + ")"
+		if s.Secret {
+			usage = s.Doc + " Refused on the command line: set " + s.Env + "."
+		}
 		if s.Default != "" && !s.Secret {
 			usage += " (default " + s.Default + ")"
 		}
@@ -57,6 +60,12 @@ func parseCommand(fs *flag.FlagSet, args []string, positional bool, stderr io.Wr
 			return in, nil, 0, false
 		}
 		return in, nil, 2, false
+	}
+	if helpShown(fs) {
+		return in, nil, 0, false
+	}
+	if code, ok := refuseSecretFlags(fs, stderr); !ok {
+		return in, nil, code, false
 	}
 	if !positional && fs.NArg() > 0 {
 		fmt.Fprintf(stderr, "o365relay %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
@@ -75,14 +84,15 @@ func printConfigError(stderr io.Writer, err error) {
 	fmt.Fprintf(stderr, "o365relay: configuration:\n%s\n", indent(err.Error()))
 }
 
-// newFlagSet makes a FlagSet whose errors and help go to stderr.
-func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+// newFlagSet makes a FlagSet whose errors go to stderr with the usage, and
+// whose -h/--help prints the usage to stdout (help.go).
+func newFlagSet(name, synopsis string, stdout, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: o365relay %s\n\n", synopsis)
-		fs.PrintDefaults()
-	}
+	fs.Usage = func() { printUsage(stderr, fs, synopsis) }
+	h := &helpFlag{print: func() { printUsage(stdout, fs, synopsis) }}
+	fs.Var(h, "help", "show this help")
+	fs.Var(h, "h", "show this help")
 	return fs
 }
 
@@ -93,6 +103,9 @@ func parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
 			return 0, true
 		}
 		return 2, true
+	}
+	if helpShown(fs) {
+		return 0, true
 	}
 	if fs.NArg() > 0 {
 		fmt.Fprintf(fs.Output(), "o365relay %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
@@ -126,7 +139,7 @@ func newLogger(cfg *config.Config, w io.Writer) (*zap.Logger, zap.AtomicLevel, e
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := newFlagSet("serve", "serve [--config FILE] [--SETTING VALUE ...]\n\nRuns the relay. Every setting is also an environment variable and a key of the\nconfiguration file (README.md, Configuration reference).", stderr)
+	fs := newFlagSet("serve", "serve [--config FILE] [--SETTING VALUE ...]\n\nRuns the relay. Every setting is also an environment variable and a key of the\nconfiguration file (README.md, Configuration reference).", stdout, stderr)
 	// SIGHUP (systemd's ExecReload, kill -HUP) re-reads the configuration
 	// with the same flags and environment and applies what can be applied
 	// (relay.Reload). Caught from the start: Go's default for SIGHUP is to
@@ -139,6 +152,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return code
 	}
 	cfg, err := config.Load(in)
+	if err == nil {
+		// What the daemon needs, before anything is logged: `config
+		// check` says the same thing.
+		err = cfg.CheckDaemon()
+	}
 	if err != nil {
 		printConfigError(stderr, err)
 		return 2
@@ -175,15 +193,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		},
 	})
 	if err != nil {
-		log.Error("cannot start", zap.Error(err))
-		// A setting the daemon needs is missing (relay.New runs
-		// CheckDaemon): a usage error, exit 2. Anything else (a key that
-		// does not match, a taken port) is a failed start, exit 1.
+		// Said once: a setting the daemon needs is missing (relay.New runs
+		// CheckDaemon) is a usage error, exit 2, printed like every other
+		// configuration error; anything else (a key that does not match, a
+		// taken port) is a failed start, exit 1, in the log's format.
 		if ce := (*config.Error)(nil); errors.As(err, &ce) {
 			printConfigError(stderr, err)
 			return 2
 		}
-		fmt.Fprintln(stderr, "o365relay:", err)
+		log.Error("cannot start", zap.Error(err))
 		return 1
 	}
 	done := make(chan error, 1)

@@ -25,7 +25,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		"token (expiry, last Entra ID error), the certificate, which mailboxes are held\n"+
 		"and why, the queue. Asks the control socket in spool_dir, else admin_listen's\n"+
 		"/status. Exit 0 when the relay is ready (even if delivery is held: see the\n"+
-		"output), 1 when it is not or cannot be reached.", stderr)
+		"output), 1 when it is not or cannot be reached.", stdout, stderr)
 	asJSON := fs.Bool("json", false, "print the status document as JSON")
 	cfg, _, code := loadCommand(fs, args, false, stderr)
 	if cfg == nil {

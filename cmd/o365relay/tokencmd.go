@@ -24,7 +24,7 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		"Obtains an access token from Entra ID with the configured credential and prints\n"+
 		"its decoded claims (audience, tenant, app, object ID, roles) and expiry. The\n"+
 		"token itself is printed only with --print-token: anyone holding it can send\n"+
-		"mail as the app's mailboxes until it expires.", stderr)
+		"mail as the app's mailboxes until it expires.", stdout, stderr)
 	printToken := fs.Bool("print-token", false, "also print the access token itself, as the last line (a secret: do not paste it anywhere)")
 	asJSON := fs.Bool("json", false, "print the claims as JSON")
 	cfg, _, code := loadCommand(fs, args, false, stderr)
