@@ -51,10 +51,10 @@ func TestScriptContent(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"'00000002-0000-0ff1-ce00-000000000000'",                                 // Exchange's appId
-		"$_.Value -eq $RoleValue",                                                // the role looked up by value
-		"New-MgServicePrincipalAppRoleAssignment",                                // admin consent
-		"New-ServicePrincipal -AppId $app.AppId -ObjectId $sp.Id",                // the Enterprise application's object ID
+		"'00000002-0000-0ff1-ce00-000000000000'",                                   // Exchange's appId
+		"$_.Value -eq $RoleValue",                                                  // the role looked up by value
+		"New-MgServicePrincipalAppRoleAssignment",                                  // admin consent
+		"New-ServicePrincipal -AppId $app.AppId -ObjectId $sp.Id",                  // the Enterprise application's object ID
 		"Add-MailboxPermission -Identity $m -User $sp.Id -AccessRights FullAccess", // step 6
 		"Set-CASMailbox -Identity $m -SmtpClientAuthenticationDisabled $false",     // step 7
 		"o365relay doctor",
