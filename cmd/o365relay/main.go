@@ -37,6 +37,7 @@ func commands() []command {
 		{"token", "obtain an access token and print its claims (never the token unless --print-token)", runToken},
 		{"version", "print the version", runVersion},
 		{"config", "check a configuration, show the effective one and where each value came from, print the schema or an example", runConfig},
+		{"sendmail", "submit a message from stdin to the running relay, as sendmail does (-t, -i, -f, -F); also as /usr/sbin/sendmail", runSendmail},
 		{"cert", "cert new: make the key and self-signed certificate to upload to the app registration", runCert},
 		{"setup", "setup azure: print the PowerShell script that does the Azure side (app, certificate, permission, mailboxes)", runSetup},
 		{"help", "show the commands, or one command's flags: help COMMAND", runHelp},
