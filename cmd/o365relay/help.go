@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -107,7 +109,12 @@ func runHelp(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		usage(stdout)
 		return 0
 	case args[0] == "--man":
-		manPage(stdout, time.Now())
+		// SOURCE_DATE_EPOCH (reproducible-builds.org) dates a packaged page.
+		now := time.Now()
+		if sec, err := strconv.ParseInt(os.Getenv("SOURCE_DATE_EPOCH"), 10, 64); err == nil {
+			now = time.Unix(sec, 0)
+		}
+		manPage(stdout, now)
 		return 0
 	case args[0] == "-h" || args[0] == "--help":
 		fmt.Fprintln(stdout, "Usage: o365relay help [COMMAND | --man]\n\nPrints the commands, one command's flags, or the manual page (roff, as installed by the packages).")
