@@ -15,9 +15,9 @@ SHELL       := /bin/bash
 GO          ?= go
 GOARCH      ?= $(shell $(GO) env GOARCH)
 TOOLS       := $(GO) tool -modfile=deploy/tools/go.mod
-# The one image reference (the Helm chart's values.yaml repeats it; a test
-# keeps them equal).
-IMAGE       ?= ghcr.io/o365relay/o365relay
+# The one image reference is the chart's image.repository; the examples
+# under deploy/kubernetes use it too (deploy/kubernetes/validate checks).
+IMAGE       ?= $(shell sed -n 's/^  repository: *//p' deploy/helm/o365relay/values.yaml)
 # Version from git: the tag (v1.2.3 -> 1.2.3) on a tagged commit, else
 # 0.0.0+gitYYYYMMDDhhmmss.<commit> (a valid Debian and RPM version, ordered
 # by commit time); "+dirty" style suffixes are left to `o365relay version`,
@@ -82,8 +82,9 @@ image: dist/o365relay
 	fi
 
 chart:
-	$(TOOLS) helm lint --strict deploy/helm/o365relay
-	$(TOOLS) helm template o365relay deploy/helm/o365relay >dist/chart.yaml
+	@mkdir -p dist
+	$(TOOLS) helm lint --strict -f deploy/helm/o365relay/ci/test-values.yaml deploy/helm/o365relay
+	$(TOOLS) helm template o365relay deploy/helm/o365relay -f deploy/helm/o365relay/ci/test-values.yaml >dist/chart.yaml
 
 clean:
 	rm -rf dist

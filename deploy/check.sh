@@ -192,13 +192,59 @@ if have yamllint; then
 else
 	skip "yamllint not installed (apt-get install yamllint)"
 fi
+# ---------------------------------------------------------------------------
+section "Helm chart (deploy/helm/o365relay)"
+# helm v4 is a pinned Go tool (deploy/tools); the first build compiles it
+# (a few minutes on 2 cores), the Go build cache keeps it. The renders go
+# to the manifest validator below, with the same rules as the manifests.
+render=""
+if ! have go; then
+	skip "go not installed: chart not linted"
+else
+	helm() { go tool -modfile=deploy/tools/go.mod helm "$@"; }
+	chart=deploy/helm/o365relay
+	render="$work/chart"
+	mkdir -p "$render"
+	if helm lint --strict -f $chart/ci/test-values.yaml $chart >"$work/lint.out" 2>&1 &&
+		helm lint --strict -f $chart/ci/workload-identity-values.yaml $chart >>"$work/lint.out" 2>&1; then
+		pass "helm lint --strict (certificate and workload identity values)"
+	else
+		cat "$work/lint.out" >&2
+		fail "helm lint"
+	fi
+	# Without the required values the install must stop and say which.
+	if helm template o365relay $chart >"$work/noval.out" 2>&1 || ! grep -q 'config.tenantId' "$work/noval.out"; then
+		cat "$work/noval.out" >&2
+		fail "helm template without values does not ask for config.tenantId"
+	else
+		pass "helm template without values stops: $(grep -o 'config.tenantId[^"]*' "$work/noval.out" | head -n1 | cut -c1-70)…"
+	fi
+	if helm template o365relay $chart -f $chart/ci/test-values.yaml >"$render/central.yaml" &&
+		helm template o365relay $chart -f $chart/ci/workload-identity-values.yaml >"$render/wi.yaml" &&
+		helm template o365relay $chart --set sidecarSnippet=true --show-only templates/sidecar-snippet.yaml >"$render/snippet.yaml" &&
+		helm template o365relay $chart --set sidecarSnippet=true --set workloadIdentity.enabled=true --show-only templates/sidecar-snippet.yaml >"$render/snippet-wi.yaml"; then
+		pass "helm template: $(grep -c '^kind:' "$render/central.yaml") objects (certificate), $(grep -c '^kind:' "$render/wi.yaml") (workload identity + monitors), sidecar snippet"
+	else
+		fail "helm template"
+		render=""
+	fi
+fi
+
+# ---------------------------------------------------------------------------
+section "Kubernetes manifest validation"
 # Strict decoding into k8s.io/api types + consistency rules: a separate Go
 # module, so the relay's module takes no k8s.io dependency. GOWORK=off in
-# case a go.work above would pull it into another build.
+# case a go.work above would pull it into another build. With the chart
+# rendered, the same run checks it, that every example's relay container
+# is the chart's, the README's sidecar snippet and the one image reference.
 if ! have go; then
 	skip "go not installed: manifests not validated"
-elif (cd deploy/kubernetes/validate && GOWORK=off GOFLAGS=-mod=readonly go test -count=1 ./...); then
-	pass "manifests decode strictly as k8s.io/api v0.37 and prometheus-operator objects and are consistent"
+elif (cd deploy/kubernetes/validate && O365RELAY_CHART_RENDER="$render" GOWORK=off GOFLAGS=-mod=readonly go test -count=1 ./...); then
+	if [ -n "$render" ]; then
+		pass "manifests and the rendered chart decode strictly as k8s.io/api v0.37 and prometheus-operator objects and are consistent; examples and README snippet match the chart"
+	else
+		pass "manifests decode strictly as k8s.io/api v0.37 and prometheus-operator objects and are consistent (chart not rendered)"
+	fi
 else
 	fail "Kubernetes manifest validation (deploy/kubernetes/validate)"
 fi
@@ -255,10 +301,20 @@ fi
 # the manifest validator below (deploy/kubernetes/validate, TestMonitoring).
 
 # ---------------------------------------------------------------------------
+section "configuration schema (deploy/config)"
+if ! have go; then
+	skip "go not installed: schema not validated"
+elif (cd deploy/config/validate && GOWORK=off GOFLAGS=-mod=readonly go test -count=1 ./...); then
+	pass "o365relay.schema.json is valid draft 2020-12; the example validates, with every default on; mistakes fail"
+else
+	fail "configuration schema (deploy/config/validate)"
+fi
+
+# ---------------------------------------------------------------------------
 section "summary"
 printf '%s\n' "${summary[@]}"
 echo "Not validated here: the image was not built or run (no Docker engine);"
-echo "no manifest was applied to a cluster (schema + consistency checks only);"
+echo "no manifest or chart was applied to a cluster (schema + consistency checks only);"
 echo "the unit is verified offline here; it runs under a real systemd in TestSystemdUnit (go test, as root)."
 echo "deploy: $passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -54,6 +54,25 @@ type Kustomization struct {
 	} `json:"images,omitempty"`
 }
 
+// Monitor is the part of the Prometheus Operator's ServiceMonitor and
+// PodMonitor the chart renders; strict decoding catches a misspelt field.
+type Monitor struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Selector  metav1.LabelSelector `json:"selector"`
+		Endpoints []MonitorEndpoint    `json:"endpoints,omitempty"`
+		Pod       []MonitorEndpoint    `json:"podMetricsEndpoints,omitempty"`
+	} `json:"spec"`
+}
+
+// MonitorEndpoint is one scrape endpoint of a Monitor.
+type MonitorEndpoint struct {
+	Port     string `json:"port"`
+	Path     string `json:"path"`
+	Interval string `json:"interval,omitempty"`
+}
+
 // Object is one decoded document.
 type Object struct {
 	File string // path relative to the manifest root, e.g. "sidecar/deployment.yaml"
@@ -87,6 +106,8 @@ func newObject(apiVersion, kind string) (any, error) {
 		return &policyv1.PodDisruptionBudget{}, nil
 	case "kustomize.config.k8s.io/v1beta1 Kustomization":
 		return &Kustomization{}, nil
+	case "monitoring.coreos.com/v1 ServiceMonitor", "monitoring.coreos.com/v1 PodMonitor":
+		return &Monitor{}, nil
 	}
 	return nil, fmt.Errorf("unknown apiVersion/kind %q %q (add it to newObject if it is intended)", apiVersion, kind)
 }
@@ -201,6 +222,8 @@ func (c *checker) run() {
 			c.pdb(o, v)
 		case *corev1.ConfigMap:
 			c.configMap(o, v)
+		case *Monitor:
+			c.monitor(o, v)
 		case *corev1.Secret, *corev1.ServiceAccount:
 		}
 	}
@@ -969,5 +992,41 @@ func (c *checker) pdb(o Object, p *policyv1.PodDisruptionBudget) {
 	}
 	if (p.Spec.MinAvailable == nil) == (p.Spec.MaxUnavailable == nil) {
 		c.errorf(o, "set exactly one of minAvailable and maxUnavailable")
+	}
+}
+
+// monitor checks that a ServiceMonitor selects a Service with the port, or
+// a PodMonitor pods whose containers name it.
+func (c *checker) monitor(o Object, m *Monitor) {
+	sel, err := metav1.LabelSelectorAsSelector(&m.Spec.Selector)
+	if err != nil || sel.Empty() {
+		c.errorf(o, "spec.selector missing or selects everything")
+		return
+	}
+	eps := append(append([]MonitorEndpoint{}, m.Spec.Endpoints...), m.Spec.Pod...)
+	if len(eps) == 0 {
+		c.errorf(o, "no endpoints")
+	}
+	for _, ep := range eps {
+		found := false
+		if o.Kind == "ServiceMonitor" {
+			for _, so := range c.objs {
+				if s, ok := so.Obj.(*corev1.Service); ok && sel.Matches(labels.Set(s.Labels)) {
+					for _, p := range s.Spec.Ports {
+						found = found || p.Name == ep.Port
+					}
+				}
+			}
+		} else {
+			for _, w := range c.selected(sel) {
+				found = found || containerPort(w, intstr.FromString(ep.Port))
+			}
+		}
+		if !found {
+			c.errorf(o, "endpoint port %q is not a port of what it selects", ep.Port)
+		}
+		if ep.Path != "/metrics" {
+			c.errorf(o, "endpoint path %q: the relay serves /metrics", ep.Path)
+		}
 	}
 }
