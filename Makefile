@@ -78,7 +78,7 @@ image: dist/o365relay
 		docker build -t $(IMAGE):$(VERSION) . ; \
 	else \
 		echo "no Docker engine: writing an OCI image layout to dist/oci instead"; \
-		cd deploy/image && GOWORK=off $(GO) run . -binary ../../dist/o365relay -out ../../dist/oci -ref $(IMAGE):$(VERSION); \
+		cd deploy/image && GOWORK=off $(GO) run . -binary ../../dist/o365relay -out ../../dist/oci -ref $(IMAGE):$(VERSION) -arch $(GOARCH) -version $(VERSION) -revision $(COMMIT); \
 	fi
 
 chart:
