@@ -26,6 +26,8 @@ COMMIT      := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown
 TAG         := $(shell git describe --tags --exact-match --match 'v[0-9]*' 2>/dev/null)
 VERSION     ?= $(if $(TAG),$(patsubst v%,%,$(TAG)),0.0.0+git$(shell git log -1 --format=%cd --date=format:%Y%m%d%H%M%S 2>/dev/null || echo 0).$(COMMIT))
 LDFLAGS     := -s -w -X main.stampedVersion=$(VERSION)
+# An image tag may not contain "+": 0.0.0-git….<commit> there.
+IMAGE_TAG   := $(subst +,-,$(VERSION))
 # File dates in the packages and the man page's date: the commit's.
 export SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
@@ -75,10 +77,10 @@ deb-test: deb
 
 image: dist/o365relay
 	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
-		docker build -t $(IMAGE):$(VERSION) . ; \
+		docker build --build-arg VERSION=$(VERSION) --build-arg REVISION=$(COMMIT) -t $(IMAGE):$(IMAGE_TAG) . ; \
 	else \
 		echo "no Docker engine: writing an OCI image layout to dist/oci instead"; \
-		cd deploy/image && GOWORK=off $(GO) run . -binary ../../dist/o365relay -out ../../dist/oci -ref $(IMAGE):$(VERSION) -arch $(GOARCH) -version $(VERSION) -revision $(COMMIT); \
+		cd deploy/image && GOWORK=off $(GO) run . -binary ../../dist/o365relay -out ../../dist/oci -ref $(IMAGE):$(IMAGE_TAG) -arch $(GOARCH) -version $(VERSION) -revision $(COMMIT); \
 	fi
 
 chart:
