@@ -68,9 +68,13 @@ type Monitor struct {
 
 // MonitorEndpoint is one scrape endpoint of a Monitor.
 type MonitorEndpoint struct {
-	Port     string `json:"port"`
-	Path     string `json:"path"`
-	Interval string `json:"interval,omitempty"`
+	Port        string `json:"port"`
+	Path        string `json:"path"`
+	Interval    string `json:"interval,omitempty"`
+	Relabelings []struct {
+		TargetLabel string `json:"targetLabel"`
+		Replacement string `json:"replacement"`
+	} `json:"relabelings,omitempty"`
 }
 
 // Object is one decoded document.
@@ -1027,6 +1031,13 @@ func (c *checker) monitor(o Object, m *Monitor) {
 		}
 		if ep.Path != "/metrics" {
 			c.errorf(o, "endpoint path %q: the relay serves /metrics", ep.Path)
+		}
+		job := false
+		for _, r := range ep.Relabelings {
+			job = job || (r.TargetLabel == "job" && r.Replacement == "o365relay")
+		}
+		if !job {
+			c.errorf(o, `endpoint does not set job="o365relay", which the alert rules expect`)
 		}
 	}
 }

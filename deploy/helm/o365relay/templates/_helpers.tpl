@@ -85,8 +85,8 @@ chart context), "sidecar" (bool) and "configMap" (the envFrom name).
     periodSeconds: 10
     timeoutSeconds: 3
     failureThreshold: 3
-  # Not Ready until it holds a token: a replica that cannot deliver gets no
-  # new mail, and a missing token never restarts it (liveness is /healthz).
+  # /readyz for the Service, /healthz for restarts: a relay that cannot
+  # reach Entra ID or Exchange is never restarted for it.
   readinessProbe:
     httpGet:
       path: /readyz
