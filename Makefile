@@ -67,6 +67,7 @@ PKG_FILES := dist/o365relay dist/o365relay.service dist/o365relay.8.gz dist/copy
 package: deb rpm
 
 deb rpm: $(PKG_FILES)
+	rm -f dist/*.$@
 	GOARCH=$(GOARCH) PKG_VERSION=$(VERSION) $(TOOLS) nfpm package -f deploy/package/nfpm.yaml -p $@ -t dist/
 	GOARCH=$(GOARCH) PKG_VERSION=$(VERSION) $(TOOLS) nfpm package -f deploy/package/nfpm-sendmail.yaml -p $@ -t dist/
 
