@@ -305,7 +305,11 @@ func Reference() string {
 		default:
 			def = "`" + def + "`"
 		}
-		fmt.Fprintf(&b, "| `%s` | `%s` | `--%s` | %s | %s |\n", s.Key, s.Env, s.Flag(), def, s.Doc)
+		flag := "`--" + s.Flag() + "`"
+		if s.Secret {
+			flag = "— (refused: visible to every local user)"
+		}
+		fmt.Fprintf(&b, "| `%s` | `%s` | %s | %s | %s |\n", s.Key, s.Env, flag, def, s.Doc)
 	}
 	b.WriteString("\n**Config file only**\n\n| file key | meaning |\n|---|---|\n")
 	for _, s := range append(FileOnly(), authFileOnly()...) {
