@@ -223,3 +223,46 @@ func TestE2ESendmailErrors(t *testing.T) {
 		t.Errorf("-bs: exit %d\n%s", code, out)
 	}
 }
+
+// Whatever arrives on stdin: no panic; Bcc: never reaches the relay; the
+// added fields are there once; with -i the body passes byte for byte (it
+// is the rest of the input), without it no lone-dot line gets through.
+func FuzzSendmailMessage(f *testing.F) {
+	f.Add([]byte("To: a@example.com\nBcc: b@example.com\nSubject: x\n\nbody\n.\nafter\n"), false)
+	f.Add([]byte("From root  Mon Jan  1 00:00:00 2026\r\nTo: a@example.com,\r\n  b@example.com\r\n\r\nbody\r\n"), true)
+	f.Add([]byte("no header at all\n\n.\n..\n"), true)
+	f.Add([]byte("Subject: only\n"), false)
+	f.Fuzz(func(t *testing.T, in []byte, ignoreDots bool) {
+		br := bufio.NewReaderSize(bytes.NewReader(in), 64<<10)
+		h, err := readHeader(br, ignoreDots)
+		if err != nil {
+			return
+		}
+		h.complete("app@example.com", "Name", "host.example")
+		head := h.bytes()
+		var body bytes.Buffer
+		if _, err := body.ReadFrom(&bodyReader{r: br, ignoreDots: ignoreDots, done: h.done}); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range h.fields {
+			if strings.EqualFold(fieldName(f), "Bcc") {
+				t.Fatalf("Bcc kept: %q", f)
+			}
+		}
+		for _, name := range []string{"From", "Date", "Message-ID"} {
+			if len(h.values(name)) == 0 {
+				t.Fatalf("no %s in %q", name, head)
+			}
+		}
+		if ignoreDots && !h.done && !bytes.HasSuffix(in, body.Bytes()) {
+			t.Fatalf("body %q is not the rest of the input %q", body.Bytes(), in)
+		}
+		if !ignoreDots {
+			for _, l := range strings.Split(body.String(), "\n") {
+				if strings.TrimRight(l, "\r") == "." {
+					t.Fatalf("a lone dot got through: %q", body.String())
+				}
+			}
+		}
+	})
+}
