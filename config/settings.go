@@ -250,7 +250,7 @@ func Settings() []Setting {
 
 	add(Setting{Group: "Identity", Key: "credential", Env: "O365RELAY_CREDENTIAL", Default: "",
 		Doc: "Kind of credential: certificate, secret, federated or managed_identity. Empty: the one whose setting is present (a managed identity is used only when named here)."},
-		str(func(c *Config) *string { return &c.CredentialKind }, parseCredentialKind))
+		str(func(c *Config) *string { return &c.CredentialKind }, parseCredentialKind).as(valueType{name: strings.Join(credKinds, "|"), choices: append([]string{""}, credKinds...)}))
 	add(Setting{Group: "Identity", Key: "tenant_id", Env: "AZURE_TENANT_ID", Default: "",
 		Doc: "Required by serve (optional with a managed identity: the doctor then checks the token's tenant against it). Directory (tenant) ID of the app registration."},
 		str(func(c *Config) *string { return &c.TenantID }, parseTenant))
