@@ -114,7 +114,7 @@ func (l *listFlag) Set(v string) error {
 
 // runSetup is `o365relay setup azure`.
 func runSetup(_ context.Context, args []string, stdout, stderr io.Writer) int {
-	const synopsis = "setup azure --tenant TENANT --mailbox ADDRESS [--mailbox ...] [--client-id ID] [--app-name NAME] [--certificate FILE] [--rbac] [--out FILE]\n\n" +
+	const synopsis = "setup azure --tenant TENANT --mailbox ADDRESS [--mailbox ...] [--client-id ID | --managed-identity OBJECT-ID] [--app-name NAME] [--certificate FILE] [--rbac] [--out FILE]\n\n" +
 		"Prints a PowerShell script that does the seven Azure steps with your values\n" +
 		"filled in: the app registration and its Enterprise application, SMTP.SendAsApp\n" +
 		"with admin consent, the certificate upload (Microsoft.Graph), then\n" +
@@ -122,7 +122,8 @@ func runSetup(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		"Add-MailboxPermission and SMTP AUTH per mailbox (ExchangeOnlineManagement).\n" +
 		"Each step checks before it changes anything; running it again is safe.\n" +
 		"--rbac uses Exchange's RBAC for Applications instead of the API permission\n" +
-		"and mailbox permissions. Review the script, run it in pwsh, then run\n" +
+		"and mailbox permissions; --managed-identity authorizes an Azure VM's or Arc\n" +
+		"server's identity instead of an app. Review the script, run it in pwsh, then run\n" +
 		"'o365relay doctor'."
 	fs := newFlagSet("setup", synopsis, stdout, stderr)
 	var o azuresetup.Options
@@ -132,6 +133,7 @@ func runSetup(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.AppName, "app-name", "o365relay", "the app registration's display name")
 	fs.Var(&mailboxes, "mailbox", "a mailbox the relay sends as (repeat, or comma-separate)")
 	cert := fs.String("certificate", "", "PEM `file` whose certificate to upload (from 'o365relay cert new'); default: upload it in the portal")
+	fs.StringVar(&o.ManagedIdentity, "managed-identity", "", "authorize this managed identity (its Object (principal) ID; `oid` in 'o365relay token') instead of an app registration: no app, no certificate")
 	fs.BoolVar(&o.RBAC, "rbac", false, "use RBAC for Applications (management scope + role assignment) instead of the API permission and Add-MailboxPermission")
 	out := fs.String("out", "", "write the script to this `file` instead of stdout")
 	if len(args) == 0 || args[0] != "azure" {

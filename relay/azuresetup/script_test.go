@@ -21,6 +21,7 @@ func TestScriptGolden(t *testing.T) {
 		"one-mailbox": {TenantID: "contoso.onmicrosoft.com", Mailboxes: []string{"relay@contoso.com"}, Certificate: cert},
 		"several":     {TenantID: "7c1e2a40-0000-4000-8000-000000000001", ClientID: "4a1f6c0e-0000-4000-8000-000000000002", AppName: "Printers' relay", Mailboxes: []string{"scanner@contoso.com", "o'brien@contoso.com", "billing@contoso.com"}, Certificate: cert},
 		"rbac":        {TenantID: "contoso.onmicrosoft.com", Mailboxes: []string{"relay@contoso.com", "alerts@contoso.com"}, RBAC: true},
+		"managed-identity": {TenantID: "contoso.onmicrosoft.com", ManagedIdentity: "c0ffee00-1111-4222-8333-444455556666", AppName: "vm-relay01", Mailboxes: []string{"relay@contoso.com"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			got, err := Script(o)
@@ -54,7 +55,7 @@ func TestScriptContent(t *testing.T) {
 		"'00000002-0000-0ff1-ce00-000000000000'",                                   // Exchange's appId
 		"$_.Value -eq $RoleValue",                                                  // the role looked up by value
 		"New-MgServicePrincipalAppRoleAssignment",                                  // admin consent
-		"New-ServicePrincipal -AppId $app.AppId -ObjectId $sp.Id",                  // the Enterprise application's object ID
+		"New-ServicePrincipal -AppId $AppId -ObjectId $sp.Id",                  // the Enterprise application's object ID
 		"Add-MailboxPermission -Identity $m -User $sp.Id -AccessRights FullAccess", // step 6
 		"Set-CASMailbox -Identity $m -SmtpClientAuthenticationDisabled $false",     // step 7
 		"o365relay doctor",
@@ -85,6 +86,18 @@ func TestScriptContent(t *testing.T) {
 	if r, _ := Script(Options{TenantID: "t", Mailboxes: []string{"a@b.example"}, RBAC: true}); !strings.Contains(r, "$UseRbac        = $true") {
 		t.Error("RBAC variant not selected")
 	}
+	// A managed identity: looked up by object ID, no app, no certificate,
+	// the role as an app role assignment, the credential setting to use.
+	mi, err := Script(Options{TenantID: "t", Mailboxes: []string{"a@b.example"}, ManagedIdentity: "c0ffee00-1111-4222-8333-444455556666"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Get-MgServicePrincipal -ServicePrincipalId $IdentityObjectId", "$sp.ServicePrincipalType -ne 'ManagedIdentity'",
+		"if (-not $UseRbac -and -not $IdentityObjectId) {", "O365RELAY_CREDENTIAL=managed_identity"} {
+		if !strings.Contains(mi, want) {
+			t.Errorf("managed-identity script lacks %q", want)
+		}
+	}
 }
 
 func TestScriptRefusesBadInput(t *testing.T) {
@@ -95,6 +108,8 @@ func TestScriptRefusesBadInput(t *testing.T) {
 		{TenantID: "t", Mailboxes: []string{"Relay <a@b.example>"}},
 		{TenantID: "t\nWrite-Host pwned", Mailboxes: []string{"a@b.example"}},
 		{TenantID: "t", Mailboxes: []string{"a@b.example"}, Certificate: []byte("junk")},
+		{TenantID: "t", Mailboxes: []string{"a@b.example"}, ManagedIdentity: "vm-relay01"},
+		{TenantID: "t", Mailboxes: []string{"a@b.example"}, ManagedIdentity: "c0ffee00-1111-4222-8333-444455556666", ClientID: "4a1f6c0e-0000-4000-8000-000000000002"},
 	} {
 		if _, err := Script(o); err == nil {
 			t.Errorf("accepted %+v", o)
@@ -144,13 +159,13 @@ func hostile(r *rand.Rand) string {
 // changes: the script made with the hostile value equals the one made with
 // a plain value once the two literals are swapped.
 func TestScriptQuotesEveryValue(t *testing.T) {
-	literal := regexp.MustCompile(`(?m)^\$(TenantId|ClientId|AppName)\s+= `)
+	literal := regexp.MustCompile(`(?m)^\$(TenantId|ClientId|IdentityObjectId|AppName)\s+= `)
 	f := func(seed uint64) bool {
 		r := rand.New(rand.NewPCG(seed, 1))
-		vals := map[string]string{"TenantId": hostile(r), "ClientId": hostile(r), "AppName": hostile(r)}
+		vals := map[string]string{"TenantId": hostile(r), "ClientId": hostile(r), "IdentityObjectId": hostile(r), "AppName": hostile(r)}
 		mbox := hostile(r) + "@contoso.com"
-		o := Options{TenantID: vals["TenantId"], ClientID: vals["ClientId"], AppName: vals["AppName"], Mailboxes: []string{mbox, "plain@contoso.com"}}
-		plain := Options{TenantID: "T", ClientID: "C", AppName: "A", Mailboxes: []string{"M", "plain@contoso.com"}}
+		o := Options{TenantID: vals["TenantId"], ClientID: vals["ClientId"], ManagedIdentity: vals["IdentityObjectId"], AppName: vals["AppName"], Mailboxes: []string{mbox, "plain@contoso.com"}}
+		plain := Options{TenantID: "T", ClientID: "C", ManagedIdentity: "I", AppName: "A", Mailboxes: []string{"M", "plain@contoso.com"}}
 		if o.AppName == "" {
 			plain.AppName = ""
 		}
@@ -183,7 +198,10 @@ func TestScriptQuotesEveryValue(t *testing.T) {
 		}
 		// Swap the literals back and compare the whole script.
 		swapped := got
-		for _, kv := range [][2]string{{psQuote(o.TenantID), psQuote(plain.TenantID)}, {psQuote(o.ClientID), psQuote(plain.ClientID)}, {psQuote(mbox), psQuote("M")}} {
+		for _, kv := range [][2]string{{"$TenantId       = " + psQuote(o.TenantID), "$TenantId       = " + psQuote(plain.TenantID)},
+			{"$ClientId       = " + psQuote(o.ClientID), "$ClientId       = " + psQuote(plain.ClientID)},
+			{"$IdentityObjectId = " + psQuote(o.ManagedIdentity), "$IdentityObjectId = " + psQuote(plain.ManagedIdentity)},
+			{"@(" + psQuote(mbox), "@(" + psQuote("M")}} {
 			swapped = strings.Replace(swapped, kv[0], kv[1], 1)
 		}
 		if o.AppName != "" {

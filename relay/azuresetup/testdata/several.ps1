@@ -10,6 +10,7 @@ Set-StrictMode -Version 3.0
 # ---- Your values ------------------------------------------------------------
 $TenantId       = '7c1e2a40-0000-4000-8000-000000000001'
 $ClientId       = '4a1f6c0e-0000-4000-8000-000000000002'   # empty: find or create the app named $AppName
+$IdentityObjectId = ''   # a managed identity instead of an app registration
 $AppName        = 'Printers'' relay'
 $Mailboxes      = @('scanner@contoso.com', 'o''brien@contoso.com', 'billing@contoso.com')
 $CertBase64     = 'MIIDEzCCAfugAwIBAgIUIjcJGVWiyHPkQlpogXsuO7dOREcwDQYJKoZIhvcNAQELBQAwGTEXMBUGA1UEAwwObzM2NXJlbGF5LXRlc3QwHhcNMjYxMjA3MDIzNzM4WhcNMzYxMjA0MDIzNzM4WjAZMRcwFQYDVQQDDA5vMzY1cmVsYXktdGVzdDCCASIwDQYJKoZIhvcNAQEBBQADggEPADCCAQoCggEBAKRoZrIeLyKlW9pEYo59IpNsdeROIHrELMmTE1+h8fFPy9ze9pXNTzXSafABfdG3glm85ikwalCn9Nmka/tPKB7dq0ghIcRFCtfCbrqNUV0zTfE0SduNc0tzoG/yqYvcqbdXaxRYZnPYrt5ZmECEITKr/AZr1b89BiRryHFQRxJRj0Fx5cRed3S+Z8LQG8E/l4bRR1qNExPuBwNc8cSbk5+ZEgq6ifIs76OCRHJCVH3TyPAYiyyAKQTQahfQuELN3y+70NQPb0eR37sTCsvUngwPfKybHwPxjk4K/5NHQiDk+XdYSWm6eachIAKzEG2I+O2ZZeGINOqx+d2S2khG0ssCAwEAAaNTMFEwHQYDVR0OBBYEFLeFeCLa+xNII9XOPbDT6gFArPHcMB8GA1UdIwQYMBaAFLeFeCLa+xNII9XOPbDT6gFArPHcMA8GA1UdEwEB/wQFMAMBAf8wDQYJKoZIhvcNAQELBQADggEBAFDiB8fyODRFYj8lUwxa0MCLR5IBsGZ8D4eyuhU5txORdGDbfgjZtza4/VEhudGp2ZIkrwNjTTIY+H9ZLaRz3bg39AMoRBafobLqiXqf6fznd1evVw/TuvkFshgKSB/1Z1U3pdjiLHU8C5LVx1FTYHEoWPBBlAdCyMINcwEcXcHBt37AUbAZ2oQnF7J+1VkqZRRi3sbuAcQ0bPt9azkArIhkaNw1S0EikTWj+xHelES65T5w7JvGcGhFrWPAmBIrrt7si8EBoyWVvaP16zEBsf/PKYABkHyqCC7FVg4eSTRgPtBj+L+GriiTKHpknx453DJYakSrJyK3yBZb2NTveh0='   # empty: upload the certificate in the portal yourself
@@ -36,7 +37,12 @@ Connect-MgGraph -TenantId $TenantId -NoWelcome -Scopes 'Application.ReadWrite.Al
 
 # ---- 1. The app registration and its Enterprise application ----------------
 Step 1 'App registration'
-if ($ClientId) {
+if ($IdentityObjectId) {
+    $sp = Get-MgServicePrincipal -ServicePrincipalId $IdentityObjectId -ErrorAction SilentlyContinue
+    if (-not $sp -or $sp.ServicePrincipalType -ne 'ManagedIdentity') { throw "$IdentityObjectId is not the object ID of a managed identity in tenant $TenantId." }
+    $app = $null
+    Ok "managed identity $($sp.DisplayName): object ID $($sp.Id), client ID $($sp.AppId); no app registration"
+} elseif ($ClientId) {
     $app = Get-MgApplication -Filter ('appId eq ' + (OData $ClientId))
     if (-not $app) { throw "No app registration with client ID $ClientId in tenant $TenantId (AADSTS700016 would follow)." }
     Ok "app registration $($app.DisplayName), client ID $($app.AppId)"
@@ -51,13 +57,16 @@ if ($ClientId) {
         Did "created the app registration $AppName, client ID $($app.AppId)"
     }
 }
-$sp = Get-MgServicePrincipal -Filter ('appId eq ' + (OData $app.AppId))
-if (-not $sp) {
-    $sp = New-MgServicePrincipal -AppId $app.AppId
-    Did "created its Enterprise application (service principal), object ID $($sp.Id)"
-} else {
-    Ok "Enterprise application object ID $($sp.Id) (not the app registration's $($app.Id))"
+if (-not $IdentityObjectId) {
+    $sp = Get-MgServicePrincipal -Filter ('appId eq ' + (OData $app.AppId))
+    if (-not $sp) {
+        $sp = New-MgServicePrincipal -AppId $app.AppId
+        Did "created its Enterprise application (service principal), object ID $($sp.Id)"
+    } else {
+        Ok "Enterprise application object ID $($sp.Id) (not the app registration's $($app.Id))"
+    }
 }
+$AppId = $sp.AppId
 
 # ---- 2. SMTP.SendAsApp with admin consent ----------------------------------
 Step 2 'Application permission SMTP.SendAsApp and admin consent'
@@ -67,7 +76,10 @@ $role = $exo.AppRoles | Where-Object { $_.Value -eq $RoleValue -and $_.AllowedMe
 if (-not $role) { throw "Office 365 Exchange Online offers no app role $RoleValue." }
 if ($UseRbac) {
     Ok 'skipped: with RBAC for Applications the role is assigned in Exchange (step 6)'
-} else {
+} elseif ($IdentityObjectId) {
+    Ok 'a managed identity has no API permissions page: the role is granted as an app role assignment'
+}
+if (-not $UseRbac -and -not $IdentityObjectId) {
     $access = @($app.RequiredResourceAccess)
     $entry = $access | Where-Object { $_.ResourceAppId -eq $ExchangeAppId }
     if ($entry -and ($entry.ResourceAccess | Where-Object { $_.Id -eq $role.Id -and $_.Type -eq 'Role' })) {
@@ -78,6 +90,8 @@ if ($UseRbac) {
         Update-MgApplication -ApplicationId $app.Id -RequiredResourceAccess ($others + @(@{ ResourceAppId = $ExchangeAppId; ResourceAccess = $wanted }))
         Did "added the API permission Office 365 Exchange Online / $RoleValue (Application)"
     }
+}
+if (-not $UseRbac) {
     $granted = Get-MgServicePrincipalAppRoleAssignment -ServicePrincipalId $sp.Id -All |
         Where-Object { $_.AppRoleId -eq $role.Id -and $_.ResourceId -eq $exo.Id }
     if ($granted) {
@@ -90,24 +104,28 @@ if ($UseRbac) {
 
 # ---- 3. The certificate ----------------------------------------------------
 Step 3 'Certificate'
-$app = Get-MgApplication -ApplicationId $app.Id
-$thumbs = @($app.KeyCredentials | ForEach-Object { ($_.CustomKeyIdentifier | ForEach-Object { $_.ToString('X2') }) -join '' })
-if (-not $CertBase64) {
-    Ok "no certificate given: upload yours under App registrations > $($app.DisplayName) > Certificates & secrets ($($thumbs.Count) there now)"
-} elseif ($thumbs -contains $CertThumbprint) {
-    Ok "certificate $CertThumbprint is uploaded"
-} elseif ($thumbs.Count -gt 0) {
-    # Updating keyCredentials replaces them all, and Graph does not return
-    # the existing keys to send back: adding here could remove a
-    # certificate in use. The portal adds without removing.
-    Write-Warning "The app has $($thumbs.Count) other certificate(s). Upload the new one in the portal (App registrations > $($app.DisplayName) > Certificates & secrets > Upload certificate), thumbprint $CertThumbprint; this script does not replace existing credentials."
+if ($IdentityObjectId) {
+    Ok 'skipped: a managed identity gets its tokens from the platform, with no certificate'
 } else {
-    $cert = [System.Security.Cryptography.X509Certificates.X509Certificate2]::new([Convert]::FromBase64String($CertBase64))
-    Update-MgApplication -ApplicationId $app.Id -KeyCredentials @(@{
-        Type = 'AsymmetricX509Cert'; Usage = 'Verify'; Key = $cert.RawData
-        DisplayName = "CN=$($cert.GetNameInfo('SimpleName', $false))"; EndDateTime = $cert.NotAfter.ToUniversalTime()
-    })
-    Did "uploaded certificate $CertThumbprint, valid until $($cert.NotAfter.ToString('yyyy-MM-dd')); Entra ID accepts it within about two minutes"
+    $app = Get-MgApplication -ApplicationId $app.Id
+    $thumbs = @($app.KeyCredentials | ForEach-Object { ($_.CustomKeyIdentifier | ForEach-Object { $_.ToString('X2') }) -join '' })
+    if (-not $CertBase64) {
+        Ok "no certificate given: upload yours under App registrations > $($app.DisplayName) > Certificates & secrets ($($thumbs.Count) there now)"
+    } elseif ($thumbs -contains $CertThumbprint) {
+        Ok "certificate $CertThumbprint is uploaded"
+    } elseif ($thumbs.Count -gt 0) {
+        # Updating keyCredentials replaces them all, and Graph does not
+        # return the existing keys to send back: adding here could remove a
+        # certificate in use. The portal adds without removing.
+        Write-Warning "The app has $($thumbs.Count) other certificate(s). Upload the new one in the portal (App registrations > $($app.DisplayName) > Certificates & secrets > Upload certificate), thumbprint $CertThumbprint; this script does not replace existing credentials."
+    } else {
+        $cert = [System.Security.Cryptography.X509Certificates.X509Certificate2]::new([Convert]::FromBase64String($CertBase64))
+        Update-MgApplication -ApplicationId $app.Id -KeyCredentials @(@{
+            Type = 'AsymmetricX509Cert'; Usage = 'Verify'; Key = $cert.RawData
+            DisplayName = "CN=$($cert.GetNameInfo('SimpleName', $false))"; EndDateTime = $cert.NotAfter.ToUniversalTime()
+        })
+        Did "uploaded certificate $CertThumbprint, valid until $($cert.NotAfter.ToString('yyyy-MM-dd')); Entra ID accepts it within about two minutes"
+    }
 }
 
 # ---- 4. Exchange Online PowerShell -----------------------------------------
@@ -117,7 +135,7 @@ Ok 'connected'
 
 # ---- 5. The Enterprise application in Exchange -----------------------------
 Step 5 'New-ServicePrincipal with the Enterprise application object ID'
-$exoSp = Get-ServicePrincipal -ErrorAction SilentlyContinue | Where-Object { $_.AppId -eq $app.AppId }
+$exoSp = Get-ServicePrincipal -ErrorAction SilentlyContinue | Where-Object { $_.AppId -eq $AppId }
 if ($exoSp -and $exoSp.ObjectId -ne $sp.Id) {
     # The classic mistake: the app registration's object ID instead of the
     # Enterprise application's. Exchange then refuses AUTH with 535 5.7.3.
@@ -128,7 +146,7 @@ if ($exoSp -and $exoSp.ObjectId -ne $sp.Id) {
 if ($exoSp) {
     Ok "Exchange knows the app as object ID $($sp.Id)"
 } else {
-    $exoSp = New-ServicePrincipal -AppId $app.AppId -ObjectId $sp.Id -DisplayName $AppName
+    $exoSp = New-ServicePrincipal -AppId $AppId -ObjectId $sp.Id -DisplayName $AppName
     Did "registered the app in Exchange with object ID $($sp.Id)"
 }
 
@@ -151,11 +169,11 @@ if ($UseRbac) {
     if ($assigned) {
         Ok "role Application $RoleValue assigned over '$ScopeName'"
     } else {
-        New-ManagementRoleAssignment -App $app.AppId -Role "Application $RoleValue" -CustomResourceScope $ScopeName | Out-Null
+        New-ManagementRoleAssignment -App $AppId -Role "Application $RoleValue" -CustomResourceScope $ScopeName | Out-Null
         Did "assigned the role Application $RoleValue over '$ScopeName'"
     }
     foreach ($m in $Mailboxes) {
-        $t = Test-ServicePrincipalAuthorization -Identity $app.AppId -Resource $m | Where-Object { $_.RoleName -eq "Application $RoleValue" }
+        $t = Test-ServicePrincipalAuthorization -Identity $AppId -Resource $m | Where-Object { $_.RoleName -eq "Application $RoleValue" }
         if ($t -and $t.InScope) { Ok "$m is in scope" } else { Write-Warning "$m is not in scope yet: role assignments can take up to two hours to apply." }
     }
 } else {
@@ -195,6 +213,11 @@ if ($defaults.IsEnabled) {
 Write-Host ''
 Write-Host 'Done. For the relay (/etc/o365relay/o365relay.env, or the Helm values):' -ForegroundColor Cyan
 Write-Host "  AZURE_TENANT_ID=$((Get-MgContext).TenantId)"
-Write-Host "  AZURE_CLIENT_ID=$($app.AppId)"
+if ($IdentityObjectId) {
+    Write-Host '  O365RELAY_CREDENTIAL=managed_identity'
+    Write-Host "  AZURE_CLIENT_ID=$AppId   (only for a user-assigned identity; leave it unset for the system-assigned one)"
+} else {
+    Write-Host "  AZURE_CLIENT_ID=$AppId"
+}
 Write-Host "  O365RELAY_MAILBOX=$($Mailboxes[0])"
 Write-Host 'Then run: o365relay doctor' -ForegroundColor Cyan
