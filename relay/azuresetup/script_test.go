@@ -18,9 +18,9 @@ func TestScriptGolden(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, o := range map[string]Options{
-		"one-mailbox": {TenantID: "contoso.onmicrosoft.com", Mailboxes: []string{"relay@contoso.com"}, Certificate: cert},
-		"several":     {TenantID: "7c1e2a40-0000-4000-8000-000000000001", ClientID: "4a1f6c0e-0000-4000-8000-000000000002", AppName: "Printers' relay", Mailboxes: []string{"scanner@contoso.com", "o'brien@contoso.com", "billing@contoso.com"}, Certificate: cert},
-		"rbac":        {TenantID: "contoso.onmicrosoft.com", Mailboxes: []string{"relay@contoso.com", "alerts@contoso.com"}, RBAC: true},
+		"one-mailbox":      {TenantID: "contoso.onmicrosoft.com", Mailboxes: []string{"relay@contoso.com"}, Certificate: cert},
+		"several":          {TenantID: "7c1e2a40-0000-4000-8000-000000000001", ClientID: "4a1f6c0e-0000-4000-8000-000000000002", AppName: "Printers' relay", Mailboxes: []string{"scanner@contoso.com", "o'brien@contoso.com", "billing@contoso.com"}, Certificate: cert},
+		"rbac":             {TenantID: "contoso.onmicrosoft.com", Mailboxes: []string{"relay@contoso.com", "alerts@contoso.com"}, RBAC: true},
 		"managed-identity": {TenantID: "contoso.onmicrosoft.com", ManagedIdentity: "c0ffee00-1111-4222-8333-444455556666", AppName: "vm-relay01", Mailboxes: []string{"relay@contoso.com"}},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -55,7 +55,7 @@ func TestScriptContent(t *testing.T) {
 		"'00000002-0000-0ff1-ce00-000000000000'",                                   // Exchange's appId
 		"$_.Value -eq $RoleValue",                                                  // the role looked up by value
 		"New-MgServicePrincipalAppRoleAssignment",                                  // admin consent
-		"New-ServicePrincipal -AppId $AppId -ObjectId $sp.Id",                  // the Enterprise application's object ID
+		"New-ServicePrincipal -AppId $AppId -ObjectId $sp.Id",                      // the Enterprise application's object ID
 		"Add-MailboxPermission -Identity $m -User $sp.Id -AccessRights FullAccess", // step 6
 		"Set-CASMailbox -Identity $m -SmtpClientAuthenticationDisabled $false",     // step 7
 		"o365relay doctor",
