@@ -213,7 +213,7 @@ func TestScriptQuotesEveryValue(t *testing.T) {
 		}
 		return !t.Failed()
 	}
-	if err := quick.Check(f, &quick.Config{MaxCount: 2000}); err != nil {
+	if err := quick.Check(f, &quick.Config{MaxCount: 500}); err != nil {
 		t.Error(err)
 	}
 }
