@@ -1,7 +1,8 @@
 // Package azuresetup owns the tenant side of an installation: the seven
 // Azure steps (one table that the script, and later the doctor's hints and
-// the README, number from), the PowerShell script that performs them, and
-// the certificate the app registration authenticates with.
+// the README, number from; docs/azure.md explains each), the PowerShell
+// script that performs them, and the certificate the app registration
+// authenticates with (docs/install.md, The Azure side).
 package azuresetup
 
 // Step is one of the Azure steps, numbered as the README's "In Azure"
