@@ -62,7 +62,14 @@ dist/copyright: LICENSE
 	  echo 'Upstream-Name: o365relay'; echo 'Source: https://github.com/o365relay/o365relay'; echo; \
 	  echo 'Files: *'; echo 'License: MIT'; echo; echo 'License: MIT'; sed 's/^$$/./; s/^/ /' $<; } >$@
 
-PKG_FILES := dist/o365relay dist/o365relay.service dist/o365relay.8.gz dist/copyright
+# Debian wants a changelog in every package; this one names the commit.
+dist/changelog.Debian.gz: FORCE
+	@mkdir -p dist
+	{ echo "o365relay ($(VERSION)-1) unstable; urgency=medium"; echo; \
+	  echo "  * Built from commit $(COMMIT); see the repository's history."; echo; \
+	  echo " -- o365relay maintainers <o365relay@users.noreply.github.com>  $$(date -R -u -d @$(SOURCE_DATE_EPOCH))"; } | gzip -9n >$@
+
+PKG_FILES := dist/o365relay dist/o365relay.service dist/o365relay.8.gz dist/copyright dist/changelog.Debian.gz
 
 package: deb rpm
 

@@ -35,6 +35,16 @@ if dpkg -S /usr/sbin/sendmail >/dev/null 2>&1; then
 	with_mta=0
 fi
 
+echo "== lintian"
+if command -v lintian >/dev/null; then
+	# Deliberate exceptions are in deploy/package/lintian-overrides*.
+	lintian --fail-on error,warning "$main" "$mta" 2>&1 | grep -v 'running with root privileges' || true
+	lintian --fail-on error,warning "$main" "$mta" >/dev/null 2>&1 || fail "lintian"
+	ok "lintian: no error or warning"
+else
+	echo "SKIP: lintian not installed"
+fi
+
 echo "== dpkg -i"
 if [ "$with_mta" = 1 ]; then dpkg -i "$main" "$mta"; else dpkg -i "$main"; fi
 
