@@ -36,7 +36,6 @@ an env file by hand.`
 // runConfig is `o365relay config SUBCOMMAND`.
 func runConfig(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("config", configSynopsis, stdout, stderr)
-	envFile := fs.String("env-file", "", "read VAR=value lines from this systemd EnvironmentFile on top of the environment")
 	asJSON := fs.Bool("json", false, "show: print JSON")
 	in, rest, code, ok := parseCommand(fs, args, true, stderr)
 	if !ok {
@@ -74,26 +73,27 @@ func runConfig(_ context.Context, args []string, stdout, stderr io.Writer) int {
 	if code, ok := refuseSecretFlags(fs, stderr); !ok {
 		return code
 	}
-	in = flagInputs(fs, in)
+	in, err := flagInputs(fs, in)
+	if err != nil {
+		fmt.Fprintln(stderr, "o365relay:", err)
+		return 2
+	}
 	rest = fs.Args()
 	if len(rest) > 1 || (len(rest) == 1 && sub == "show") {
 		fmt.Fprintf(stderr, "o365relay config %s: unexpected argument %q\n", sub, rest[len(rest)-1])
 		return 2
 	}
 	if len(rest) == 1 {
+		var err error
 		if strings.HasSuffix(rest[0], ".env") {
-			*envFile = rest[0]
+			err = addEnvFile(&in, rest[0])
 		} else {
 			in.File = rest[0]
 		}
-	}
-	if *envFile != "" {
-		env, err := readEnvFile(*envFile)
 		if err != nil {
-			fmt.Fprintf(stderr, "o365relay: %v\n", err)
+			fmt.Fprintln(stderr, "o365relay:", err)
 			return 2
 		}
-		in.Env = append(in.Env, env...)
 	}
 	cfg, err := config.Load(in)
 	if err != nil {
@@ -195,20 +195,40 @@ func readEnvFile(path string) ([]string, error) {
 	return out, nil
 }
 
-// flagInputs re-reads --config and the setting flags from fs after a
-// second Parse (flags may follow the subcommand: config show --listen X).
-func flagInputs(fs *flag.FlagSet, in config.Input) config.Input {
+// flagInputs re-reads --config, --env-file and the setting flags from fs
+// after a second Parse (flags may follow the subcommand: config show
+// --listen X).
+func flagInputs(fs *flag.FlagSet, in config.Input) (config.Input, error) {
 	keyOf := map[string]string{}
 	for _, s := range config.Settings() {
 		keyOf[s.Flag()] = s.Key
 	}
+	in.Env = os.Environ()
+	var err error
 	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "config" {
+		switch f.Name {
+		case "config":
 			in.File = f.Value.String()
+		case "env-file":
+			err = addEnvFile(&in, f.Value.String())
 		}
 		if k, ok := keyOf[f.Name]; ok {
 			in.Flags[k] = f.Value.String()
 		}
 	})
-	return in
+	return in, err
+}
+
+// addEnvFile appends a systemd EnvironmentFile's variables to in.Env
+// (later entries win, as the file wins over the unit's Environment=).
+func addEnvFile(in *config.Input, path string) error {
+	if path == "" {
+		return nil
+	}
+	env, err := readEnvFile(path)
+	if err != nil {
+		return err
+	}
+	in.Env = append(in.Env, env...)
+	return nil
 }

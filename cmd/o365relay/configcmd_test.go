@@ -52,6 +52,16 @@ func TestE2EConfigCheckMatchesServe(t *testing.T) {
 	if out, code := runToolEnv(t, nil, binPath, "config", "check", envFile); code != 0 {
 		t.Errorf("config check of an env file: exit %d\n%s", code, out)
 	}
+	// --env-file works for every command that reads the configuration.
+	if out, code := runToolEnv(t, nil, binPath, "config", "check", "--env-file", envFile); code != 0 {
+		t.Errorf("config check --env-file: exit %d\n%s", code, out)
+	}
+	if out, code := runToolEnv(t, nil, binPath, "config", "show", "--env-file", envFile, "--json"); code != 0 || !strings.Contains(out, `"where": "O365RELAY_MAILBOX"`) {
+		t.Errorf("config show --env-file: exit %d\n%s", code, out)
+	}
+	if out, code := runToolEnv(t, nil, binPath, "serve", "--env-file", filepath.Join(dir, "missing.env")); code != 2 || !strings.Contains(out, "missing.env") {
+		t.Errorf("serve with a missing --env-file: exit %d\n%s", code, out)
+	}
 	// A certificate that does not load: serve's exit 1.
 	junk := writeFile(t, dir, "junk.pem", []byte("not a certificate"))
 	if out, code := runToolEnv(t, []string{"AZURE_CLIENT_CERTIFICATE_PATH=" + junk}, binPath, "config", "check", "--config", good); code != 1 || !strings.Contains(out, "client_certificate_path") {

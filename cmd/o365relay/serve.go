@@ -42,6 +42,7 @@ func loadCommand(fs *flag.FlagSet, args []string, positional bool, stderr io.Wri
 // the command is done with code.
 func parseCommand(fs *flag.FlagSet, args []string, positional bool, stderr io.Writer) (in config.Input, rest []string, code int, ok bool) {
 	file := fs.String("config", "", "YAML configuration `file` (flags beat environment beat file)")
+	envFile := fs.String("env-file", "", "read VAR=value lines from this systemd EnvironmentFile `file` (e.g. /etc/o365relay/o365relay.env) on top of the environment, at start")
 	vals := map[string]*string{}
 	keyOf := map[string]string{}
 	for _, s := range config.Settings() {
@@ -72,6 +73,10 @@ func parseCommand(fs *flag.FlagSet, args []string, positional bool, stderr io.Wr
 		return in, nil, 2, false
 	}
 	in = config.Input{File: *file, Env: os.Environ(), Flags: map[string]string{}}
+	if err := addEnvFile(&in, *envFile); err != nil {
+		fmt.Fprintln(stderr, "o365relay:", err)
+		return in, nil, 2, false
+	}
 	fs.Visit(func(f *flag.Flag) {
 		if k, ok := keyOf[f.Name]; ok {
 			in.Flags[k] = *vals[k]
