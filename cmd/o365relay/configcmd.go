@@ -220,7 +220,10 @@ func flagInputs(fs *flag.FlagSet, in config.Input) (config.Input, error) {
 }
 
 // addEnvFile appends a systemd EnvironmentFile's variables to in.Env
-// (later entries win, as the file wins over the unit's Environment=).
+// (later entries win, as the file wins over the unit's Environment=) and
+// sets them in the process environment too, as systemd would: the file may
+// also hold SSL_CERT_FILE or HTTPS_PROXY, which Go's TLS and HTTP code read
+// from the environment on first use, after this.
 func addEnvFile(in *config.Input, path string) error {
 	if path == "" {
 		return nil
@@ -228,6 +231,12 @@ func addEnvFile(in *config.Input, path string) error {
 	env, err := readEnvFile(path)
 	if err != nil {
 		return err
+	}
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		if err := os.Setenv(k, v); err != nil {
+			return fmt.Errorf("env file %s: %s: %w", path, k, err)
+		}
 	}
 	in.Env = append(in.Env, env...)
 	return nil

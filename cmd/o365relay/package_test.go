@@ -107,8 +107,12 @@ func TestPackageUnderSystemd(t *testing.T) {
 	}
 	sh(`install -m 0644 /stage/ca.pem /usr/local/share/o365relay-test-ca.pem
 install -m 0600 /stage/app.pem /etc/o365relay/o365relay.pem
-cat /stage/env.add >>/etc/o365relay/o365relay.env
-systemctl start o365relay`)
+cat /stage/env.add >>/etc/o365relay/o365relay.env`)
+	// The README's check before the first start.
+	if out := sh("o365relay doctor --env-file /etc/o365relay/o365relay.env --client-certificate-path /etc/o365relay/o365relay.pem || true"); !strings.Contains(out, "All checks passed.") {
+		t.Errorf("doctor before the first start:\n%s", out)
+	}
+	sh("systemctl start o365relay")
 	if got := sh("systemctl is-active o365relay; systemctl show -p NRestarts --value o365relay"); got != "active\n0" {
 		t.Errorf("after systemctl start: %q", got)
 	}
