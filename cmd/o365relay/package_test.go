@@ -20,19 +20,19 @@ import (
 // Exchange receives it; dpkg --purge stops the service, removes the empty
 // spool and keeps the admin's certificate.
 //
-// Runs when O365RELAY_DEB_DIR names a directory with the .debs (.ci/run
+// Runs when E2E_DEB_DIR names a directory with the .debs (.ci/run
 // sets it after `make package`) and the machine can boot the container
 // (root, systemd-nspawn, mmdebstrap); skipped otherwise.
 func TestPackageUnderSystemd(t *testing.T) {
-	debs := os.Getenv("O365RELAY_DEB_DIR")
+	debs := os.Getenv("E2E_DEB_DIR")
 	if debs == "" {
-		t.Skip("O365RELAY_DEB_DIR not set (make package, then O365RELAY_DEB_DIR=dist)")
+		t.Skip("E2E_DEB_DIR not set (make package, then E2E_DEB_DIR=dist)")
 	}
 	nspawn, err := filepath.Abs("../../deploy/systemd/nspawn.sh")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v := os.Getenv("O365RELAY_NSPAWN"); v != "" {
+	if v := os.Getenv("E2E_NSPAWN"); v != "" {
 		nspawn = v
 	}
 	if _, err := os.Stat(nspawn); err != nil {
@@ -76,7 +76,11 @@ func TestPackageUnderSystemd(t *testing.T) {
 	nsp := func(args ...string) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 		defer cancel()
-		out, err := exec.CommandContext(ctx, nspawn, args...).CombinedOutput()
+		cmd := exec.CommandContext(ctx, nspawn, args...)
+		// Commands inside the container inherit this environment: keep the
+		// test's own variables out of the relay's configuration.
+		cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8"}
+		out, err := cmd.CombinedOutput()
 		return strings.TrimSpace(string(out)), err
 	}
 	rootfs, err := nsp("rootfs")
