@@ -21,11 +21,12 @@ IMAGE       ?= $(shell sed -n 's/^  repository: *//p' deploy/helm/o365relay/valu
 # Version from git: the tag (v1.2.3 -> 1.2.3) on a tagged commit, else
 # 0.0.0+gitYYYYMMDDhhmmss.<commit> (a valid Debian and RPM version, ordered
 # by commit time); "+dirty" style suffixes are left to `o365relay version`,
-# which also reports vcs.modified.
+# which also reports vcs.modified. Linked into relay/status, so `version`,
+# /status and the build_info metric report it.
 COMMIT      := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
 TAG         := $(shell git describe --tags --exact-match --match 'v[0-9]*' 2>/dev/null)
 VERSION     ?= $(if $(TAG),$(patsubst v%,%,$(TAG)),0.0.0+git$(shell git log -1 --format=%cd --date=format:%Y%m%d%H%M%S 2>/dev/null || echo 0).$(COMMIT))
-LDFLAGS     := -s -w -X main.stampedVersion=$(VERSION)
+LDFLAGS     := -s -w -X github.com/o365relay/o365relay/relay/status.stampedVersion=$(VERSION)
 # An image tag may not contain "+": 0.0.0-git….<commit> there.
 IMAGE_TAG   := $(subst +,-,$(VERSION))
 # File dates in the packages and the man page's date: the commit's.

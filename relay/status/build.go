@@ -1,6 +1,9 @@
 package status
 
-import "runtime/debug"
+import (
+	"cmp"
+	"runtime/debug"
+)
 
 // Build identifies the running binary, from the build info Go stamps into
 // it (module version, VCS revision; no -ldflags needed).
@@ -10,17 +13,19 @@ type Build struct {
 	GoVersion string `json:"go_version"`
 }
 
+// stampedVersion is set at link time by the Makefile (-ldflags "-X
+// github.com/o365relay/o365relay/relay/status.stampedVersion=…", from git);
+// a plain `go build` leaves it empty and the module version is used.
+var stampedVersion string
+
 // ReadBuild returns this binary's Build; fields Go did not record are
 // "unknown" (Version, GoVersion) or empty (Revision).
 func ReadBuild() Build {
 	bi, ok := debug.ReadBuildInfo()
 	if !ok {
-		return Build{Version: "unknown", GoVersion: "unknown"}
+		return Build{Version: cmp.Or(stampedVersion, "unknown"), GoVersion: "unknown"}
 	}
-	b := Build{Version: bi.Main.Version, GoVersion: bi.GoVersion}
-	if b.Version == "" {
-		b.Version = "unknown"
-	}
+	b := Build{Version: cmp.Or(stampedVersion, bi.Main.Version, "unknown"), GoVersion: bi.GoVersion}
 	var dirty bool
 	for _, s := range bi.Settings {
 		switch s.Key {
