@@ -1,6 +1,7 @@
 package validate
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -52,9 +53,29 @@ func TestChartRendered(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	// The monitors are there when enabled, and select what they should.
-	if wi := string(readRender(t, "wi.yaml")); !strings.Contains(wi, "kind: ServiceMonitor") || !strings.Contains(wi, "kind: PodMonitor") {
-		t.Error("wi.yaml lacks the ServiceMonitor or PodMonitor")
+	// The monitors are there when enabled, and pass deploy/prometheus's
+	// checks with the operator's own types (scrape the admin port's
+	// /metrics, job="o365relay" for the alert rules).
+	wi := readRender(t, "wi.yaml")
+	objs, errs := Decode("chart/wi.yaml", wi)
+	for _, err := range errs {
+		t.Fatal(err)
+	}
+	monitors := map[string][]byte{}
+	for i, doc := range docSeparator.Split(string(wi), -1) {
+		if strings.Contains(doc, "\nkind: ServiceMonitor") || strings.Contains(doc, "\nkind: PodMonitor") {
+			monitors[fmt.Sprintf("chart/wi.yaml[doc %d]", i)] = []byte(doc)
+		}
+	}
+	if len(monitors) != 2 {
+		t.Fatalf("wi.yaml has %d monitors, want a ServiceMonitor and a PodMonitor", len(monitors))
+	}
+	rules, err := os.ReadFile("../../prometheus/o365relay.rules.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, err := range Monitoring(monitors, rules, objs) {
+		t.Error(err)
 	}
 }
 
