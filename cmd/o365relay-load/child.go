@@ -62,7 +62,8 @@ func freeAddr() (string, error) {
 	return addr, l.Close()
 }
 
-func startChild(ctx context.Context, bin, dir string, cloud *relaytest.Cloud, cfg config) (*child, error) {
+// startChild starts the relay; extraEnv entries override the defaults.
+func startChild(ctx context.Context, bin, dir string, cloud *relaytest.Cloud, cfg config, extraEnv ...string) (*child, error) {
 	smtpAddr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -72,7 +73,7 @@ func startChild(ctx context.Context, bin, dir string, cloud *relaytest.Cloud, cf
 		return nil, err
 	}
 	logPath := filepath.Join(dir, "relay.log")
-	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -94,6 +95,7 @@ func startChild(ctx context.Context, bin, dir string, cloud *relaytest.Cloud, cf
 	if !cfg.Paced {
 		cmd.Env = append(cmd.Env, "O365RELAY_MAILBOX_RATE=0", "O365RELAY_MAILBOX_DAILY_RECIPIENTS=0")
 	}
+	cmd.Env = append(cmd.Env, extraEnv...) // exec keeps the last value of a key
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		_ = logf.Close() // the start error matters

@@ -62,6 +62,7 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (rep *report, err er
 	target := cfg.Relay
 	var cloud *relaytest.Cloud
 	var ch *child
+	var relayBin string
 	if target == "" {
 		cloud, err = relaytest.New(relaytest.Options{Dir: dir, Discard: true})
 		if err != nil {
@@ -78,7 +79,13 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (rep *report, err er
 				return rep, err
 			}
 		}
-		ch, err = startChild(ctx, bin, dir, cloud, cfg)
+		relayBin = bin
+		var fill []string
+		if cfg.Restart {
+			// One message a minute: what the clients send stays queued.
+			fill = []string{"O365RELAY_MAILBOX_RATE=1"}
+		}
+		ch, err = startChild(ctx, bin, dir, cloud, cfg, fill...)
 		if err != nil {
 			return rep, err
 		}
@@ -144,17 +151,18 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (rep *report, err er
 		sampler = startSampler(ch.pid())
 		cpu0, _ = cpuTime(ch.pid())
 	}
-	var arrivals *arrivalWatch
-	if cloud != nil {
-		arrivals = watchArrivals(runCtx, cloud, base)
-	}
-
 	if cfg.Command != "" {
 		if err := runCommand(runCtx, cfg.Command, target, rep); err != nil {
 			return rep, err
 		}
 	} else {
 		ld.send(runCtx, rep)
+	}
+	if cfg.Restart {
+		rep.rssPeak = sampler.stop()
+		if cpu1, err := cpuTime(ch.pid()); err == nil {
+			rep.cpu = cpu1 - cpu0
+		}
 	}
 
 	if cfg.Defer {
@@ -164,6 +172,10 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (rep *report, err er
 			return rep, err
 		}
 		if rep.rssQueued, _, err = ch.memory(); err != nil {
+			return rep, err
+		}
+	} else if cfg.Restart {
+		if err := restart(runCtx, &ch, relayBin, dir, cloud, cfg, base, rep); err != nil {
 			return rep, err
 		}
 	} else if cloud != nil {
@@ -178,8 +190,7 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (rep *report, err er
 		}
 	}
 	if cloud != nil {
-		rep.lastArrival = arrivals.stop()
-		rep.matchDeliveries(cloud.Exchange.Messages()[base:], arrivals.times())
+		rep.matchDeliveries(cloud.Exchange.Messages()[base:])
 		rep.tokens1 = cloud.Entra.TokenRequests()
 		rep.tls1 = cloud.Exchange.Stats().TLSSessions
 		rep.violations = len(cloud.Exchange.Violations())
@@ -188,9 +199,11 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (rep *report, err er
 		rep.notes = append(rep.notes, fmt.Sprintf("the duration cap (%s) ended the run", cfg.Duration))
 	}
 	if ch != nil {
-		rep.rssPeak = sampler.stop()
-		if cpu1, err := cpuTime(ch.pid()); err == nil {
-			rep.cpu = cpu1 - cpu0
+		if !cfg.Restart {
+			rep.rssPeak = sampler.stop()
+			if cpu1, err := cpuTime(ch.pid()); err == nil {
+				rep.cpu = cpu1 - cpu0
+			}
 		}
 		if _, rep.hwm, err = ch.memory(); err != nil {
 			return rep, err
@@ -481,52 +494,6 @@ func (p *idlePool) close() {
 		_ = ic.c.Close() // closing idle sessions we own; nothing in flight
 	}
 	p.conns = nil
-}
-
-// arrivalWatch records when the fake Exchange accepted each message: the
-// k-th accepted message (its list is append-only) arrived no later than the
-// time WaitMessages(k) returned.
-type arrivalWatch struct {
-	mu     sync.Mutex
-	at     []time.Time
-	done   chan struct{}
-	stopFn context.CancelFunc
-}
-
-func watchArrivals(ctx context.Context, cloud *relaytest.Cloud, base int) *arrivalWatch {
-	ctx, cancel := context.WithCancel(ctx)
-	w := &arrivalWatch{done: make(chan struct{}), stopFn: cancel}
-	go func() {
-		defer close(w.done)
-		for k := base + 1; ; k++ {
-			if cloud.Exchange.WaitMessages(ctx, k) != nil {
-				return
-			}
-			now := time.Now()
-			w.mu.Lock()
-			w.at = append(w.at, now)
-			w.mu.Unlock()
-		}
-	}()
-	return w
-}
-
-// stop ends the watch and returns the last arrival time.
-func (w *arrivalWatch) stop() time.Time {
-	w.stopFn()
-	<-w.done
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if len(w.at) == 0 {
-		return time.Time{}
-	}
-	return w.at[len(w.at)-1]
-}
-
-func (w *arrivalWatch) times() []time.Time {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append([]time.Time(nil), w.at...)
 }
 
 // measureFsync is the floor: write a 10 KB file and fsync it (what every

@@ -111,6 +111,7 @@ type config struct {
 	Command   string // external client instead of the built-in ones
 	Paced     bool   // keep the relay's per-mailbox pacing (Exchange's limits)
 	Defer     bool   // the fake Exchange defers every message: the queue grows
+	Restart   bool   // fill the queue behind pacing, restart the relay, drain it
 }
 
 func parseArgs(args []string, stderr io.Writer) (config, int, bool) {
@@ -137,6 +138,7 @@ func parseArgs(args []string, stderr io.Writer) (config, int, bool) {
 	fs.StringVar(&c.Command, "command", "", "run this client `command line` instead of the built-in clients ({addr}, {host} and {port} are replaced by the relay's address; -messages must say how many messages it sends), e.g. Postfix's smtp-source")
 	fs.BoolVar(&c.Paced, "paced", false, "keep the child relay's per-mailbox pacing (mailbox_rate 30/min, mailbox_daily_recipients 10000: Exchange Online's limits); by default both are 0 so the run measures the relay, not the limits")
 	fs.BoolVar(&c.Defer, "defer", false, "make the fake Exchange answer 451 to every MAIL FROM during the run, so every message stays queued (memory with a long queue)")
+	fs.BoolVar(&c.Restart, "restart", false, "fill the queue: the child relay paces its mailbox to 1 message a minute while the clients send, so nearly every message stays queued; then stop it (SIGTERM), start it again on the same spool with pacing off and report the time to ready, RSS and the rate at which the backlog drains beside the intake rate")
 	fs.BoolVar(&c.KeepFiles, "keep", false, "keep the run's temporary directory (relay log, spool) and print its path")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -180,6 +182,8 @@ func (c *config) check() error {
 		return errors.New("-fsync-samples must be 0..100000")
 	case c.Defer && c.Relay != "":
 		return errors.New("-defer needs the child relay (not -relay)")
+	case c.Restart && (c.Relay != "" || c.Defer || c.Paced):
+		return errors.New("-restart needs the child relay and excludes -defer and -paced")
 	case c.Command != "" && c.Messages < 1:
 		return errors.New("-command needs -messages: how many messages the command sends")
 	case c.Ack != "spool" && c.Ack != "upstream":

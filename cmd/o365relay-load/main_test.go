@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/o365relay/o365relay/relay/exchangetest"
 )
 
 // TestSmallRun runs the tool end to end as its default mode does (relay
@@ -151,5 +154,45 @@ func TestMessageShape(t *testing.T) {
 	}
 	if seqOf(rcptFor(1234)) != 1234 || seqOf("someone@fabrikam.example") != -1 || seqOf("load-1@other.example") != -1 {
 		t.Error("recipient round trip")
+	}
+}
+
+// TestDeliveryMatchedByMessageID: each message's delivery latency is its
+// own (the 250 it got to the moment Exchange accepted that Message-ID),
+// whatever order the messages arrive in, and the curve and the order
+// figures show a message that was overtaken.
+func TestDeliveryMatchedByMessageID(t *testing.T) {
+	t0 := time.Unix(1_700_000_000, 0)
+	rep := &report{results: make([]result, 4)}
+	for seq := 1; seq <= 3; seq++ {
+		rep.results[seq] = result{ok: true, acked: t0.Add(time.Duration(seq) * time.Second)}
+	}
+	msg := func(seq int, at time.Duration) exchangetest.Message {
+		return exchangetest.Message{MessageID: fmt.Sprintf("<load.%010d@contoso.example>", seq),
+			RcptTo: []string{"someone@fabrikam.example"}, Accepted: t0.Add(at)}
+	}
+	// Message 1 is overtaken by 2 and 3 and arrives last.
+	rep.matchDeliveries([]exchangetest.Message{msg(2, 2100*time.Millisecond), msg(3, 3100*time.Millisecond), msg(1, 9*time.Second)})
+	if rep.unmatched != 0 || len(rep.deliveries) != 3 {
+		t.Fatalf("matched %d, unmatched %d", len(rep.deliveries), rep.unmatched)
+	}
+	want := map[int]time.Duration{1: 8 * time.Second, 2: 100 * time.Millisecond, 3: 100 * time.Millisecond}
+	for _, d := range rep.deliveries {
+		if d.latency() != want[d.seq] {
+			t.Errorf("message %d: latency %s, want %s", d.seq, d.latency(), want[d.seq])
+		}
+	}
+	if !rep.lastArrival.Equal(t0.Add(9 * time.Second)) {
+		t.Errorf("last arrival %s", rep.lastArrival)
+	}
+	cv := makeCurve(rep.deliveries)
+	if len(cv.points) == 0 || cv.points[0].pos != 1 || cv.points[0].latency != 8*time.Second {
+		t.Errorf("curve %v: the first message acknowledged waited 8 s", cv)
+	}
+	if cv.maxDisplaced != 2 || cv.overtakenBy1s != 1 {
+		t.Errorf("order: max displaced %d, overtaken %d; want 2 and 1", cv.maxDisplaced, cv.overtakenBy1s)
+	}
+	if seqOfMessageID("<load.0000000042@contoso.example>") != 42 || seqOfMessageID("<x@y>") != -1 {
+		t.Error("Message-ID round trip")
 	}
 }

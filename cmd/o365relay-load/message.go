@@ -51,6 +51,16 @@ var minSize = headerLen + 2
 
 func header(seq int) []byte { return fmt.Appendf(nil, headerFmt, seq, seq) }
 
+// seqOfMessageID maps a Message-ID header value back to its sequence number;
+// -1 if it is not one of ours.
+func seqOfMessageID(v string) int {
+	var seq int
+	if _, err := fmt.Sscanf(v, "<load.%010d@contoso.example>", &seq); err != nil || seq < 0 {
+		return -1
+	}
+	return seq
+}
+
 // body returns size-headerLen bytes of 76-character CRLF lines (the shape of
 // base64 attachments), shared read-only by every message of a run. It never
 // starts a line with a dot, so what the relay stores is what was sent.

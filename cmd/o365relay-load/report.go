@@ -7,8 +7,6 @@ import (
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/o365relay/o365relay/relay/exchangetest"
 )
 
 type fsyncStats struct {
@@ -29,6 +27,7 @@ type report struct {
 	started, finished time.Time
 
 	delivered   []time.Duration // 250 → Exchange, by message
+	deliveries  []delivery
 	lastArrival time.Time
 	arrived     int // messages the fake Exchange accepted during the run
 	unmatched   int // of those, not ours or not acknowledged
@@ -40,6 +39,7 @@ type report struct {
 	queued                             int   // -defer: records in queue/ at the end
 	rssQueued                          int64 // -defer: RSS with them queued
 	cpu                                time.Duration
+	restart                            *restartStats
 
 	tokens0, tokens1 int
 	tls0, tls1       int
@@ -61,24 +61,6 @@ func (r *report) acked() int {
 		}
 	}
 	return n
-}
-
-// matchDeliveries pairs each message Exchange accepted (in order, with the
-// time the watch saw it) with the 250 that acknowledged it, by recipient.
-func (r *report) matchDeliveries(msgs []exchangetest.Message, at []time.Time) {
-	r.arrived = len(msgs)
-	for i, m := range msgs {
-		if i >= len(at) || len(m.RcptTo) != 1 {
-			r.unmatched++
-			continue
-		}
-		seq := seqOf(m.RcptTo[0])
-		if seq <= 0 || seq >= len(r.results) || !r.results[seq].ok {
-			r.unmatched++
-			continue
-		}
-		r.delivered = append(r.delivered, at[i].Sub(r.results[seq].acked))
-	}
 }
 
 func (r *report) print(w io.Writer) {
@@ -137,7 +119,7 @@ func (r *report) print(w io.Writer) {
 		p("time-to-250:    p50 %s p95 %s p99 %s max %s (end of data -> reply)", ms(pct(to250, .5)), ms(pct(to250, .95)), ms(pct(to250, .99)), ms(pct(to250, 1)))
 		p("transaction:    p50 %s p95 %s p99 %s max %s (MAIL FROM -> 250)", ms(pct(tx, .5)), ms(pct(tx, .95)), ms(pct(tx, .99)), ms(pct(tx, 1)))
 	}
-	if r.pid != 0 {
+	if r.pid != 0 && r.restart == nil {
 		d := r.delivered
 		if len(d) > 0 {
 			span := r.lastArrival.Sub(r.started)
@@ -148,9 +130,17 @@ func (r *report) print(w io.Writer) {
 		} else {
 			p("delivery:       none of %d delivered", len(to250))
 		}
+		if len(r.deliveries) > 0 {
+			cv := makeCurve(r.deliveries)
+			p("by position:    %s (in the order of the 250s: latency of the n-th message acknowledged)", cv)
+			p("order:          arrival rank - ack rank p99 %d, max %d; %d messages overtaken by a later one by more than 1 s", cv.p99Displaced, cv.maxDisplaced, cv.overtakenBy1s)
+		}
 		if r.unmatched > 0 && c.Command == "" {
 			p("                %d messages at Exchange not matched to an acknowledgement", r.unmatched)
 		}
+	}
+	if r.restart != nil {
+		r.restart.print(p, rate)
 	}
 	p("errors:         %s", counts(errs))
 	if c.Idle > 0 {

@@ -136,6 +136,11 @@ type Message struct {
 	Session  int // connection number, from 1
 	SMTPUTF8 bool
 	BodyType smtp.BodyType // BODY= parameter of MAIL
+	// MessageID is the Message-ID header field's value ("" if none) and
+	// Accepted the wall-clock time the 250 was decided, so a load
+	// generator can measure each message's delivery latency by its ID.
+	MessageID string
+	Accepted  time.Time
 }
 
 // Stats counts what the fake saw since start or Reset.
@@ -823,7 +828,8 @@ func (ss *session) Data(r io.Reader) error {
 		return s.fire(ss.fc, f)
 	}
 	mb := s.mailboxes[ss.mailbox]
-	if from := headerFrom(hdr.buf); from != "" && !mb.sendAs[strings.ToLower(from)] {
+	hf := parseHeader(hdr.buf)
+	if from := headerFrom(hf); from != "" && !mb.sendAs[strings.ToLower(from)] {
 		// Observed Exchange reply after DATA (§2.2).
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 252},
 			Message: fmt.Sprintf("SendAsDenied; %s not allowed to send as %s; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied", ss.mailbox, from)}
@@ -838,6 +844,10 @@ func (ss *session) Data(r io.Reader) error {
 		Session:  ss.fc.id,
 		SMTPUTF8: ss.utf8,
 		BodyType: ss.body,
+		Accepted: time.Now(),
+	}
+	if hf != nil {
+		m.MessageID = strings.TrimSpace(hf.Get("Message-Id"))
 	}
 	copy(m.SHA256[:], h.Sum(nil))
 	if !s.opts.Discard {
@@ -852,15 +862,20 @@ func (ss *session) Data(r io.Reader) error {
 		Message: fmt.Sprintf("OK <%d@fake> [Hostname=%s]", id, Hostname)}
 }
 
+// parseHeader parses the header section; nil if it does not parse.
+func parseHeader(b []byte) mail.Header {
+	msg, err := mail.ReadMessage(bufio.NewReader(bytes.NewReader(b)))
+	if err != nil {
+		return nil
+	}
+	return msg.Header
+}
+
 // headerFrom returns the address in the From: header, "" if there is none
 // (a message without From is accepted; Exchange's behaviour there is not
 // documented).
-func headerFrom(b []byte) string {
-	msg, err := mail.ReadMessage(bufio.NewReader(bytes.NewReader(b)))
-	if err != nil {
-		return ""
-	}
-	v := msg.Header.Get("From")
+func headerFrom(h mail.Header) string {
+	v := h.Get("From")
 	if v == "" {
 		return ""
 	}
