@@ -149,14 +149,14 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 	}
 
 	r.up, err = upstream.New(upstream.Options{
-		Addr:               cfg.Upstream,
-		RootCAs:            d.RootCAs,
-		Tokens:             r.tokens,
-		HelloName:          cfg.Hostname,
-		Clock:              clock,
-		Logger:             log.Named("upstream"),
-		MaxConnsPerMailbox: cfg.MailboxConnections,
-		ConnsFor:           func(mb string) int { return cfg.Limits(mb).Connections },
+		Addr:      cfg.Upstream,
+		RootCAs:   d.RootCAs,
+		Tokens:    r.tokens,
+		HelloName: cfg.Hostname,
+		Clock:     clock,
+		Logger:    log.Named("upstream"),
+		// How many connections a mailbox may have at once is the
+		// scheduler's (Limits.Connections below), not the pool's.
 	})
 	if err != nil {
 		return nil, err

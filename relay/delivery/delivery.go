@@ -8,9 +8,10 @@
 // sent.
 //
 // Per-mailbox policy, by reply (exchange-online.md §2.4, §2.5):
-//   - 432 4.3.2 (concurrent connections): the upstream pool lowers the
-//     mailbox's connection limit and waits for one of its own connections;
-//     if none is ours, the message is retried in ½–2 × retry_min.
+//   - 432 4.3.2 (concurrent connections): the scheduler, sole owner of the
+//     mailbox's connection limit (slots.go), lowers it to the connections
+//     we hold and the message waits for one of them; if none is ours, the
+//     message is retried in ½–2 × retry_min.
 //   - 554 5.2.0 (recipient quota): the mailbox is paused until the oldest
 //     recipients it counted leave the 24 h window, at most an hour at a time.
 //   - 501 5.5.127 (session token expired): upstream reconnects with a fresh
@@ -21,19 +22,28 @@
 //     one probe message at a time, instead of feeding Exchange's
 //     continuous-error throttling (550 5.2.25x).
 //
+// Messages wait in a priority queue keyed by due time (queue.go), so a
+// pick is O(log n) and, under a backlog, the oldest due message goes
+// first. Nothing waits for a tick that could be an event: a message is
+// made due when it is queued, when a connection of its mailbox frees, or
+// at its pacing slot or retry time (one timer, for the earliest).
+//
 // A worker never waits on a mailbox whose connections (Limits.Connections)
-// are all in use: the message is put back and made due again the moment one
-// of that mailbox's attempts ends, so one busy mailbox cannot hold up the
-// others' mail.
+// are all in use: the message is parked and made due again, at the time
+// it was due, the moment one of that mailbox's attempts ends, so one busy
+// mailbox cannot hold up the others' mail.
 //
 // A panic while delivering one message is contained to it: logged without
 // its value or any data, the message retried, and set aside (failed/ or
 // corrupt/) after three.
 //
-// Each attempt is recorded durably before it starts (attempts+1 and the next
-// attempt time, as mox does), so a crash mid-delivery cannot cause a hot
-// retry loop. Delivery is at-least-once: a crash between Exchange's 250 and
-// Remove sends the message again.
+// Each attempt is noted in the message's record before it starts
+// (attempts+1 and the next attempt time, as mox does), so a crash of the
+// relay mid-delivery cannot cause a hot retry loop; the note is not
+// fsynced (spool.NoteAttempt): a power failure before the attempt ends
+// only means the attempt is made again. What an attempt decided (deferred
+// recipients, replies) is recorded durably. Delivery is at-least-once: a
+// crash between Exchange's 250 and Remove sends the message again.
 package delivery
 
 import (
@@ -84,6 +94,9 @@ type Options struct {
 	Rand   func() float64 // in [0,1); default math/rand/v2
 	// RescanEvery is how often queue/ is rescanned for CLI changes (default 30s).
 	RescanEvery time.Duration
+	// RestoreAfter is how long after a 432 4.3.2 a lowered connection
+	// limit grows back by one (default 1 min).
+	RestoreAfter time.Duration
 	// ContinuousErrors is how many consecutive permanent failures mark a
 	// mailbox unhealthy (default 5).
 	ContinuousErrors int
@@ -105,17 +118,22 @@ type Scheduler struct {
 	sp  *spool.Spool
 	log *zap.Logger
 
-	mu       sync.Mutex
-	due      map[message.ID]time.Time // known entries and when they are due
-	stateMod map[message.ID]time.Time
-	running  map[message.ID]chan struct{}
-	boxes    map[string]*mailbox
-	pacers   map[string]*pacer
-	inflight map[string]int          // attempts running, by lower-case mailbox
-	waiting  map[string][]message.ID // messages that found every slot busy
-	early    map[message.ID]bool     // due at release, not at NextAttempt
-	panics   map[message.ID]int      // panics outside the forwarder, by message
-	wake     chan struct{}           // closed and replaced when due changes
+	mu      sync.Mutex
+	due     *dueQueue // messages waiting for their next attempt
+	running map[message.ID]*run
+	parked  map[message.ID]time.Time // found every slot busy; when they were due
+	boxes   map[string]*mailbox
+	pacers  map[string]*pacer
+	slots   map[string]*slots   // by lower-case mailbox
+	early   map[message.ID]bool // due again at release (a slot freed meanwhile)
+	panics  map[message.ID]int  // panics outside the forwarder, by message
+	wake    chan struct{}       // closed and replaced when the earliest due time moves earlier
+}
+
+// run is an attempt in progress.
+type run struct {
+	done chan struct{} // closed at release
+	at   time.Time     // when the message was due
 }
 
 // New checks opts and applies defaults.
@@ -150,6 +168,9 @@ func New(opts Options) (*Scheduler, error) {
 	if opts.RescanEvery <= 0 {
 		opts.RescanEvery = 30 * time.Second
 	}
+	if opts.RestoreAfter <= 0 {
+		opts.RestoreAfter = time.Minute
+	}
 	if opts.AttemptTimeout <= 0 {
 		opts.AttemptTimeout = 10 * time.Minute
 	}
@@ -158,10 +179,9 @@ func New(opts Options) (*Scheduler, error) {
 	}
 	return &Scheduler{
 		o: opts, sp: opts.Spool, log: opts.Logger.Named("delivery"),
-		due: map[message.ID]time.Time{}, stateMod: map[message.ID]time.Time{},
-		running: map[message.ID]chan struct{}{}, boxes: map[string]*mailbox{},
-		pacers: map[string]*pacer{}, panics: map[message.ID]int{},
-		inflight: map[string]int{}, waiting: map[string][]message.ID{}, early: map[message.ID]bool{},
+		due: newDueQueue(), running: map[message.ID]*run{}, parked: map[message.ID]time.Time{},
+		boxes: map[string]*mailbox{}, pacers: map[string]*pacer{}, panics: map[message.ID]int{},
+		slots: map[string]*slots{}, early: map[message.ID]bool{},
 		wake: make(chan struct{}),
 	}, nil
 }
@@ -177,11 +197,20 @@ func (s *Scheduler) backoff(n int) time.Duration {
 	return time.Duration(d)
 }
 
-// schedule records when id is due and wakes the workers. Callers hold mu.
+// scheduleLocked makes id due at at and wakes the workers if that is
+// earlier than anything they wait for. A message being attempted is left
+// to its release. Callers hold mu.
 func (s *Scheduler) scheduleLocked(id message.ID, at time.Time) {
-	s.due[id] = at
-	close(s.wake)
-	s.wake = make(chan struct{})
+	if s.running[id] != nil {
+		return
+	}
+	delete(s.parked, id)
+	_, top, ok := s.due.peek()
+	s.due.set(id, at)
+	if !ok || at.Before(top) {
+		close(s.wake)
+		s.wake = make(chan struct{})
+	}
 }
 
 // Enqueued tells the scheduler about a message just Put: deliver it now.
@@ -196,9 +225,7 @@ func (s *Scheduler) Enqueued(id message.ID) {
 // returns after every worker stopped. An attempt in flight is cancelled; its
 // attempt was recorded before it began, so it is retried per the backoff.
 func (s *Scheduler) Run(ctx context.Context) error {
-	if err := s.rescan(true); err != nil {
-		return err
-	}
+	s.start()
 	var wg sync.WaitGroup
 	for range s.o.Workers {
 		wg.Add(1)
@@ -215,7 +242,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 			case <-ctx.Done():
 				return
 			case <-s.o.After(s.o.RescanEvery):
-				if err := s.rescan(false); err != nil {
+				if err := s.rescan(); err != nil {
 					s.log.Error("rescan failed", zap.Error(err))
 				}
 			}
@@ -225,44 +252,49 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	return nil
 }
 
+// start queues what the spool holds, without reading it: each message is
+// due at the time it was received, so the backlog goes oldest first; a
+// message whose record says it is due later is put back at that time when
+// a worker first looks at it (attemptMode).
+func (s *Scheduler) start() {
+	ids := s.sp.IDs()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		if _, known := s.due.when(id); !known {
+			s.scheduleLocked(id, id.Time())
+		}
+	}
+}
+
 // Rescan picks up entries added or retried by the CLI now, instead of at
 // the next periodic scan.
-func (s *Scheduler) Rescan() error { return s.rescan(false) }
+func (s *Scheduler) Rescan() error { return s.rescan() }
 
-func (s *Scheduler) rescan(start bool) error {
-	ids, err := s.sp.Rescan()
+// rescan applies what the CLI changed: messages gone are forgotten, new or
+// changed ones are due when their record says (a retried one: now).
+func (s *Scheduler) rescan() error {
+	changed, gone, err := s.sp.Rescan()
 	if err != nil {
 		return err
 	}
-	now := s.o.Clock()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for id := range s.due {
-		if _, ok := ids[id]; !ok && s.running[id] == nil {
-			delete(s.due, id)
-			delete(s.stateMod, id)
+	due := make([]time.Time, len(changed))
+	for i, id := range changed {
+		due[i] = id.Time()
+		if e, err := s.sp.Get(id); err == nil && !e.State.NextAttempt.IsZero() {
+			due[i] = e.State.NextAttempt
 		}
 	}
-	for id, mod := range ids {
-		_, known := s.due[id]
-		if known && s.stateMod[id].Equal(mod) {
-			continue
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range gone {
+		s.due.remove(id)
+		delete(s.parked, id)
+	}
+	for i, id := range changed {
+		if _, parked := s.parked[id]; !parked {
+			s.scheduleLocked(id, due[i])
 		}
-		s.stateMod[id] = mod
-		e, err := s.sp.Get(id)
-		if err != nil {
-			continue
-		}
-		at := e.State.NextAttempt
-		if start || !known {
-			// Resume with a little jitter so a restart does not open every
-			// connection in the same second.
-			j := now.Add(time.Duration(s.o.Rand() * float64(5*time.Second)))
-			if at.Before(j) {
-				at = j
-			}
-		}
-		s.scheduleLocked(id, at)
 	}
 	return nil
 }
@@ -271,28 +303,19 @@ func (s *Scheduler) worker(ctx context.Context) {
 	for {
 		s.mu.Lock()
 		now := s.o.Clock()
-		var pick message.ID
-		var next time.Time
-		for id, at := range s.due {
-			if s.running[id] != nil {
-				continue
-			}
-			if next.IsZero() || at.Before(next) {
-				pick, next = id, at
-			}
-		}
-		wake := s.wake
-		if pick != "" && !next.After(now) {
-			s.running[pick] = make(chan struct{})
-			delete(s.due, pick)
+		id, at, ok := s.due.peek()
+		if ok && !at.After(now) {
+			s.due.remove(id)
+			s.running[id] = &run{done: make(chan struct{}), at: at}
 			s.mu.Unlock()
-			s.attemptOwned(ctx, pick)
+			s.attemptOwned(ctx, id)
 			continue
 		}
+		wake := s.wake
 		s.mu.Unlock()
 		var timer <-chan time.Time
-		if pick != "" {
-			timer = s.o.After(next.Sub(now))
+		if ok {
+			timer = s.o.After(at.Sub(now))
 		}
 		select {
 		case <-ctx.Done():
@@ -308,37 +331,46 @@ func (s *Scheduler) worker(ctx context.Context) {
 func (s *Scheduler) acquire(ctx context.Context, id message.ID) error {
 	for {
 		s.mu.Lock()
-		ch := s.running[id]
-		if ch == nil {
-			s.running[id] = make(chan struct{})
-			delete(s.due, id)
+		r := s.running[id]
+		if r == nil {
+			at, _ := s.due.when(id)
+			s.due.remove(id)
+			delete(s.parked, id)
+			s.running[id] = &run{done: make(chan struct{}), at: at}
 			s.mu.Unlock()
 			return nil
 		}
 		s.mu.Unlock()
 		select {
-		case <-ch:
+		case <-r.done:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
 }
 
-func (s *Scheduler) release(id message.ID, next time.Time) {
+// release ends an attempt: the message is due again at next (zero: it
+// left the queue), or, parked, when a slot of its mailbox frees.
+func (s *Scheduler) release(id message.ID, next time.Time, parked bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	close(s.running[id])
+	r := s.running[id]
+	close(r.done)
 	delete(s.running, id)
 	if s.early[id] {
 		delete(s.early, id)
-		if !next.IsZero() {
+		if parked {
+			parked, next = false, r.at
+		} else if !next.IsZero() {
 			next = s.o.Clock()
 		}
 	}
-	if !next.IsZero() {
+	switch {
+	case parked:
+		s.parked[id] = r.at
+	case !next.IsZero():
 		s.scheduleLocked(id, next)
-	} else {
-		delete(s.stateMod, id)
+	default:
 		delete(s.panics, id)
 		for _, p := range s.pacers {
 			p.forget(id)
@@ -385,14 +417,15 @@ func (s *Scheduler) guarded(ctx context.Context, id message.ID, sync bool) (out 
 func (s *Scheduler) attemptOwned(ctx context.Context, id message.ID) {
 	out, err := s.guarded(ctx, id, false)
 	var next time.Time
+	parked := false
 	if err == nil && out != nil && !out.Removed {
-		next = out.NextAttempt
+		next, parked = out.NextAttempt, out.parked
 	}
 	if err != nil && !errors.Is(err, spool.ErrNotFound) {
 		s.log.Error("attempt could not be recorded", zap.String("id", string(id)), zap.Error(err))
 		next = s.o.Clock().Add(s.o.Backoff.Min)
 	}
-	s.release(id, next)
+	s.release(id, next, parked)
 }
 
 // Outcome is what one attempt did to a message.
@@ -408,6 +441,12 @@ type Outcome struct {
 	Removed bool
 	// NextAttempt is when it is due again if it stays queued.
 	NextAttempt time.Time
+	// parked: every connection of the mailbox is busy; the message is due
+	// again when one frees, not at NextAttempt.
+	parked bool
+	// slotRetry: a 432 4.3.2 while we hold other connections lowered the
+	// limit; the message should go again on one of ours.
+	slotRetry bool
 }
 
 // DeliverNow runs one attempt in the caller's goroutine (ack=upstream mode)
@@ -419,6 +458,12 @@ func (s *Scheduler) DeliverNow(ctx context.Context, id message.ID) (*Outcome, er
 		return nil, err
 	}
 	out, err := s.guarded(ctx, id, true)
+	// A 432 4.3.2 while we hold other connections: the limit is lower now
+	// and the next try waits (enterWait) for one of ours, as the client
+	// waits for this message; at most three times, then the 432 stands.
+	for i := 0; i < 3 && err == nil && out.slotRetry && ctx.Err() == nil; i++ {
+		out, err = s.guarded(ctx, id, true)
+	}
 	var next time.Time
 	if err == nil && !out.Removed {
 		next = out.NextAttempt
@@ -426,7 +471,7 @@ func (s *Scheduler) DeliverNow(ctx context.Context, id message.ID) (*Outcome, er
 	if err != nil && !errors.Is(err, spool.ErrNotFound) {
 		next = s.o.Clock().Add(s.o.Backoff.Min)
 	}
-	s.release(id, next)
+	s.release(id, next, false)
 	return out, err
 }
 
@@ -448,6 +493,11 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 	}
 	env, st := e.Envelope, e.State
 	now := s.o.Clock()
+	if !sync && st.NextAttempt.After(now) {
+		// Looked at early (after a restart or a rescan): its record says
+		// when it is due.
+		return &Outcome{NextAttempt: st.NextAttempt}, nil
+	}
 	log := s.log.With(zap.String("id", string(id)), zap.String("mailbox", env.Mailbox), zap.Int64("size", env.Size))
 	var pending []string
 	for _, r := range env.To {
@@ -478,20 +528,27 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 	}
 	defer s.endProbe(env.Mailbox)
 	admitted := now
+	var lim Limits
 	if s.o.Limits != nil {
-		lim := s.o.Limits(env.Mailbox)
-		if !sync {
-			// A worker does not wait on a mailbox whose connections are
-			// all busy (that would leave other mailboxes' mail waiting
-			// behind it): the message is picked up again as soon as one
-			// of that mailbox's attempts ends.
-			if !s.enter(id, env.Mailbox, lim.Connections) {
-				out.Pending, out.NextAttempt = pending, now.Add(s.o.Backoff.Min)
-				out.Err = reply.New(451, enhHeld, "Mailbox connections busy; message queued")
-				return out, nil
-			}
-			defer s.leave(env.Mailbox)
+		lim = s.o.Limits(env.Mailbox)
+	}
+	if !sync {
+		// A worker does not wait on a mailbox whose connections are all
+		// busy (that would leave other mailboxes' mail waiting behind
+		// it): the message is parked and due again as soon as one of
+		// that mailbox's attempts ends.
+		if !s.enter(id, env.Mailbox, lim.Connections) {
+			out.Pending, out.parked = pending, true
+			out.Err = reply.New(451, enhHeld, "Mailbox connections busy; message queued")
+			return out, nil
 		}
+	} else if err := s.enterWait(ctx, env.Mailbox, lim.Connections); err != nil {
+		out.Pending, out.NextAttempt = pending, now
+		out.Err = reply.Wrap(err, 451, enhHeld, "Mailbox connections busy; message queued")
+		return out, nil
+	}
+	defer s.leave(env.Mailbox)
+	if s.o.Limits != nil {
 		if at, ok := s.admit(id, env.Mailbox, lim, len(pending), now); !ok {
 			// Paced: not an attempt, nothing recorded; the scheduler
 			// brings it back at its slot.
@@ -502,15 +559,15 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 		}
 	}
 
-	// Record the attempt before making it (mox): a crash from here on
-	// finds attempts+1 and a future NextAttempt.
+	// Note the attempt before making it (mox): a crash of the relay from
+	// here on finds attempts+1 and a future NextAttempt.
 	st.Attempts++
 	if st.FirstAttempt.IsZero() {
 		st.FirstAttempt = now
 	}
 	st.LastAttempt = now
 	st.NextAttempt = now.Add(s.backoff(st.Attempts))
-	if err := s.sp.SetState(id, st); err != nil {
+	if err := s.sp.NoteAttempt(id, st); err != nil {
 		return nil, err
 	}
 
@@ -556,7 +613,15 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 		class = classOf(re)
 		st.LastError = re.Error()
 	}
-	hold := s.classify(log, env.Mailbox, re, now)
+	var hold holdDecision
+	if s.lowerAfter432(id, env.Mailbox, re, now) {
+		// Someone else holds one of the mailbox's connections: the limit
+		// is lower now and the message goes again on one of ours, as soon
+		// as one frees — not its fault, not an attempt.
+		hold, out.slotRetry, out.parked = holdDecision{keep: true, next: now}, true, !sync
+	} else {
+		hold = s.classify(log, env.Mailbox, re, now)
+	}
 	for _, r := range pending {
 		switch {
 		case res != nil && res.Rejected[r] != nil:
@@ -717,37 +782,6 @@ func (s *Scheduler) pacerLocked(mailbox string) *pacer {
 		s.pacers[k] = p
 	}
 	return p
-}
-
-// enter takes one of mailbox's n attempt slots (n ≤ 0: unlimited), or
-// notes id as waiting for one.
-func (s *Scheduler) enter(id message.ID, mailbox string, n int) bool {
-	k := strings.ToLower(mailbox)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if n > 0 && s.inflight[k] >= n {
-		s.waiting[k] = append(s.waiting[k], id)
-		return false
-	}
-	s.inflight[k]++
-	return true
-}
-
-// leave gives the slot back and makes the mailbox's waiting messages due
-// now (one that has not been released yet is made due when it is).
-func (s *Scheduler) leave(mailbox string) {
-	k := strings.ToLower(mailbox)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.inflight[k]--
-	for _, id := range s.waiting[k] {
-		if s.running[id] != nil {
-			s.early[id] = true
-		} else if _, queued := s.due[id]; queued {
-			s.scheduleLocked(id, s.o.Clock())
-		}
-	}
-	s.waiting[k] = nil
 }
 
 func (s *Scheduler) admit(id message.ID, mailbox string, l Limits, rcpts int, now time.Time) (time.Time, bool) {

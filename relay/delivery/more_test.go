@@ -74,13 +74,12 @@ func TestCorruptBodyQuarantined(t *testing.T) {
 func TestCLIRetryPickedUpByRescan(t *testing.T) {
 	t.Parallel()
 	f := setup(t, &fake{steps: []step{fails(temp)}})
-	if _, err := f.s.attempt(context.Background(), f.envID); err != nil {
-		t.Fatal(err)
-	}
+	f.s.start()
+	f.work(t)
 	if err := f.s.Rescan(); err != nil {
 		t.Fatal(err)
 	}
-	if due := f.s.due[f.envID]; !due.Equal(t0.Add(time.Minute)) {
+	if due, _ := f.s.due.when(f.envID); !due.Equal(t0.Add(time.Minute)) {
 		t.Fatalf("due %v", due)
 	}
 	admin, err := spool.OpenAdmin(spool.Options{Dir: f.dir, Fsync: true, Clock: func() time.Time { return t0.Add(10 * time.Second) }})
@@ -96,7 +95,7 @@ func TestCLIRetryPickedUpByRescan(t *testing.T) {
 	if err := f.s.Rescan(); err != nil {
 		t.Fatal(err)
 	}
-	if due := f.s.due[f.envID]; !due.Equal(t0.Add(10 * time.Second)) {
+	if due, _ := f.s.due.when(f.envID); !due.Equal(t0.Add(10 * time.Second)) {
 		t.Errorf("after CLI retry due %v, want +10s", due.Sub(t0))
 	}
 }

@@ -46,6 +46,19 @@ func (id ID) Valid() bool {
 	return err == nil
 }
 
+// Time returns the millisecond at which NewID made id (zero if id is not
+// valid): the spool orders and dates queued messages by it without reading
+// them.
+func (id ID) Time() time.Time {
+	b, err := idEncoding.DecodeString(string(id))
+	if err != nil || len(b) < 6 {
+		return time.Time{}
+	}
+	var ms [8]byte
+	copy(ms[2:], b[:6])
+	return time.UnixMilli(int64(binary.BigEndian.Uint64(ms[:])))
+}
+
 // Envelope is the SMTP envelope of one message.
 type Envelope struct {
 	ID ID `json:"id"`

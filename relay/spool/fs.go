@@ -25,6 +25,7 @@ type File interface {
 	io.Reader
 	io.Writer
 	io.Seeker
+	io.ReaderAt
 	io.Closer
 	Sync() error
 	Stat() (os.FileInfo, error)

@@ -18,7 +18,7 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Add([]byte(magic))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		env, body, err := DecodeBytes(b)
+		env, body, _, err := DecodeBytes(b)
 		if err != nil {
 			return
 		}
@@ -29,9 +29,58 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, body2, err := DecodeBytes(rec)
+		_, body2, _, err := DecodeBytes(rec)
 		if err != nil || !bytes.Equal(body, body2) {
 			t.Fatalf("re-encoded record: %v", err)
+		}
+	})
+}
+
+// FuzzStateTail: a record with state blocks appended, then a block torn at
+// any point and arbitrary bytes (what a crash mid-append leaves), still
+// reads: the same body, and the newest intact state.
+func FuzzStateTail(f *testing.F) {
+	f.Add(uint8(0), uint16(0), []byte(nil))
+	f.Add(uint8(1), uint16(10), []byte("O365STA\n"))
+	f.Add(uint8(3), uint16(500), []byte("O365END\n\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00"))
+	f.Fuzz(func(t *testing.T, blocks uint8, cut uint16, junk []byte) {
+		env := newEnv(1)
+		body := []byte("Subject: x\r\n\r\nbody\r\n")
+		rec, err := Encode(env, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msgEnd := int64(len(rec))
+		n := int(blocks % 8)
+		for i := 1; i <= n; i++ {
+			if rec, err = appendStateBlock(rec, &State{Attempts: i}, msgEnd); err != nil {
+				t.Fatal(err)
+			}
+		}
+		torn, err := appendStateBlock(nil, &State{Attempts: 99}, msgEnd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec = append(rec, torn[:int(cut)%len(torn)]...)
+		rec = append(rec, junk...)
+		_, got, st, err := DecodeBytes(rec)
+		if err != nil {
+			if bytes.Contains(junk, []byte(stateMarker)) || bytes.Contains(junk, []byte(endMarker)) {
+				return // the junk may hold a block of its own
+			}
+			t.Fatalf("%d blocks, torn at %d, %d bytes of junk: %v", n, int(cut)%len(torn), len(junk), err)
+		}
+		if !bytes.Equal(got, body) {
+			t.Fatalf("body %q", got)
+		}
+		if bytes.Contains(junk, []byte(stateMarker)) {
+			return
+		}
+		switch {
+		case n == 0 && st != nil:
+			t.Fatalf("state %+v, want none", st)
+		case n > 0 && (st == nil || st.Attempts != n):
+			t.Fatalf("state %+v, want attempts %d", st, n)
 		}
 	})
 }

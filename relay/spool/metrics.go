@@ -10,7 +10,7 @@ var (
 	})
 	bytesGauge = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "o365relay_spool_bytes",
-		Help: "Body bytes of the messages in queue/.",
+		Help: "Bytes of the records in queue/ (bodies, envelopes and delivery state).",
 	})
 	oldestGauge = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "o365relay_spool_oldest_timestamp_seconds",

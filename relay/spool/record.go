@@ -13,7 +13,8 @@ import (
 	"github.com/o365relay/o365relay/relay/message"
 )
 
-// Record format of queue/<id>.msg, version 1 (all integers big-endian):
+// Record format of queue/<id>.msg, versions 1 and 2 (all integers
+// big-endian):
 //
 //	magic   "O365SPL" + version byte (8 bytes)
 //	envlen  uint32, length of the envelope JSON (≤ maxEnvelope)
@@ -22,13 +23,17 @@ import (
 //	trailer "O365END\n" (8 bytes), uint64 body length, uint32 CRC-32C
 //	        (Castagnoli) of everything from the magic to the end of the body
 //
-// The length and checksum come last because the body is streamed: a record
-// cut short by a crash has no valid trailer and is quarantined at Open. The
-// version byte lets the format evolve; unknown versions are quarantined, not
-// guessed at.
+// The length and checksum come last because the body is streamed. Version 2
+// is version 1 followed by zero or more state blocks (tail.go); version 1
+// records (written before state blocks existed, their state in a .state
+// file beside them) are read as they are and get state blocks appended
+// when their state changes. The version byte lets the format evolve; an
+// older relay refuses a version-2 record rather than misread it, and
+// unknown versions are quarantined, not guessed at.
 const (
 	magic        = "O365SPL"
 	version1     = 1
+	version2     = 2
 	headerFixed  = 8 + 4
 	endMarker    = "O365END\n"
 	trailerSize  = 8 + 8 + 4
@@ -57,7 +62,7 @@ func encodeHeader(env *message.Envelope) ([]byte, error) {
 	}
 	b := make([]byte, 0, headerFixed+len(j))
 	b = append(b, magic...)
-	b = append(b, version1)
+	b = append(b, version2)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(j)))
 	return append(b, j...), nil
 }
@@ -79,7 +84,7 @@ func readHeader(r io.Reader, h hash.Hash32) (*message.Envelope, int64, error) {
 	if string(fixed[:7]) != magic {
 		return nil, 0, corruptf("bad magic")
 	}
-	if fixed[7] != version1 {
+	if fixed[7] != version1 && fixed[7] != version2 {
 		return nil, 0, corruptf("unknown version %d", fixed[7])
 	}
 	n := binary.BigEndian.Uint32(fixed[8:])
@@ -153,14 +158,24 @@ func Decode(r io.Reader, size int64, body io.Writer) (*message.Envelope, error) 
 	return env, nil
 }
 
-// DecodeBytes is Decode over a byte slice (fuzzing and tests).
-func DecodeBytes(b []byte) (*message.Envelope, []byte, error) {
-	var body bytes.Buffer
-	env, err := Decode(bytes.NewReader(b), int64(len(b)), &body)
+// DecodeBytes checks a whole record file held in b (its state blocks
+// included) and returns the envelope, the body and the newest state (nil:
+// none yet). Fuzzing and tests use it.
+func DecodeBytes(b []byte) (*message.Envelope, []byte, *State, error) {
+	_, hl, err := readHeader(bytes.NewReader(b), nil)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return env, body.Bytes(), nil
+	t, err := readTail(bytes.NewReader(b), int64(len(b)), hl)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var body bytes.Buffer
+	env, err := Decode(bytes.NewReader(b[:t.msgEnd]), t.msgEnd, &body)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return env, body.Bytes(), t.state, nil
 }
 
 // Encode returns a whole record (tests, fuzz seeds, tools).
@@ -175,3 +190,7 @@ func Encode(env *message.Envelope, body []byte) ([]byte, error) {
 	out := append(hdr, body...)
 	return append(out, encodeTrailer(int64(len(body)), h.Sum32())...), nil
 }
+
+func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }
+
+func binary32(b []byte) uint32 { return binary.BigEndian.Uint32(b) }

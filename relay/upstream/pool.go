@@ -1,7 +1,6 @@
 package upstream
 
 import (
-	"context"
 	"strings"
 	"time"
 
@@ -11,28 +10,15 @@ import (
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
-// mailboxPool holds one mailbox's connections. inUse counts deliveries
-// holding a slot; limit caps it (Exchange allows three connections per
-// mailbox, exchange-online.md §2.5). A caller takes an idle connection before
-// dialing, so idle + in use never exceeds the limit: a new connection is only
-// dialed when none is idle.
-//
-// The limit starts at the mailbox's configured maximum and is lowered when
-// Exchange answers AUTH with 432 4.3.2 while we hold other connections for
-// the mailbox: someone else (another relay, an application, a connection
-// Exchange has not yet released) uses a slot, so we back off to what
-// Exchange evidently grants. It grows back by one per RestoreAfter without
-// another 432.
+// mailboxPool holds one mailbox's idle authenticated connections for
+// reuse. It limits nothing: how many deliveries run at once for a mailbox
+// is the caller's to decide (the delivery scheduler owns that limit and
+// lowers it after a 432 4.3.2), so idle connections never outnumber the
+// deliveries that ran at once.
 type mailboxPool struct {
-	cl      *Client
-	name    string
-	max     int
-	limit   int       // guarded by cl.mu
-	inUse   int       // guarded by cl.mu
-	lowered time.Time // guarded by cl.mu; last 432 (or restore step)
-	conns   int       // guarded by cl.mu; authenticated connections open, idle or in use
-	freed   chan struct{}
-	idle    []*conn // guarded by cl.mu; most recently used last
+	cl   *Client
+	name string
+	idle []*conn // guarded by cl.mu; most recently used last
 }
 
 var errClosed = &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 3, 2}, Stage: reply.StageLocal,
@@ -47,100 +33,17 @@ func (c *Client) pool(mailbox string) (*mailboxPool, *reply.Error) {
 	}
 	p := c.pools[key]
 	if p == nil {
-		n := c.opts.MaxConnsPerMailbox
-		if c.opts.ConnsFor != nil {
-			if m := c.opts.ConnsFor(mailbox); m > 0 {
-				n = m
-			}
-		}
-		p = &mailboxPool{cl: c, name: mailbox, max: n, limit: n, freed: make(chan struct{})}
+		p = &mailboxPool{cl: c, name: mailbox}
 		c.pools[key] = p
 	}
 	return p, nil
 }
 
-// acquire waits for a slot under the current limit.
-func (p *mailboxPool) acquire(ctx context.Context) error {
-	for {
-		p.cl.mu.Lock()
-		p.restoreLocked(p.cl.opts.Clock())
-		if p.inUse < p.limit {
-			p.inUse++
-			p.cl.mu.Unlock()
-			return nil
-		}
-		ch := p.freed
-		p.cl.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// adopt counts a newly authenticated connection as the pool's.
+// adopt marks a newly authenticated connection as the pool's.
 func (p *mailboxPool) adopt(cn *conn) {
 	p.cl.mu.Lock()
 	defer p.cl.mu.Unlock()
 	cn.pool = p
-	p.conns++
-}
-
-func (p *mailboxPool) release() {
-	p.cl.mu.Lock()
-	defer p.cl.mu.Unlock()
-	p.inUse--
-	p.wakeLocked()
-}
-
-func (p *mailboxPool) wakeLocked() {
-	close(p.freed)
-	p.freed = make(chan struct{})
-}
-
-// restoreLocked raises a lowered limit by one per RestoreAfter.
-func (p *mailboxPool) restoreLocked(now time.Time) {
-	if p.limit < p.max && now.Sub(p.lowered) >= p.cl.opts.RestoreAfter {
-		p.limit++
-		p.lowered = now
-		p.cl.log.Info("raising connection limit again after 432 4.3.2", zap.String("mailbox", p.name), zap.Int("limit", p.limit))
-		p.wakeLocked()
-	}
-}
-
-// lower reacts to 432 4.3.2 at AUTH on a new connection. The caller holds a
-// slot. If we hold other connections for the mailbox, the limit drops to
-// their number and lower returns true: the caller should give up its slot
-// and wait for one of them. Otherwise the slots are taken by someone else
-// and the 432 is the caller's to report (the scheduler retries soon).
-func (p *mailboxPool) lower(now time.Time) bool {
-	p.cl.mu.Lock()
-	defer p.cl.mu.Unlock()
-	others := p.conns // the caller's own connection was refused, so not counted
-	p.lowered = now
-	if others <= 0 {
-		p.limit = 1
-		return false
-	}
-	if others < p.limit {
-		p.limit = others
-		p.cl.log.Warn("Exchange refused a connection with 432 4.3.2; lowering this mailbox's connection limit for a while",
-			zap.String("mailbox", p.name), zap.Int("limit", p.limit))
-	}
-	return true
-}
-
-// Limit reports a mailbox's current connection limit (the configured one
-// until a 432 4.3.2 lowered it).
-func (c *Client) Limit(mailbox string) int {
-	p, rerr := c.pool(mailbox)
-	if rerr != nil {
-		return 0
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return p.limit
 }
 
 // usable says whether a pooled connection may carry another message.
@@ -172,12 +75,10 @@ func (p *mailboxPool) takeIdle(now time.Time) (*conn, bool) {
 	return nil, false
 }
 
-// putIdle pools a healthy connection, unless the mailbox has more
-// connections open than its (lowered) limit allows. The caller still holds
-// its slot.
+// putIdle pools a healthy connection (closed instead if the client is).
 func (p *mailboxPool) putIdle(cn *conn) {
 	p.cl.mu.Lock()
-	if !p.cl.closed && p.conns <= p.limit {
+	if !p.cl.closed {
 		p.idle = append(p.idle, cn)
 		p.cl.mu.Unlock()
 		return

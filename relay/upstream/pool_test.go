@@ -35,10 +35,12 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
+// Three callers at a time (the scheduler's limit for one mailbox) share
+// three connections.
 func TestPoolConcurrentDeliveries(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	const msgs, workers = 200, 8
+	const msgs, workers = 200, 3
 	work := make(chan int)
 	errs := make(chan error, msgs)
 	var wg sync.WaitGroup
@@ -240,40 +242,6 @@ func (b *blockingBody) Read(p []byte) (int, error) {
 	return b.r.Read(p)
 }
 
-func TestPoolWaitsForSlot(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, setup{client: func(o *Options) { o.MaxConnsPerMailbox = 1 }})
-	bb := &blockingBody{started: make(chan struct{}), release: make(chan struct{}), r: strings.NewReader(simpleBody)}
-	first := make(chan error, 1)
-	go func() {
-		_, err := e.client.Deliver(ctxT(t), envelope(), bb)
-		first <- err
-	}()
-	<-bb.started
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	_, err := e.client.Deliver(ctx, envelope(), strings.NewReader(simpleBody))
-	var re *reply.Error
-	if !errors.As(err, &re) || !re.Temporary() || !errors.Is(err, context.Canceled) {
-		t.Errorf("waiting Deliver = %v", err)
-	}
-	second := make(chan error, 1)
-	go func() {
-		_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
-		second <- err
-	}()
-	close(bb.release)
-	if err := <-first; err != nil {
-		t.Fatal(err)
-	}
-	if err := <-second; err != nil {
-		t.Fatal(err)
-	}
-	if st := e.client.Stats(); st.Dials != 1 {
-		t.Errorf("stats %+v", st)
-	}
-}
-
 func TestPoolDisabled(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{client: func(o *Options) { o.PoolDisabled = true }})
@@ -360,80 +328,16 @@ func TestTokenExpiredReconnects(t *testing.T) {
 	checkClean(t, e)
 }
 
-// 432 4.3.2 at AUTH while we hold other connections for the mailbox: the
-// limit drops to what Exchange grants and the message waits for one of our
-// connections instead of failing; without another connection of ours the
-// 432 is reported.
-func TestConcurrencyLimitBacksOff(t *testing.T) {
+// 432 4.3.2 at AUTH is reported as it is, whatever connections we hold:
+// the delivery scheduler owns the connection limit and its reaction.
+func TestConcurrencyLimitReported(t *testing.T) {
 	t.Parallel()
-	clk := newFakeClock()
-	e := newEnv(t, setup{clock: clk.Now})
-	bb := &blockingBody{started: make(chan struct{}), release: make(chan struct{}), r: strings.NewReader(simpleBody)}
-	first := make(chan error, 1)
-	go func() {
-		_, err := e.client.Deliver(ctxT(t), envelope(), bb)
-		first <- err
-	}()
-	<-bb.started
+	e := newEnv(t, setup{})
 	e.fake.Inject(exchangetest.Fault{Stage: "auth", Reply: smtpErr(432, smtp.EnhancedCode{4, 3, 2}, "Concurrent connections limit exceeded")})
-	second := make(chan error, 1)
-	go func() {
-		_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
-		second <- err
-	}()
-	// The second delivery hit 432 and now waits for the first connection.
-	deadline := time.Now().Add(10 * time.Second)
-	for e.client.Limit(mailbox) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatalf("limit %d, want 1 after 432", e.client.Limit(mailbox))
-		}
-		time.Sleep(5 * time.Millisecond)
+	_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+	re := wantReply(t, err, 432, smtp.EnhancedCode{4, 3, 2}, reply.StageAuth)
+	if re == nil || !ConcurrencyLimited(re) {
+		t.Errorf("ConcurrencyLimited(%v) = false", err)
 	}
-	close(bb.release)
-	if err := <-first; err != nil {
-		t.Fatal(err)
-	}
-	if err := <-second; err != nil {
-		t.Fatalf("second delivery failed instead of waiting: %v", err)
-	}
-	if st := e.client.Stats(); st.Auths != 1 || st.Open != 1 {
-		t.Errorf("stats %+v", st)
-	}
-	// The limit grows back, one step per RestoreAfter.
-	clk.Advance(e.client.opts.RestoreAfter)
-	_ = e.client.pools[mailbox].acquire(ctxT(t))
-	e.client.pools[mailbox].release()
-	if l := e.client.Limit(mailbox); l != 2 {
-		t.Errorf("limit %d after RestoreAfter, want 2", l)
-	}
-	// Alone, a 432 is the caller's.
-	e.fake.Inject(exchangetest.Fault{Stage: "auth", Reply: smtpErr(432, smtp.EnhancedCode{4, 3, 2}, "Concurrent connections limit exceeded")})
-	ctx := ctxT(t)
-	if err := e.client.Close(); err != nil {
-		t.Fatal(err)
-	}
-	e2 := newEnv(t, setup{})
-	e2.fake.Inject(exchangetest.Fault{Stage: "auth", Reply: smtpErr(432, smtp.EnhancedCode{4, 3, 2}, "Concurrent connections limit exceeded")})
-	_, err := e2.client.Deliver(ctx, envelope(), strings.NewReader(simpleBody))
-	wantReply(t, err, 432, smtp.EnhancedCode{4, 3, 2}, reply.StageAuth)
 	checkClean(t, e)
-}
-
-// Per-mailbox limits: ConnsFor overrides MaxConnsPerMailbox.
-func TestConnsFor(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, setup{client: func(o *Options) {
-		o.ConnsFor = func(mb string) int {
-			if mb == mailbox {
-				return 1
-			}
-			return 0
-		}
-	}})
-	if l := e.client.Limit(mailbox); l != 1 {
-		t.Errorf("limit %d", l)
-	}
-	if l := e.client.Limit("other@contoso.test"); l != 3 {
-		t.Errorf("default limit %d", l)
-	}
 }

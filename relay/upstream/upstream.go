@@ -17,13 +17,11 @@
 //     and TLS failures become 451 4.4.x / 4.7.5, temporary.
 //   - The body is streamed. If reading it fails the connection is closed
 //     without the final dot, so Exchange never accepts a truncated message.
-//   - At most MaxConnsPerMailbox connections per mailbox (Exchange refuses
-//     the fourth with 432 4.3.2, §2.5); authenticated connections are reused
-//     and retired before Exchange's ~5 min idle timeout, their age limit and
-//     their token's expiry.
-//   - A 432 4.3.2 at AUTH while we hold other connections for the mailbox
-//     lowers its limit to those (someone else holds a slot) and the message
-//     waits for one of ours; the limit grows back one per RestoreAfter.
+//   - Authenticated connections are reused and retired before Exchange's
+//     ~5 min idle timeout, their age limit and their token's expiry. How
+//     many run at once per mailbox is the caller's to limit (the delivery
+//     scheduler owns that number and its reaction to a 432 4.3.2 at AUTH,
+//     which Deliver reports as it is: ConcurrencyLimited).
 //   - A 501 5.5.127 on an authenticated session (read as "this session's
 //     token expired") closes it and the idle ones with the same token,
 //     refreshes the token and retries on a fresh connection, once.
@@ -88,9 +86,6 @@ type Options struct {
 	// Logger; nil discards. Tokens and bodies are never logged.
 	Logger *zap.Logger
 
-	// MaxConnsPerMailbox caps concurrent connections per mailbox; default 3
-	// (exchange-online.md §2.5).
-	MaxConnsPerMailbox int
 	// IdleTimeout closes pooled connections idle this long; default 2 min
 	// (Exchange connectors time out at ~5 min).
 	IdleTimeout time.Duration
@@ -99,12 +94,6 @@ type Options struct {
 	MaxConnAge time.Duration
 	// PoolDisabled makes every Deliver use a new connection and QUIT it.
 	PoolDisabled bool
-	// ConnsFor, if set, gives a mailbox its own connection limit (a value
-	// ≤ 0 means MaxConnsPerMailbox). It is asked once per mailbox.
-	ConnsFor func(mailbox string) int
-	// RestoreAfter is how long after a 432 4.3.2 a lowered connection limit
-	// grows back by one; default 1 min.
-	RestoreAfter time.Duration
 }
 
 // tokenMargin: a pooled connection is retired when the token it
@@ -170,10 +159,6 @@ func New(opts Options) (*Client, error) {
 	def(&opts.DataTimeout, 10*time.Minute)
 	def(&opts.IdleTimeout, 2*time.Minute)
 	def(&opts.MaxConnAge, 8*time.Minute)
-	def(&opts.RestoreAfter, time.Minute)
-	if opts.MaxConnsPerMailbox <= 0 {
-		opts.MaxConnsPerMailbox = 3
-	}
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}
@@ -226,11 +211,6 @@ type conn struct {
 // so Exchange releases the mailbox's connection slot promptly.
 func (cn *conn) close(graceful bool) {
 	cn.once.Do(func() {
-		if p := cn.pool; p != nil {
-			p.cl.mu.Lock()
-			p.conns--
-			p.cl.mu.Unlock()
-		}
 		defer func() {
 			cn.cl.open.Add(-1)
 			connectionsOpen.Dec()
@@ -653,19 +633,10 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 	if rerr != nil {
 		return nil, rerr
 	}
-	if err := p.acquire(ctx); err != nil {
-		return nil, ctxError(ctx, reply.StageConnect)
-	}
-	held := true
-	defer func() {
-		if held {
-			p.release()
-		}
-	}()
 
-	// Each recovery below happens at most a few times per message; after
-	// that the failure is reported and the scheduler's policy applies.
-	var staleRetries, tokenRetries, lowerings int
+	// Each recovery below happens at most once per message; after that
+	// the failure is reported and the scheduler's policy applies.
+	var staleRetries, tokenRetries int
 	fresh := false // the next connection must be a new one
 	for {
 		var cn *conn
@@ -676,19 +647,8 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 		if cn == nil {
 			var rerr *reply.Error
 			if cn, rerr = c.connect(ctx, env.Mailbox); rerr != nil {
-				if concurrencyLimited(rerr) && lowerings < 3 && p.lower(c.opts.Clock()) {
-					// 432 4.3.2 while we hold other connections: wait for
-					// one of ours instead of failing the message.
-					lowerings++
+				if ConcurrencyLimited(rerr) {
 					reconnectsTotal.WithLabelValues("432").Inc()
-					p.release()
-					held = false
-					if err := p.acquire(ctx); err != nil {
-						return nil, ctxError(ctx, reply.StageConnect)
-					}
-					held = true
-					fresh = false
-					continue
 				}
 				return nil, rerr
 			}
@@ -745,9 +705,10 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 	}
 }
 
-// concurrencyLimited reports Exchange's "432 4.3.2 Concurrent connections
-// limit exceeded" at AUTH (exchange-online.md §2.4, §2.5).
-func concurrencyLimited(re *reply.Error) bool {
+// ConcurrencyLimited reports Exchange's "432 4.3.2 Concurrent connections
+// limit exceeded" at AUTH on a new connection (exchange-online.md §2.4,
+// §2.5): more connections for the mailbox than Exchange grants right now.
+func ConcurrencyLimited(re *reply.Error) bool {
 	return re.Stage == reply.StageAuth && re.Temporary() && re.Enhanced == smtp.EnhancedCode{4, 3, 2}
 }
 

@@ -1,0 +1,164 @@
+package spool
+
+import (
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/reply"
+)
+
+var (
+	enhStorage = smtp.EnhancedCode{4, 3, 1} // RFC 3463 X.3.1 mail system full
+	enhLocal   = smtp.EnhancedCode{4, 3, 0} // RFC 3463 X.3.0 other mail system status
+)
+
+func storageError(err error) *reply.Error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		putFailures.WithLabelValues("nospace").Inc()
+		return reply.Wrap(err, 452, enhStorage, "Insufficient system storage")
+	}
+	putFailures.WithLabelValues("io").Inc()
+	return reply.Wrap(err, 451, enhLocal, "Local error in processing; message not accepted, try again later")
+}
+
+func limitError(why string) *reply.Error {
+	putFailures.WithLabelValues("limit").Inc()
+	return reply.Wrap(errors.New(why), 452, enhStorage, "Insufficient system storage")
+}
+
+// bodyReader remembers whether an error came from the body (the client)
+// rather than from the disk.
+type bodyReader struct {
+	r   io.Reader
+	err error
+	n   int64
+	max int64 // 0 = unlimited
+}
+
+var errTooBig = errors.New("spool byte limit reached")
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	b.n += int64(n)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	if b.max > 0 && b.n > b.max {
+		b.err = errTooBig
+		return n, errTooBig
+	}
+	return n, err
+}
+
+// Put makes the message durable under queue/<env.ID>.msg and sets env.Size.
+// It returns nil only when the record is written, fsynced, renamed and the
+// directory fsynced. Otherwise nothing is left in queue/ or tmp/ and the
+// error is a *reply.Error (452 4.3.1 for full disks and limits, 451 4.3.0
+// for other I/O faults) — or, if the body reader failed, that reader's own
+// error, so the client sees the reply intake chose (e.g. 552 5.3.4).
+func (s *Spool) Put(env *message.Envelope, body io.Reader) (err error) {
+	start := time.Now()
+	if !env.ID.Valid() {
+		return reply.Wrap(fmt.Errorf("invalid id %q", env.ID), 451, enhLocal, "Local error in processing")
+	}
+	s.mu.Lock()
+	if s.opts.MaxItems > 0 && len(s.index)+s.reserved >= s.opts.MaxItems {
+		s.mu.Unlock()
+		return limitError("spool item limit reached")
+	}
+	var room int64
+	if s.opts.MaxBytes > 0 {
+		room = s.opts.MaxBytes - s.bytes
+		if room <= 0 {
+			s.mu.Unlock()
+			return limitError("spool byte limit reached")
+		}
+	}
+	s.reserved++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.reserved--
+		s.mu.Unlock()
+	}()
+
+	env.Size = 0
+	hdr, err := encodeHeader(env)
+	if err != nil {
+		return reply.Wrap(err, 451, enhLocal, "Local error in processing")
+	}
+	tmp := filepath.Join(s.tmp, string(env.ID))
+	final := filepath.Join(s.queue, string(env.ID)+".msg")
+	f, err := s.fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return storageError(err)
+	}
+	closed, renamed := false, false
+	defer func() {
+		if err == nil {
+			return
+		}
+		if !closed {
+			_ = f.Close() // already failing; the file is removed next
+		}
+		if renamed {
+			_ = s.fs.Remove(final) // best effort: a leftover is a duplicate, not a loss
+		} else {
+			_ = s.fs.Remove(tmp)
+		}
+	}()
+	h := crc32.New(castagnoli)
+	w := io.MultiWriter(f, h)
+	if _, err = w.Write(hdr); err != nil {
+		return storageError(err)
+	}
+	br := &bodyReader{r: body, max: room}
+	buf := make([]byte, copyBufferSz)
+	n, err := io.CopyBuffer(w, struct{ io.Reader }{br}, buf)
+	if br.err == errTooBig {
+		return limitError("spool byte limit reached")
+	}
+	if br.err != nil {
+		putFailures.WithLabelValues("body").Inc()
+		err = br.err
+		return err
+	}
+	if err != nil {
+		return storageError(err)
+	}
+	if _, err = f.Write(encodeTrailer(n, h.Sum32())); err != nil {
+		return storageError(err)
+	}
+	if s.opts.Fsync {
+		if err = f.Sync(); err != nil {
+			return storageError(err)
+		}
+	}
+	closed = true
+	if err = f.Close(); err != nil {
+		return storageError(err)
+	}
+	if err = s.fs.Rename(tmp, final); err != nil {
+		return storageError(err)
+	}
+	renamed = true
+	if err = s.syncQueue(); err != nil {
+		return storageError(err)
+	}
+	env.Size = n
+	s.mu.Lock()
+	s.add(env.ID, int64(len(hdr))+n+trailerSize, time.Time{})
+	s.publish()
+	s.mu.Unlock()
+	putDuration.Observe(time.Since(start).Seconds())
+	return nil
+}

@@ -1,0 +1,342 @@
+package spool
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/o365relay/o365relay/relay/message"
+)
+
+// record is an open record: envelope, where its parts lie, its state.
+type record struct {
+	f    File
+	size int64
+	env  *message.Envelope
+	hl   int64 // header length: the body starts here
+	tail tail
+}
+
+// openRecord opens dir/<id>.msg and parses its header and tail (not the
+// body). The caller closes rec.f. A record that does not parse gives an
+// error wrapping ErrCorrupt.
+func (s *Spool) openRecord(dir string, id message.ID, flag int) (*record, error) {
+	f, err := s.fs.OpenFile(s.msgPath(dir, id), flag, 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	rec, err := parseRecord(f, id)
+	if err != nil {
+		_ = f.Close() // the parse error is what matters
+		return nil, err
+	}
+	return rec, nil
+}
+
+func parseRecord(f File, id message.ID) (*record, error) {
+	info, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	rec := &record{f: f, size: info.Size()}
+	// One read covers the fixed header and a typical envelope.
+	buf := make([]byte, min(rec.size, 4<<10))
+	if _, err := io.ReadFull(f, buf); err != nil {
+		return nil, corruptf("short header: %v", err)
+	}
+	env, hl, err := parseHeaderBuf(buf, f)
+	if err != nil {
+		return nil, err
+	}
+	if env.ID != id {
+		return nil, corruptf("envelope id %q in record %q", env.ID, id)
+	}
+	rec.env, rec.hl = env, hl
+	if rec.tail, err = readTail(f, rec.size, hl); err != nil {
+		return nil, err
+	}
+	env.Size = rec.tail.n
+	return rec, nil
+}
+
+// parseHeaderBuf parses the header from buf, reading the rest of a long
+// envelope from r (positioned just after buf).
+func parseHeaderBuf(buf []byte, r io.Reader) (*message.Envelope, int64, error) {
+	if len(buf) < headerFixed {
+		return nil, 0, corruptf("short header")
+	}
+	var rest io.Reader = bytesReader(buf)
+	if n := int64(binary32(buf[8:12])); int64(len(buf)) < headerFixed+n {
+		rest = io.MultiReader(bytesReader(buf), r)
+	}
+	return readHeader(rest, nil)
+}
+
+// Get returns the envelope and current state of a queued message, reading
+// the record afresh (the CLI may have changed it).
+func (s *Spool) Get(id message.ID) (*Entry, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	return s.get(s.queue, id, s.isLegacy(id))
+}
+
+func (s *Spool) isLegacy(id message.ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.index[id]
+	return e != nil && e.legacy
+}
+
+func (s *Spool) get(dir string, id message.ID, legacy bool) (*Entry, error) {
+	rec, err := s.openRecord(dir, id, os.O_RDONLY)
+	if errors.Is(err, ErrCorrupt) && s.lock != nil && dir == s.queue {
+		// The daemon sets aside what it cannot read: kept in corrupt/
+		// for an operator, never retried as if whole.
+		if qerr := s.Quarantine(id, err); qerr != nil {
+			return nil, errors.Join(err, qerr)
+		}
+		return nil, fmt.Errorf("%w: %s moved to corrupt/: %v", ErrNotFound, id, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	_ = rec.f.Close() // read-only: a Close error cannot lose data
+	return &Entry{Envelope: rec.env, State: s.stateOf(dir, rec, legacy)}, nil
+}
+
+// stateOf is the record's newest state block, else (a version-1 record) its
+// .state file, else a fresh state.
+func (s *Spool) stateOf(dir string, rec *record, legacy bool) State {
+	if rec.tail.state != nil {
+		return *rec.tail.state
+	}
+	if legacy {
+		return s.readLegacyState(dir, rec.env.ID)
+	}
+	return State{}
+}
+
+// readLegacyState reads a version-1 state file.
+func (s *Spool) readLegacyState(dir string, id message.ID) State {
+	var st State
+	f, err := s.fs.OpenFile(s.statePath(dir, id), os.O_RDONLY, 0)
+	if err != nil {
+		if !errors.Is(err, os.ErrNotExist) {
+			s.log.Error("cannot read state; treating as fresh", zap.String("id", string(id)), zap.Error(err))
+		}
+		return State{}
+	}
+	defer f.Close() // read-only
+	b, err := io.ReadAll(io.LimitReader(f, maxEnvelope))
+	if err == nil {
+		err = json.Unmarshal(b, &st)
+	}
+	if err != nil {
+		// The message itself is intact; losing its retry counters is the
+		// lesser evil (it may be retried early, it is not lost).
+		s.log.Error("state file does not parse; treating as fresh", zap.String("id", string(id)), zap.Error(err))
+		return State{}
+	}
+	return st
+}
+
+// Body streams a queued message's body. The reader returns an error wrapping
+// ErrCorrupt instead of io.EOF when length or checksum do not match, so a
+// forwarder aborts the transaction instead of sending the final dot.
+func (s *Spool) Body(id message.ID) (io.ReadCloser, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	rec, err := s.openRecord(s.queue, id, os.O_RDONLY)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := rec.f.Seek(0, io.SeekStart); err != nil {
+		_ = rec.f.Close() // read-only
+		return nil, err
+	}
+	h := crc32.New(castagnoli)
+	if _, _, err := readHeader(rec.f, h); err != nil {
+		_ = rec.f.Close() // read-only
+		return nil, err
+	}
+	return &bodyStream{f: rec.f, h: h, left: rec.tail.n, n: rec.tail.n}, nil
+}
+
+type bodyStream struct {
+	f    File
+	h    hash.Hash32
+	left int64
+	n    int64
+	err  error
+}
+
+func (b *bodyStream) Read(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	if b.left == 0 {
+		t := make([]byte, trailerSize)
+		if _, err := io.ReadFull(b.f, t); err != nil {
+			b.err = corruptf("trailer: %v", err)
+			return 0, b.err
+		}
+		tn, sum, err := parseTrailer(t)
+		switch {
+		case err != nil:
+			b.err = err
+		case tn != b.n:
+			b.err = corruptf("length mismatch")
+		case sum != b.h.Sum32():
+			b.err = corruptf("checksum mismatch")
+		default:
+			b.err = io.EOF
+		}
+		return 0, b.err
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.f.Read(p)
+	b.h.Write(p[:n])
+	b.left -= int64(n)
+	if err == io.EOF && b.left > 0 {
+		b.err = corruptf("truncated body")
+		return n, b.err
+	}
+	if err != nil && err != io.EOF {
+		return n, err
+	}
+	return n, nil
+}
+
+func (b *bodyStream) Close() error { return b.f.Close() }
+
+// List returns the queued messages (envelope and state), oldest first,
+// reading headers and tails only, never bodies.
+func (s *Spool) List() ([]Entry, error) { return s.list(s.queue) }
+
+// ListFailed returns the messages in failed/.
+func (s *Spool) ListFailed() ([]Entry, error) { return s.list(s.fail) }
+
+func (s *Spool) list(dir string) ([]Entry, error) {
+	des, err := s.fs.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	var ids []message.ID
+	legacy := map[message.ID]bool{}
+	for _, de := range des {
+		if id, ok := strings.CutSuffix(de.Name(), ".msg"); ok && message.ID(id).Valid() {
+			ids = append(ids, message.ID(id))
+		}
+		if id, ok := strings.CutSuffix(de.Name(), ".state"); ok {
+			legacy[message.ID(id)] = true
+		}
+	}
+	sortIDs(ids)
+	var out []Entry
+	for _, id := range ids {
+		e, err := s.get(dir, id, legacy[id])
+		if errors.Is(err, ErrNotFound) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			s.log.Warn("cannot read queued message", zap.String("id", string(id)), zap.Error(err))
+			continue
+		}
+		out = append(out, *e)
+	}
+	return out, nil
+}
+
+// Rescan re-reads the listing of queue/ and brings the index up to date
+// with changes made by the CLI. It returns the IDs that are new or whose
+// record (or version-1 state file) changed since the last Rescan other
+// than by this process's own writes — the scheduler looks at those again
+// — and the IDs that are gone. (A CLI change that lands between one of
+// our own writes and the next Rescan is taken for ours: that message
+// keeps its schedule, nothing is lost.)
+func (s *Spool) Rescan() (changed, gone []message.ID, err error) {
+	des, err := s.fs.ReadDir(s.queue)
+	if err != nil {
+		return nil, nil, fmt.Errorf("spool: %w", err)
+	}
+	type seen struct {
+		size     int64
+		mod      time.Time
+		msg, old bool
+	}
+	now := map[message.ID]*seen{}
+	for _, de := range des {
+		name := de.Name()
+		id, isMsg := strings.CutSuffix(name, ".msg")
+		if !isMsg {
+			var isState bool
+			if id, isState = strings.CutSuffix(name, ".state"); !isState {
+				continue
+			}
+		}
+		if !message.ID(id).Valid() {
+			continue
+		}
+		info, err := de.Info()
+		if err != nil {
+			continue // removed meanwhile
+		}
+		e := now[message.ID(id)]
+		if e == nil {
+			e = &seen{}
+			now[message.ID(id)] = e
+		}
+		if info.ModTime().After(e.mod) {
+			e.mod = info.ModTime()
+		}
+		if isMsg {
+			e.msg, e.size = true, info.Size()
+		} else {
+			e.old = true
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range s.index {
+		if e := now[id]; e == nil || !e.msg {
+			s.drop(id)
+			gone = append(gone, id)
+		}
+	}
+	for id, e := range now {
+		if !e.msg {
+			continue // an orphaned version-1 state file
+		}
+		ie := s.index[id]
+		if ie == nil {
+			ie = s.add(id, e.size, e.mod)
+			changed = append(changed, id)
+		}
+		ie.legacy = ie.legacy || e.old
+		if !ie.mod.Equal(e.mod) {
+			if !ie.self {
+				changed = append(changed, id)
+			}
+			ie.mod = e.mod
+		}
+		ie.self = false
+	}
+	s.publish()
+	sortIDs(changed)
+	return changed, gone, nil
+}
