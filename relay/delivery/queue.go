@@ -18,7 +18,7 @@ type dueQueue struct {
 
 type dueItem struct {
 	id  message.ID
-	at  time.Time
+	at  int64 // Unix ns: 8 bytes instead of time.Time's 24, times 100,000
 	idx int
 }
 
@@ -27,8 +27,8 @@ func newDueQueue() *dueQueue { return &dueQueue{pos: map[message.ID]*dueItem{}} 
 func (q *dueQueue) Len() int { return len(q.items) }
 func (q *dueQueue) Less(i, j int) bool {
 	a, b := q.items[i], q.items[j]
-	if !a.at.Equal(b.at) {
-		return a.at.Before(b.at)
+	if a.at != b.at {
+		return a.at < b.at
 	}
 	return a.id < b.id
 }
@@ -52,11 +52,11 @@ func (q *dueQueue) Pop() any {
 // set makes id due at at (adding it, or moving it).
 func (q *dueQueue) set(id message.ID, at time.Time) {
 	if it := q.pos[id]; it != nil {
-		it.at = at
+		it.at = at.UnixNano()
 		heap.Fix(q, it.idx)
 		return
 	}
-	it := &dueItem{id: id, at: at}
+	it := &dueItem{id: id, at: at.UnixNano()}
 	q.pos[id] = it
 	heap.Push(q, it)
 }
@@ -64,7 +64,7 @@ func (q *dueQueue) set(id message.ID, at time.Time) {
 // when returns id's due time.
 func (q *dueQueue) when(id message.ID) (time.Time, bool) {
 	if it := q.pos[id]; it != nil {
-		return it.at, true
+		return time.Unix(0, it.at).In(time.UTC), true
 	}
 	return time.Time{}, false
 }
@@ -74,7 +74,7 @@ func (q *dueQueue) peek() (message.ID, time.Time, bool) {
 	if len(q.items) == 0 {
 		return "", time.Time{}, false
 	}
-	return q.items[0].id, q.items[0].at, true
+	return q.items[0].id, time.Unix(0, q.items[0].at).In(time.UTC), true
 }
 
 // remove takes id out; false if it was not queued.

@@ -27,6 +27,7 @@ func TestConcurrency432LowersLimitAndWaitsForOurs(t *testing.T) {
 	release := make(chan struct{})
 	var mu sync.Mutex
 	refused, stuck := false, 0
+	var refusedID message.ID
 	var order []string
 	fw := &fake{steps: []step{func(ctx context.Context, env *message.Envelope, b []byte) (*message.Result, error) {
 		mu.Lock()
@@ -37,7 +38,7 @@ func TestConcurrency432LowersLimitAndWaitsForOurs(t *testing.T) {
 			<-release
 			mu.Lock()
 		case env.Mailbox == "a@example.com" && !refused:
-			refused = true
+			refused, refusedID = true, env.ID
 			mu.Unlock()
 			return nil, conc432
 		}
@@ -62,7 +63,7 @@ func TestConcurrency432LowersLimitAndWaitsForOurs(t *testing.T) {
 	}
 	put("a@example.com", t0.Add(-4*time.Second))
 	put("a@example.com", t0.Add(-3*time.Second))
-	put("a@example.com", t0.Add(-2*time.Second)) // refused with 432
+	put("a@example.com", t0.Add(-2*time.Second)) // one of the three is refused with 432
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -88,7 +89,10 @@ func TestConcurrency432LowersLimitAndWaitsForOurs(t *testing.T) {
 		return len(order) == 1 && order[0] == string(ids[3])
 	})
 	waitFor("the refused attempt uncounted on disk", func() bool {
-		e, err := f.sp.Get(ids[2])
+		mu.Lock()
+		id := refusedID
+		mu.Unlock()
+		e, err := f.sp.Get(id)
 		return err == nil && e.State.Attempts == 0 && e.State.LastError != ""
 	})
 	close(release)

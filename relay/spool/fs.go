@@ -14,6 +14,9 @@ type FS interface {
 	Remove(name string) error
 	MkdirAll(path string, perm os.FileMode) error
 	ReadDir(name string) ([]os.DirEntry, error)
+	// ReadDirBatches calls fn with the directory's entries a batch at a
+	// time, unsorted: a queue of 100,000 is never listed in one slice.
+	ReadDirBatches(name string, fn func([]os.DirEntry)) error
 	Stat(name string) (os.FileInfo, error)
 	// SyncDir fsyncs a directory so that renames and removals in it
 	// survive a crash (rename(2) alone is atomic but not durable).
@@ -26,6 +29,7 @@ type File interface {
 	io.Writer
 	io.Seeker
 	io.ReaderAt
+	Truncate(size int64) error
 	io.Closer
 	Sync() error
 	Stat() (os.FileInfo, error)
@@ -46,6 +50,23 @@ func (OSFS) Remove(name string) error                     { return os.Remove(nam
 func (OSFS) MkdirAll(path string, perm os.FileMode) error { return os.MkdirAll(path, perm) }
 func (OSFS) ReadDir(name string) ([]os.DirEntry, error)   { return os.ReadDir(name) }
 func (OSFS) Stat(name string) (os.FileInfo, error)        { return os.Stat(name) }
+func (OSFS) ReadDirBatches(name string, fn func([]os.DirEntry)) error {
+	d, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	defer d.Close() // read-only
+	for {
+		des, err := d.ReadDir(1024)
+		fn(des)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
 func (OSFS) SyncDir(name string) error {
 	d, err := os.Open(name)
 	if err != nil {

@@ -1,7 +1,9 @@
 package spool
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -94,5 +96,35 @@ func TestReadsVersion1Spool(t *testing.T) {
 	}
 	if names := names(t, filepath.Join(dir, "queue")); len(names) != 0 {
 		t.Errorf("queue/ after Remove: %v", names)
+	}
+}
+
+// TestLargeStateBlock: a state block larger than the first read from the
+// end (500 recipients' replies) and a body larger than it are read back.
+func TestLargeStateBlock(t *testing.T) {
+	t.Parallel()
+	s := open_(t, t.TempDir(), nil)
+	env := newEnv(1)
+	body := bytes.Repeat([]byte("0123456789abcdef\r\n"), 10000)
+	if err := s.Put(env, bytes.NewReader(body)); err != nil {
+		t.Fatal(err)
+	}
+	st := State{Attempts: 1}
+	for i := range 500 {
+		st.Set(fmt.Sprintf("user%d@example.org", i), Pending, "451 4.7.500 Server busy, please try again later")
+	}
+	if err := s.SetState(env.ID, st); err != nil {
+		t.Fatal(err)
+	}
+	st.Attempts = 2
+	if err := s.NoteAttempt(env.ID, st); err != nil {
+		t.Fatal(err)
+	}
+	e, err := s.Get(env.ID)
+	if err != nil || e.State.Attempts != 2 || len(e.State.Recipients) != 500 || e.Envelope.Size != int64(len(body)) {
+		t.Fatalf("%+v %v", e, err)
+	}
+	if got, err := readBody(t, s, env.ID); err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("body: %d bytes, %v", len(got), err)
 	}
 }

@@ -36,16 +36,18 @@ func (s *Spool) appendState(dir string, id message.ID, st State, durable, legacy
 	}
 	if dir == s.queue && s.lock != nil {
 		s.mu.Lock()
-		if e := s.index[id]; e != nil {
+		if e, ok := s.index[id]; ok {
 			e.self = true
+			s.index[id] = e
 		}
 		s.mu.Unlock()
 	}
 	if legacy && durable {
 		if err := s.fs.Remove(s.statePath(dir, id)); err == nil || errors.Is(err, os.ErrNotExist) {
 			s.mu.Lock()
-			if e := s.index[id]; e != nil && dir == s.queue {
+			if e, ok := s.index[id]; ok && dir == s.queue {
 				e.legacy = false
+				s.index[id] = e
 			}
 			s.mu.Unlock()
 		}
@@ -87,7 +89,7 @@ func (s *Spool) NoteAttempt(id message.ID, st State) error {
 }
 
 // Remove deletes a delivered message. It returns once the record is
-// unlinked; the directory fsync that makes the removal durable is shared
+// gone from queue/ (unlinked, or kept in free/ for the next Put to reuse); the directory fsync that makes the removal durable is shared
 // with the next commit (a removal lost to a power failure only means the
 // message is delivered again). A message already gone (deleted by the CLI)
 // is not an error.
@@ -95,8 +97,16 @@ func (s *Spool) Remove(id message.ID) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
-	if err := s.removeFiles(s.queue, id, s.isLegacy(id)); err != nil {
-		return err
+	s.mu.Lock()
+	e := s.index[id]
+	s.mu.Unlock()
+	if err := s.retire(s.queue, id, e.size); err != nil {
+		return fmt.Errorf("spool: remove %s: %w", id, err)
+	}
+	if e.legacy {
+		if err := s.fs.Remove(s.statePath(s.queue, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("spool: remove %s: %w", id, err)
+		}
 	}
 	s.mu.Lock()
 	s.drop(id)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-	"os"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -96,9 +95,10 @@ func (s *Spool) Put(env *message.Envelope, body io.Reader) (err error) {
 	if err != nil {
 		return reply.Wrap(err, 451, enhLocal, "Local error in processing")
 	}
-	tmp := filepath.Join(s.tmp, string(env.ID))
 	final := filepath.Join(s.queue, string(env.ID)+".msg")
-	f, err := s.fs.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	// A file of a delivered message is reused when there is one
+	// (recycle.go): creating an inode was the most expensive step here.
+	tmp, f, reused, err := s.newRecordFile(env.ID)
 	if err != nil {
 		return storageError(err)
 	}
@@ -110,20 +110,24 @@ func (s *Spool) Put(env *message.Envelope, body io.Reader) (err error) {
 		if !closed {
 			_ = f.Close() // already failing; the file is removed next
 		}
-		if renamed {
+		switch {
+		case renamed:
 			_ = s.fs.Remove(final) // best effort: a leftover is a duplicate, not a loss
-		} else {
+		case reused:
+			s.giveBack(tmp) // its content is garbage; it is still a free file
+		default:
 			_ = s.fs.Remove(tmp)
 		}
 	}()
 	h := crc32.New(castagnoli)
-	w := io.MultiWriter(f, h)
+	bw := getWriter(f)
+	defer putWriter(bw)
+	w := io.MultiWriter(bw, h)
 	if _, err = w.Write(hdr); err != nil {
 		return storageError(err)
 	}
 	br := &bodyReader{r: body, max: room}
-	buf := make([]byte, copyBufferSz)
-	n, err := io.CopyBuffer(w, struct{ io.Reader }{br}, buf)
+	n, err := bw.ReadFromCounting(struct{ io.Reader }{br}, h)
 	if br.err == errTooBig {
 		return limitError("spool byte limit reached")
 	}
@@ -135,8 +139,17 @@ func (s *Spool) Put(env *message.Envelope, body io.Reader) (err error) {
 	if err != nil {
 		return storageError(err)
 	}
-	if _, err = f.Write(encodeTrailer(n, h.Sum32())); err != nil {
+	if _, err = bw.Write(encodeTrailer(n, h.Sum32())); err != nil {
 		return storageError(err)
+	}
+	if err = bw.Flush(); err != nil {
+		return storageError(err)
+	}
+	if reused {
+		// Cut what a longer previous record left behind.
+		if err = f.Truncate(int64(len(hdr)) + n + trailerSize); err != nil {
+			return storageError(err)
+		}
 	}
 	if s.opts.Fsync {
 		if err = f.Sync(); err != nil {

@@ -51,7 +51,7 @@ func parseRecord(f File, id message.ID) (*record, error) {
 	}
 	rec := &record{f: f, size: info.Size()}
 	// One read covers the fixed header and a typical envelope.
-	buf := make([]byte, min(rec.size, 4<<10))
+	buf := make([]byte, min(rec.size, 1<<10))
 	if _, err := io.ReadFull(f, buf); err != nil {
 		return nil, corruptf("short header: %v", err)
 	}
@@ -95,8 +95,7 @@ func (s *Spool) Get(id message.ID) (*Entry, error) {
 func (s *Spool) isLegacy(id message.ID) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := s.index[id]
-	return e != nil && e.legacy
+	return s.index[id].legacy
 }
 
 func (s *Spool) get(dir string, id message.ID, legacy bool) (*Entry, error) {
@@ -268,73 +267,76 @@ func (s *Spool) list(dir string) ([]Entry, error) {
 // than by this process's own writes — the scheduler looks at those again
 // — and the IDs that are gone. (A CLI change that lands between one of
 // our own writes and the next Rescan is taken for ours: that message
-// keeps its schedule, nothing is lost.)
+// keeps its schedule, nothing is lost.) The listing is read in batches
+// and compared with the index in place: a queue of 100,000 costs one
+// lstat per record and no copy of the listing.
 func (s *Spool) Rescan() (changed, gone []message.ID, err error) {
-	des, err := s.fs.ReadDir(s.queue)
+	s.mu.Lock()
+	s.gen++
+	gen := s.gen
+	s.mu.Unlock()
+	var states []message.ID
+	err = s.fs.ReadDirBatches(s.queue, func(des []os.DirEntry) {
+		type seen struct {
+			id        message.ID
+			size, mod int64
+		}
+		var batch []seen
+		for _, de := range des {
+			name := de.Name()
+			if id, ok := strings.CutSuffix(name, ".state"); ok && message.ID(id).Valid() {
+				states = append(states, message.ID(id))
+				continue
+			}
+			id, ok := strings.CutSuffix(name, ".msg")
+			if !ok || !message.ID(id).Valid() {
+				continue
+			}
+			info, err := de.Info()
+			if err != nil {
+				continue // removed meanwhile
+			}
+			batch = append(batch, seen{message.ID(id), info.Size(), info.ModTime().UnixNano()})
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, x := range batch {
+			e, ok := s.index[x.id]
+			if !ok {
+				s.add(x.id, x.size, time.Unix(0, x.mod))
+				changed = append(changed, x.id)
+				continue
+			}
+			if e.mod != x.mod {
+				if !e.self {
+					changed = append(changed, x.id)
+				}
+				e.mod = x.mod
+			}
+			e.self, e.gen = false, gen
+			s.index[x.id] = e
+		}
+	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("spool: %w", err)
 	}
-	type seen struct {
-		size     int64
-		mod      time.Time
-		msg, old bool
-	}
-	now := map[message.ID]*seen{}
-	for _, de := range des {
-		name := de.Name()
-		id, isMsg := strings.CutSuffix(name, ".msg")
-		if !isMsg {
-			var isState bool
-			if id, isState = strings.CutSuffix(name, ".state"); !isState {
-				continue
-			}
-		}
-		if !message.ID(id).Valid() {
-			continue
-		}
-		info, err := de.Info()
-		if err != nil {
-			continue // removed meanwhile
-		}
-		e := now[message.ID(id)]
-		if e == nil {
-			e = &seen{}
-			now[message.ID(id)] = e
-		}
-		if info.ModTime().After(e.mod) {
-			e.mod = info.ModTime()
-		}
-		if isMsg {
-			e.msg, e.size = true, info.Size()
-		} else {
-			e.old = true
-		}
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for id := range s.index {
-		if e := now[id]; e == nil || !e.msg {
-			s.drop(id)
+	for _, id := range states {
+		if e, ok := s.index[id]; ok && !e.legacy {
+			// A .state file written by an older CLI beside us.
+			e.legacy = true
+			s.index[id] = e
+			changed = append(changed, id)
+		}
+	}
+	for id, e := range s.index {
+		if e.gen != gen {
 			gone = append(gone, id)
 		}
 	}
-	for id, e := range now {
-		if !e.msg {
-			continue // an orphaned version-1 state file
-		}
-		ie := s.index[id]
-		if ie == nil {
-			ie = s.add(id, e.size, e.mod)
-			changed = append(changed, id)
-		}
-		ie.legacy = ie.legacy || e.old
-		if !ie.mod.Equal(e.mod) {
-			if !ie.self {
-				changed = append(changed, id)
-			}
-			ie.mod = e.mod
-		}
-		ie.self = false
+	for _, id := range gone {
+		s.drop(id)
 	}
 	s.publish()
 	sortIDs(changed)

@@ -62,7 +62,7 @@ type Spool struct {
 	fs               FS
 	log              *zap.Logger
 	tmp, queue, fail string
-	corrupt          string
+	corrupt, freeDir string
 	lock             *os.File
 	commits          chan chan error
 	later            chan struct{} // a removal waits for the next directory fsync
@@ -71,21 +71,27 @@ type Spool struct {
 	closeErr         error
 
 	mu       sync.Mutex
-	index    map[message.ID]*indexEntry
+	index    map[message.ID]indexEntry
 	ages     idHeap // IDs by age, with entries already dropped left in
 	reserved int    // Puts in progress, counted against MaxItems
 	bytes    int64
+	gen      uint32   // Rescan generation
+	free     []string // reusable record files in free/ (recycle.go)
+	freeing  int      // retirements into free/ in progress
 }
 
+// indexEntry is small and held by value: a daemon with 100,000 messages
+// queued keeps 100,000 of them.
 type indexEntry struct {
 	size int64
+	// mod is the record's modification time (Unix ns) seen by the last
+	// Rescan; self says the daemon itself wrote the record since (Put, a
+	// state block), so a new time is not news to the scheduler.
+	mod int64
+	// gen is the Rescan that last saw the record.
+	gen uint32
 	// legacy: the record may have its state in a version-1 .state file.
-	legacy bool
-	// mod is the record's modification time seen by the last Rescan;
-	// self says the daemon itself wrote the record since (Put, a state
-	// block), so a new time is not news to the scheduler.
-	mod  time.Time
-	self bool
+	legacy, self bool
 }
 
 // Open creates the layout, takes the daemon lock, removes stale tmp/ files,
@@ -117,11 +123,12 @@ func open(opts Options, daemon bool) (*Spool, error) {
 		opts: opts, fs: opts.FS, log: opts.Logger.Named("spool"),
 		tmp: filepath.Join(opts.Dir, "tmp"), queue: filepath.Join(opts.Dir, "queue"),
 		fail: filepath.Join(opts.Dir, "failed"), corrupt: filepath.Join(opts.Dir, "corrupt"),
+		freeDir: filepath.Join(opts.Dir, "free"),
 		commits: make(chan chan error, 64), later: make(chan struct{}, 1),
 		stop: make(chan struct{}), stopped: make(chan struct{}),
-		index: map[message.ID]*indexEntry{},
+		index: map[message.ID]indexEntry{},
 	}
-	for _, d := range []string{s.tmp, s.queue, s.fail, s.corrupt} {
+	for _, d := range []string{s.tmp, s.queue, s.fail, s.corrupt, s.freeDir} {
 		if err := s.fs.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
 		}
@@ -173,6 +180,9 @@ func (s *Spool) recover() error {
 			s.log.Info("removed stale tmp file", zap.String("file", de.Name()))
 		}
 	}
+	if err := s.loadFree(); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
 	return s.scanQueue(true)
 }
 
@@ -182,41 +192,43 @@ func (s *Spool) recover() error {
 // is gone.
 func (s *Spool) scanQueue(daemon bool) error {
 	now := s.opts.Clock()
-	des, err := s.fs.ReadDir(s.queue)
+	states := map[message.ID]bool{}
+	moved := false
+	err := s.fs.ReadDirBatches(s.queue, func(des []os.DirEntry) {
+		for _, de := range des {
+			name := de.Name()
+			if id, ok := strings.CutSuffix(name, ".msg"); ok && message.ID(id).Valid() {
+				info, err := de.Info()
+				if err != nil {
+					continue // removed meanwhile
+				}
+				s.add(message.ID(id), info.Size(), info.ModTime())
+				continue
+			}
+			if id, ok := strings.CutSuffix(name, ".state"); ok && message.ID(id).Valid() {
+				states[message.ID(id)] = true
+				continue
+			}
+			if !daemon {
+				continue
+			}
+			if strings.HasPrefix(name, ".") { // a version-1 state write's temporary
+				if info, err := de.Info(); err == nil && now.Sub(info.ModTime()) >= TmpMaxAge {
+					_ = s.fs.Remove(filepath.Join(s.queue, name)) // best effort: an abandoned state write
+				}
+				continue
+			}
+			s.quarantine(name, errors.New("unexpected file"))
+			moved = true
+		}
+	})
 	if err != nil {
 		return fmt.Errorf("spool: %w", err)
 	}
-	states := map[message.ID]bool{}
-	moved := false
-	for _, de := range des {
-		name := de.Name()
-		if id, ok := strings.CutSuffix(name, ".msg"); ok && message.ID(id).Valid() {
-			info, err := de.Info()
-			if err != nil {
-				continue // removed meanwhile
-			}
-			s.add(message.ID(id), info.Size(), info.ModTime())
-			continue
-		}
-		if id, ok := strings.CutSuffix(name, ".state"); ok && message.ID(id).Valid() {
-			states[message.ID(id)] = true
-			continue
-		}
-		if !daemon {
-			continue
-		}
-		if strings.HasPrefix(name, ".") { // a version-1 state write's temporary
-			if info, err := de.Info(); err == nil && now.Sub(info.ModTime()) >= TmpMaxAge {
-				_ = s.fs.Remove(filepath.Join(s.queue, name)) // best effort: an abandoned state write
-			}
-			continue
-		}
-		s.quarantine(name, errors.New("unexpected file"))
-		moved = true
-	}
 	for id := range states {
-		if e := s.index[id]; e != nil {
+		if e, ok := s.index[id]; ok {
 			e.legacy = true
+			s.index[id] = e
 		} else if daemon {
 			_ = s.fs.Remove(s.statePath(s.queue, id)) // best effort: it describes nothing
 		}
@@ -240,15 +252,18 @@ func (s *Spool) quarantine(name string, why error) {
 }
 
 // add and drop keep Stats incremental. Callers hold mu or are in open.
-func (s *Spool) add(id message.ID, size int64, mod time.Time) *indexEntry {
-	if e, ok := s.index[id]; ok {
-		return e
+// add indexes a record; a zero mod (Put) marks it as written by us.
+func (s *Spool) add(id message.ID, size int64, mod time.Time) {
+	if _, ok := s.index[id]; ok {
+		return
 	}
-	e := &indexEntry{size: size, mod: mod, self: mod.IsZero()}
+	e := indexEntry{size: size, self: mod.IsZero(), gen: s.gen}
+	if !mod.IsZero() {
+		e.mod = mod.UnixNano()
+	}
 	s.index[id] = e
 	s.bytes += size
 	s.ages.push(id)
-	return e
 }
 
 func (s *Spool) drop(id message.ID) {
@@ -273,7 +288,7 @@ func (s *Spool) drop(id message.ID) {
 // that left: amortised O(log n) per removal instead of a scan.
 func (s *Spool) oldestLocked() message.ID {
 	for s.ages.Len() > 0 {
-		if id := s.ages.min(); s.index[id] != nil {
+		if id := s.ages.min(); s.has(id) {
 			return id
 		}
 		s.ages.popMin()
@@ -289,6 +304,11 @@ func (s *Spool) publish() {
 	} else {
 		oldestGauge.Set(float64(id.Time().Unix()))
 	}
+}
+
+func (s *Spool) has(id message.ID) bool {
+	_, ok := s.index[id]
+	return ok
 }
 
 // Stats reports queue depth, record bytes and the oldest receipt time (zero

@@ -25,7 +25,7 @@ import (
 const (
 	stateMarker     = "O365STA\n"
 	stateFooterSize = 4 + 8 + 4 + 8
-	tailRead        = 4 << 10 // one read from the end covers a typical state block
+	tailRead        = 1 << 10 // one read from the end covers a typical state block
 	maxStateBlock   = 1 << 20 // a state (recipient replies) larger than this is refused
 	maxTailScan     = 8 << 20 // how far back a torn tail is searched
 )
