@@ -487,11 +487,17 @@ var (
 
 func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (*Outcome, error) {
 	// Re-read the state: the CLI may have retried or deleted the message.
-	e, err := s.sp.Get(id)
+	// One open of the record for the whole attempt: state, note, body.
+	a, err := s.sp.Begin(id)
 	if err != nil {
 		return nil, err
 	}
-	env, st := e.Envelope, e.State
+	defer func() {
+		if cerr := a.Close(); cerr != nil {
+			s.log.Warn("closing queued message", zap.String("id", string(id)), zap.Error(cerr))
+		}
+	}()
+	env, st := a.Entry.Envelope, a.Entry.State
 	now := s.o.Clock()
 	if !sync && st.NextAttempt.After(now) {
 		// Looked at early (after a restart or a rescan): its record says
@@ -567,11 +573,16 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 	}
 	st.LastAttempt = now
 	st.NextAttempt = now.Add(s.backoff(st.Attempts))
-	if err := s.sp.NoteAttempt(id, st); err != nil {
+	if err := a.Note(st); err != nil {
 		return nil, err
 	}
 
-	res, derr := s.forward(ctx, log, id, env, pending)
+	res, derr := s.forward(ctx, log, a, env, pending)
+	// Closed before the record is removed or moved (its file may be
+	// reused at once).
+	if err := a.Close(); err != nil {
+		log.Warn("closing queued message", zap.Error(err))
+	}
 	if ctx.Err() != nil && derr != nil {
 		// Abandoned (shutdown): the recorded attempt and NextAttempt stand.
 		out.Pending, out.NextAttempt, out.Err = pending, st.NextAttempt, derr
@@ -734,18 +745,13 @@ func (p *panicError) Error() string { return fmt.Sprintf("panic during delivery:
 
 // forward calls the Forwarder with the pending recipients, containing a
 // panic to this message.
-func (s *Scheduler) forward(ctx context.Context, log *zap.Logger, id message.ID, env *message.Envelope, pending []string) (res *message.Result, err error) {
+func (s *Scheduler) forward(ctx context.Context, log *zap.Logger, a *spool.Attempt, env *message.Envelope, pending []string) (res *message.Result, err error) {
 	start := time.Now()
 	defer func() { attemptDuration.Observe(time.Since(start).Seconds()) }()
-	body, err := s.sp.Body(id)
+	body, err := a.Body()
 	if err != nil {
 		return nil, reply.Wrap(err, 451, enhInternal, "Local error reading queued message")
 	}
-	defer func() {
-		if cerr := body.Close(); cerr != nil {
-			log.Warn("closing queued body", zap.Error(cerr))
-		}
-	}()
 	defer func() {
 		if v := recover(); v != nil {
 			// The stack names code, not data; the body is not logged.

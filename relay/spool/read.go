@@ -171,11 +171,20 @@ func (s *Spool) Body(id message.ID) (io.ReadCloser, error) {
 		_ = rec.f.Close() // read-only
 		return nil, err
 	}
-	return &bodyStream{f: rec.f, h: h, left: rec.tail.n, n: rec.tail.n}, nil
+	return &bodyReadCloser{bodyStream{r: rec.f, h: h, left: rec.tail.n, n: rec.tail.n}, rec.f}, nil
 }
 
+type bodyReadCloser struct {
+	bodyStream
+	f File
+}
+
+func (b *bodyReadCloser) Close() error { return b.f.Close() }
+
+// bodyStream reads a body of n bytes and the trailer after it from r,
+// checking both.
 type bodyStream struct {
-	f    File
+	r    io.Reader
 	h    hash.Hash32
 	left int64
 	n    int64
@@ -188,7 +197,7 @@ func (b *bodyStream) Read(p []byte) (int, error) {
 	}
 	if b.left == 0 {
 		t := make([]byte, trailerSize)
-		if _, err := io.ReadFull(b.f, t); err != nil {
+		if _, err := io.ReadFull(b.r, t); err != nil {
 			b.err = corruptf("trailer: %v", err)
 			return 0, b.err
 		}
@@ -208,7 +217,7 @@ func (b *bodyStream) Read(p []byte) (int, error) {
 	if int64(len(p)) > b.left {
 		p = p[:b.left]
 	}
-	n, err := b.f.Read(p)
+	n, err := b.r.Read(p)
 	b.h.Write(p[:n])
 	b.left -= int64(n)
 	if err == io.EOF && b.left > 0 {
@@ -220,8 +229,6 @@ func (b *bodyStream) Read(p []byte) (int, error) {
 	}
 	return n, nil
 }
-
-func (b *bodyStream) Close() error { return b.f.Close() }
 
 // List returns the queued messages (envelope and state), oldest first,
 // reading headers and tails only, never bodies.

@@ -65,31 +65,32 @@ func (c *countFS) SyncDir(name string) error {
 	return c.OSFS.SyncDir(name)
 }
 
-// lifecycle is a delivered message's life as delivery drives it: Put, Get,
-// the attempt noted, the body read, removed.
+// lifecycle is a delivered message's life as delivery drives it: Put, the
+// record opened for the attempt (state read, attempt noted, body read),
+// removed.
 func lifecycle(tb testing.TB, s *Spool, env *message.Envelope, body []byte) {
 	tb.Helper()
 	if err := s.Put(env, bytes.NewReader(body)); err != nil {
 		tb.Fatal(err)
 	}
-	e, err := s.Get(env.ID)
+	a, err := s.Begin(env.ID)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	st := e.State
+	st := a.Entry.State
 	st.Attempts++
 	st.NextAttempt = time.Now().Add(time.Minute)
-	if err := s.NoteAttempt(env.ID, st); err != nil {
+	if err := a.Note(st); err != nil {
 		tb.Fatal(err)
 	}
-	r, err := s.Body(env.ID)
+	r, err := a.Body()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		tb.Fatal(err)
+	if got, err := io.ReadAll(r); err != nil || !bytes.Equal(got, body) {
+		tb.Fatalf("body: %d bytes, %v", len(got), err)
 	}
-	if err := r.Close(); err != nil {
+	if err := a.Close(); err != nil {
 		tb.Fatal(err)
 	}
 	if err := s.Remove(env.ID); err != nil {
@@ -121,6 +122,11 @@ func TestNoInodePerMessage(t *testing.T) {
 	if fs.creates != 1 || fs.fileSyncs != n || fs.renames != 2*n || fs.removes != 0 {
 		t.Errorf("per %d messages: %d files created, %d file fsyncs, %d renames, %d removals; want 1, %d, %d, 0",
 			n, fs.creates, fs.fileSyncs, fs.renames, fs.removes, n, 2*n)
+	}
+	// Each Put after the first opens a free file; each attempt opens the
+	// record once.
+	if fs.opens != 2*n-1 {
+		t.Errorf("%d opens of existing files for %d messages, want %d", fs.opens, n, 2*n-1)
 	}
 	// One directory fsync per Put (sequential Puts share none); removals
 	// ride along with them or with one of their own, never more than one
