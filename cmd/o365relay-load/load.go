@@ -119,6 +119,17 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (rep *report, err er
 		base = len(cloud.Exchange.Messages())
 		rep.tokens0 = cloud.Entra.TokenRequests()
 		rep.tls0 = cloud.Exchange.Stats().TLSSessions
+		if cfg.IdleFor > 0 {
+			// The idle relay: nothing sent for IdleFor, CPU and RSS.
+			c0, _ := cpuTime(ch.pid())
+			select {
+			case <-ctx.Done():
+				return rep, ctx.Err()
+			case <-time.After(cfg.IdleFor):
+			}
+			c1, _ := cpuTime(ch.pid())
+			rep.idleCPU = c1 - c0
+		}
 		if rep.rssIdle, _, err = ch.memory(); err != nil {
 			return rep, err
 		}

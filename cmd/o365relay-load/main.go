@@ -108,10 +108,11 @@ type config struct {
 	Ack       string // child relay's ack mode
 	LogLevel  string // child relay's log level
 	KeepFiles bool
-	Command   string // external client instead of the built-in ones
-	Paced     bool   // keep the relay's per-mailbox pacing (Exchange's limits)
-	Defer     bool   // the fake Exchange defers every message: the queue grows
-	Restart   bool   // fill the queue behind pacing, restart the relay, drain it
+	Command   string        // external client instead of the built-in ones
+	Paced     bool          // keep the relay's per-mailbox pacing (Exchange's limits)
+	Defer     bool          // the fake Exchange defers every message: the queue grows
+	Restart   bool          // fill the queue behind pacing, restart the relay, drain it
+	IdleFor   time.Duration // measure the idle relay this long after warm-up
 }
 
 func parseArgs(args []string, stderr io.Writer) (config, int, bool) {
@@ -122,7 +123,7 @@ func parseArgs(args []string, stderr io.Writer) (config, int, bool) {
 		fs.PrintDefaults()
 	}
 	var c config
-	var size, dur string
+	var size, dur, idleFor string
 	fs.IntVar(&c.Clients, "clients", 8, "concurrent SMTP clients sending")
 	fs.IntVar(&c.Messages, "messages", 1000, "messages to send in total")
 	fs.StringVar(&size, "size", "10KiB", "size of each message in bytes (suffixes KB, KiB, MB, MiB)")
@@ -139,6 +140,7 @@ func parseArgs(args []string, stderr io.Writer) (config, int, bool) {
 	fs.BoolVar(&c.Paced, "paced", false, "keep the child relay's per-mailbox pacing (mailbox_rate 30/min, mailbox_daily_recipients 10000: Exchange Online's limits); by default both are 0 so the run measures the relay, not the limits")
 	fs.BoolVar(&c.Defer, "defer", false, "make the fake Exchange answer 451 to every MAIL FROM during the run, so every message stays queued (memory with a long queue)")
 	fs.BoolVar(&c.Restart, "restart", false, "fill the queue: the child relay paces its mailbox to 1 message a minute while the clients send, so nearly every message stays queued; then stop it (SIGTERM), start it again on the same spool with pacing off and report the time to ready, RSS and the rate at which the backlog drains beside the intake rate")
+	fs.StringVar(&idleFor, "idle-for", "0s", "after the warm-up message, leave the relay idle this long and report its CPU per minute and RSS (e.g. 60s)")
 	fs.BoolVar(&c.KeepFiles, "keep", false, "keep the run's temporary directory (relay log, spool) and print its path")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -153,6 +155,10 @@ func parseArgs(args []string, stderr io.Writer) (config, int, bool) {
 	var err error
 	if c.Size, err = parseSize(size); err != nil {
 		fmt.Fprintf(stderr, "o365relay-load: -size: %v\n", err)
+		return c, 2, true
+	}
+	if c.IdleFor, err = time.ParseDuration(idleFor); err != nil || c.IdleFor < 0 || c.IdleFor > 10*time.Minute {
+		fmt.Fprintf(stderr, "o365relay-load: -idle-for: must be a duration of 0 to 10m\n")
 		return c, 2, true
 	}
 	if c.Duration, err = time.ParseDuration(dur); err != nil {

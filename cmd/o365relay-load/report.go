@@ -39,6 +39,7 @@ type report struct {
 	queued                             int   // -defer: records in queue/ at the end
 	rssQueued                          int64 // -defer: RSS with them queued
 	cpu                                time.Duration
+	idleCPU                            time.Duration // over cfg.IdleFor
 	restart                            *restartStats
 
 	tokens0, tokens1 int
@@ -170,6 +171,9 @@ func (r *report) printCommand(p func(string, ...any)) {
 func (r *report) printRelay(p func(string, ...any), acked int) {
 	c := r.cfg
 	if r.pid != 0 {
+		if c.IdleFor > 0 {
+			p("relay idle:     %s CPU in %s (%.1f ms per minute), RSS %s", sec(r.idleCPU), c.IdleFor, float64(r.idleCPU.Microseconds())/1000/c.IdleFor.Minutes(), bytesize(r.rssIdle))
+		}
 		line := fmt.Sprintf("relay RSS:      idle %s (after warm-up)", bytesize(r.rssIdle))
 		if c.Idle > 0 {
 			line += fmt.Sprintf(", with %d idle connections %s", r.idleOpen, bytesize(r.rssWithIdle))
