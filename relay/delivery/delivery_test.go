@@ -110,6 +110,19 @@ func (f *fixture) work(t *testing.T) message.ID {
 	return id
 }
 
+// waitFor polls cond until it holds (a positive signal, not a sleep), at
+// most 10 s; on timeout it fails with what it waited for and say().
+func waitFor(t *testing.T, what string, cond func() bool, say func() string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s (%s)", what, say())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func (f *fixture) state(t *testing.T) spool.State {
 	t.Helper()
 	e, err := f.sp.Get(f.envID)

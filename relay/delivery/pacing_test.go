@@ -3,6 +3,7 @@ package delivery
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -314,26 +315,17 @@ func TestBusyMailboxDoesNotStarveOthers(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- f.s.Run(ctx) }()
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s (order %v)", what, order)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	waitFor("b delivered while a is stuck", func() bool {
+	say := func() string { mu.Lock(); defer mu.Unlock(); return fmt.Sprint("order ", order) }
+	waitFor(t, "b delivered while a is stuck", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(order) == 1 && order[0] == "b@example.com"
-	})
+	}, say)
 	close(release)
-	waitFor("both a delivered", func() bool {
+	waitFor(t, "both a delivered", func() bool {
 		q, err := f.sp.List()
 		return err == nil && len(q) == 0
-	})
+	}, say)
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -3,6 +3,7 @@ package delivery
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -68,38 +69,27 @@ func TestConcurrency432LowersLimitAndWaitsForOurs(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- f.s.Run(ctx) }()
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				mu.Lock()
-				defer mu.Unlock()
-				t.Fatalf("timed out waiting for %s (delivered %v)", what, order)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	waitFor("the 432", func() bool { mu.Lock(); defer mu.Unlock(); return refused })
-	waitFor("the limit lowered to the two connections we hold", func() bool { return f.s.ConnectionLimit("a@example.com") == 2 })
+	say := func() string { mu.Lock(); defer mu.Unlock(); return fmt.Sprint("delivered ", order) }
+	waitFor(t, "the 432", func() bool { mu.Lock(); defer mu.Unlock(); return refused }, say)
+	waitFor(t, "the limit lowered to the two connections we hold", func() bool { return f.s.ConnectionLimit("a@example.com") == 2 }, say)
 	put("b@example.com", t0.Add(-time.Second))
-	waitFor("b delivered while a's two attempts are stuck", func() bool {
+	waitFor(t, "b delivered while a's two attempts are stuck", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(order) == 1 && order[0] == string(ids[3])
-	})
-	waitFor("the refused attempt uncounted on disk", func() bool {
+	}, say)
+	waitFor(t, "the refused attempt uncounted on disk", func() bool {
 		mu.Lock()
 		id := refusedID
 		mu.Unlock()
 		e, err := f.sp.Get(id)
 		return err == nil && e.State.Attempts == 0 && e.State.LastError != ""
-	})
+	}, say)
 	close(release)
-	waitFor("all delivered on our own connections", func() bool {
+	waitFor(t, "all delivered on our own connections", func() bool {
 		q, err := f.sp.List()
 		return err == nil && len(q) == 0
-	})
+	}, say)
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -57,29 +57,21 @@ func (s *Spool) appendState(dir string, id message.ID, st State, durable, legacy
 
 // SetState durably records the state of a queued message: appended to its
 // record and fsynced.
-func (s *Spool) SetState(id message.ID, st State) error {
-	if err := checkID(id); err != nil {
-		return err
-	}
-	if err := s.appendState(s.queue, id, st, true, s.isLegacy(id)); err != nil {
-		if errors.Is(err, ErrNotFound) {
-			return err
-		}
-		return fmt.Errorf("spool: state of %s: %w", id, err)
-	}
-	return nil
-}
+func (s *Spool) SetState(id message.ID, st State) error { return s.setState(id, st, true) }
 
 // NoteAttempt records the state of a queued message without waiting for
 // the disk: it survives the relay's own crash (the page cache keeps it),
 // and a power failure loses at most this note, so the attempt is made
-// again. Delivery notes each attempt before it starts, so a message whose
-// delivery kills the process is not retried in a hot loop.
-func (s *Spool) NoteAttempt(id message.ID, st State) error {
+// again. Delivery notes each attempt before it starts (Attempt.Note does
+// the same on an open record), so a message whose delivery kills the
+// process is not retried in a hot loop.
+func (s *Spool) NoteAttempt(id message.ID, st State) error { return s.setState(id, st, false) }
+
+func (s *Spool) setState(id message.ID, st State, durable bool) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
-	if err := s.appendState(s.queue, id, st, false, s.isLegacy(id)); err != nil {
+	if err := s.appendState(s.queue, id, st, durable, s.isLegacy(id)); err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return err
 		}
@@ -88,9 +80,10 @@ func (s *Spool) NoteAttempt(id message.ID, st State) error {
 	return nil
 }
 
-// Remove deletes a delivered message. It returns once the record is
-// gone from queue/ (unlinked, or kept in free/ for the next Put to reuse); the directory fsync that makes the removal durable is shared
-// with the next commit (a removal lost to a power failure only means the
+// Remove deletes a delivered message. It returns once the record is gone
+// from queue/ (unlinked, or kept in free/ for the next Put to reuse); the
+// directory fsync that makes the removal durable is shared with the next
+// commit (a removal lost to a power failure only means the
 // message is delivered again). A message already gone (deleted by the CLI)
 // is not an error.
 func (s *Spool) Remove(id message.ID) error {
