@@ -31,8 +31,8 @@ func (s *Scheduler) Deleted(id message.ID) {
 	if s.running[id] != nil {
 		return
 	}
-	delete(s.due, id)
-	delete(s.stateMod, id)
+	s.due.remove(id)
+	delete(s.parked, id)
 	for _, p := range s.pacers {
 		p.forget(id)
 	}

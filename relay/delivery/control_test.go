@@ -26,7 +26,7 @@ func TestRetriedLiftsHoldAndDeletedForgets(t *testing.T) {
 	}
 	f.s.Retried(f.envID, "relay@example.com")
 	f.s.mu.Lock()
-	due, scheduled := f.s.due[f.envID]
+	due, scheduled := f.s.due.when(f.envID)
 	f.s.mu.Unlock()
 	if !scheduled || !due.Equal(t0.Add(10*time.Second)) {
 		t.Errorf("after Retried: due %v (%v), want now", due, scheduled)
@@ -42,7 +42,7 @@ func TestRetriedLiftsHoldAndDeletedForgets(t *testing.T) {
 	f.s.Retried("0000000000000000000000X", "relay@example.com")
 	f.s.Deleted("0000000000000000000000X")
 	f.s.mu.Lock()
-	_, still := f.s.due["0000000000000000000000X"]
+	_, still := f.s.due.when("0000000000000000000000X")
 	f.s.mu.Unlock()
 	if still {
 		t.Error("Deleted left the message scheduled")

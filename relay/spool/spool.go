@@ -128,7 +128,11 @@ func open(opts Options, daemon bool) (*Spool, error) {
 		stop: make(chan struct{}), stopped: make(chan struct{}),
 		index: map[message.ID]indexEntry{},
 	}
-	for _, d := range []string{s.tmp, s.queue, s.fail, s.corrupt, s.freeDir} {
+	dirs := []string{s.tmp, s.queue, s.fail, s.corrupt}
+	if daemon {
+		dirs = append(dirs, s.freeDir) // only the daemon writes records
+	}
+	for _, d := range dirs {
 		if err := s.fs.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("spool: %w", err)
 		}
