@@ -31,7 +31,7 @@ var (
 	})
 	reconnectsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "o365relay_upstream_reconnects_total",
-		Help: "Deliveries that recovered on another connection: stale (a pooled connection was closed by Exchange), token_expired (501 5.5.127), 432 (concurrent connections limit; the mailbox's limit was lowered).",
+		Help: "Deliveries that recovered on another connection: stale (a pooled connection was closed by Exchange), token_expired (501 5.5.127), 432 (a new connection refused for the concurrent connections limit; the delivery scheduler lowers the mailbox's limit and waits for a connection of its own when it holds one).",
 	}, []string{"reason"})
 	repliesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "o365relay_upstream_replies_total",
