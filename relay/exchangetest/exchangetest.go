@@ -60,14 +60,23 @@ const RoleSendAsApp = "SMTP.SendAsApp"
 
 // Stages at which a Fault can fire.
 const (
-	StageConnect  = "connect"  // before the greeting: reply (e.g. 421) and close, or drop
+	StageConnect  = "connect"  // before the greeting: reply (e.g. 421, 554) and close, or drop
 	StageEHLO     = "ehlo"     // the next EHLO (the pre-TLS one on a new connection)
 	StageSTARTTLS = "starttls" // reply to STARTTLS (then close), or drop
-	StageAuth     = "auth"     // reply to AUTH instead of the challenge
-	StageMail     = "mail"     // reply to MAIL FROM
-	StageRcpt     = "rcpt"     // reply to RCPT TO (optionally one recipient)
-	StageData     = "data"     // Drop: close mid-body; Reply: refuse the data (sent after the dot, see Data)
-	StageDot      = "dot"      // after the whole body was read: final reply, or drop without one
+	// StageNoSTARTTLS: the session's EHLO does not offer STARTTLS (as
+	// when a middlebox strips it). Counted per session.
+	StageNoSTARTTLS = "nostarttls"
+	// StageTLS: after "220" to STARTTLS, serve Fault.Certificate in the
+	// handshake (one the client must not trust), or close (Drop).
+	StageTLS = "tls"
+	// StageNoXOAUTH2: the session's EHLO after TLS offers AUTH LOGIN
+	// only. Counted per session.
+	StageNoXOAUTH2 = "noxoauth2"
+	StageAuth      = "auth" // reply to AUTH instead of the challenge
+	StageMail      = "mail" // reply to MAIL FROM
+	StageRcpt      = "rcpt" // reply to RCPT TO (optionally one recipient)
+	StageData      = "data" // Drop: close mid-body; Reply: refuse the data (sent after the dot, see Data)
+	StageDot       = "dot"  // after the whole body was read: final reply, or drop without one
 )
 
 // Mailbox is one Exchange Online mailbox an app may send as.
@@ -80,6 +89,9 @@ type Mailbox struct {
 	// AuthDisabled models Set-CASMailbox -SmtpClientAuthenticationDisabled
 	// $true: every AUTH gets 535 5.7.139.
 	AuthDisabled bool
+	// SendAsAny lets the mailbox send as any address, so tests of the
+	// envelope can use any sender.
+	SendAsAny bool
 	// RBACApps are app (client) IDs holding Exchange "RBAC for
 	// Applications" (New-ManagementRoleAssignment -Role 'Application
 	// SMTP.SendAsApp') with a management scope that contains this mailbox
@@ -141,6 +153,14 @@ type Message struct {
 	// generator can measure each message's delivery latency by its ID.
 	MessageID string
 	Accepted  time.Time
+	// From and To are the paths as the fake parsed the client's MAIL and
+	// RCPT lines (ParseCommand), MailParams and RcptParams their
+	// parameters in the order sent. MailFrom and RcptTo are their
+	// Mailbox() strings.
+	From       Path
+	To         []Path
+	MailParams []Param
+	RcptParams [][]Param
 }
 
 // Stats counts what the fake saw since start or Reset.
@@ -164,17 +184,20 @@ type Fault struct {
 	Drop  bool   // close the TCP connection instead of replying
 	Rcpt  string // StageRcpt only: fire only for this recipient
 	Times int
+	// Certificate is served in the TLS handshake (StageTLS only).
+	Certificate *tls.Certificate
 }
 
 // Server is a running fake. It is safe for concurrent use.
 type Server struct {
-	opts     Options
-	clock    func() time.Time
-	log      *zap.Logger
-	srv      *smtp.Server
-	ln       net.Listener
-	done     chan struct{} // closed when Serve returned
-	serveErr error
+	opts      Options
+	clock     func() time.Time
+	log       *zap.Logger
+	srv       *smtp.Server
+	tlsConfig *tls.Config // nil with NoSTARTTLS
+	ln        net.Listener
+	done      chan struct{} // closed when Serve returned
+	serveErr  error
 
 	mailboxes map[string]mailboxEntry
 
@@ -264,9 +287,10 @@ func NewServer(opts Options) (*Server, error) {
 	// credentials before TLS is seen and recorded as a violation.
 	srv.AllowInsecureAuth = true
 	srv.ErrorLog = zapLogger{s.log}
-	srv.Debug = &authSniffer{s: s}
+	// go-smtp gets no TLSConfig: faultConn runs STARTTLS underneath it
+	// (wire.go), so that the fake sees the client's plaintext.
 	if !opts.NoSTARTTLS {
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{opts.TLS}, MinVersion: tls.VersionTLS12}
+		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{opts.TLS}, MinVersion: tls.VersionTLS12}
 	}
 	s.srv = srv
 
@@ -431,112 +455,6 @@ func replyLine(e *smtp.SMTPError) []byte {
 	return fmt.Appendf(nil, "%d %d.%d.%d %s\r\n", e.Code, enh[0], enh[1], enh[2], e.Message)
 }
 
-// listener applies SetDown and connect faults before go-smtp sees a
-// connection, and wraps each connection so later faults can drop it.
-type listener struct {
-	net.Listener
-	s *Server
-}
-
-func (l *listener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if l.s.down.Load() {
-			if err := c.Close(); err != nil {
-				l.s.log.Debug("close refused connection", zap.Error(err))
-			}
-			continue
-		}
-		if f := l.s.take(StageConnect, ""); f != nil {
-			if f.Reply != nil && !f.Drop {
-				if err := c.SetWriteDeadline(time.Now().Add(l.s.opts.WriteTimeout)); err == nil {
-					_, _ = c.Write(replyLine(f.Reply)) // the client may already be gone
-				}
-			}
-			if err := c.Close(); err != nil {
-				l.s.log.Debug("close faulted connection", zap.Error(err))
-			}
-			continue
-		}
-		id := int(l.s.session.Add(1))
-		l.s.mu.Lock()
-		l.s.stats.Sessions++
-		l.s.mu.Unlock()
-		return &faultConn{Conn: c, s: l.s, id: id}, nil
-	}
-}
-
-// faultConn is the raw TCP connection under go-smtp (and under its TLS
-// connection after STARTTLS).
-type faultConn struct {
-	net.Conn
-	s          *Server
-	id         int
-	sawTLS     bool // only touched by go-smtp's connection goroutine
-	closedOnce sync.Once
-	closeErr   error
-}
-
-func (c *faultConn) Close() error {
-	c.closedOnce.Do(func() { c.closeErr = c.Conn.Close() })
-	return c.closeErr
-}
-
-// Read intercepts the plaintext STARTTLS command: go-smtp has no hook for
-// it, so a starttls fault is answered here and the connection closed.
-func (c *faultConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if n > 0 && !c.sawTLS && len(p[:n]) >= 8 && bytes.EqualFold(p[:8], []byte("STARTTLS")) {
-		c.sawTLS = true
-		if f := c.s.take(StageSTARTTLS, ""); f != nil {
-			if f.Reply != nil && !f.Drop {
-				_, _ = c.Conn.Write(replyLine(f.Reply))
-			}
-			if cerr := c.Close(); cerr != nil {
-				c.s.log.Debug("close faulted connection", zap.Error(cerr))
-			}
-			return 0, io.EOF
-		}
-	}
-	return n, err
-}
-
-func rawConn(c net.Conn) *faultConn {
-	if t, ok := c.(*tls.Conn); ok {
-		c = t.NetConn()
-	}
-	fc, _ := c.(*faultConn)
-	return fc
-}
-
-// authSniffer sees the plaintext of every connection (go-smtp's Debug
-// stream) and checks AUTH command lines for what go-smtp normalises away:
-// the case of the mechanism and the line length. It never stores the data.
-type authSniffer struct{ s *Server }
-
-func (a *authSniffer) Write(p []byte) (int, error) {
-	if len(p) < 5 || !bytes.EqualFold(p[:5], []byte("AUTH ")) {
-		return len(p), nil
-	}
-	line := p
-	if i := bytes.Index(p, []byte("\r\n")); i >= 0 {
-		line = p[:i]
-	}
-	mech, _, _ := bytes.Cut(line[5:], []byte(" "))
-	if !bytes.Equal(mech, bytes.ToUpper(mech)) {
-		a.s.violation("AUTH mechanism %q not in upper case", mech)
-	}
-	// RFC 5321 §4.5.3.1.4: 512 octets per command line; RFC 4954 §4 keeps
-	// AUTH subject to it. The brief's limit is the 998-octet text line.
-	if len(line) > 998 {
-		a.s.violation("AUTH line of %d octets (initial response too long; use the two-step form, RFC 4954 §4)", len(line))
-	}
-	return len(p), nil
-}
-
 type zapLogger struct{ l *zap.Logger }
 
 func (z zapLogger) Printf(format string, v ...any) { z.l.Debug(fmt.Sprintf(format, v...)) }
@@ -546,20 +464,14 @@ type backend struct{ s *Server }
 
 func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	s := b.s
-	fc := rawConn(c.Conn())
-	if fc == nil {
+	fc, ok := c.Conn().(*faultConn)
+	if !ok {
 		return nil, errors.New("exchangetest: unexpected connection type")
 	}
-	_, isTLS := c.TLSConnectionState()
 	if f := s.take(StageEHLO, ""); f != nil {
 		return nil, s.fire(fc, f)
 	}
-	if isTLS {
-		s.mu.Lock()
-		s.stats.TLSSessions++
-		s.mu.Unlock()
-	}
-	return &session{s: s, fc: fc, tls: isTLS}, nil
+	return &session{s: s, fc: fc}, nil
 }
 
 // fire applies a fault: drops the connection or returns its reply.
@@ -574,25 +486,29 @@ func (s *Server) fire(fc *faultConn, f *Fault) error {
 }
 
 type session struct {
-	s   *Server
-	fc  *faultConn
-	tls bool
+	s  *Server
+	fc *faultConn
 
 	mailbox string // authenticated mailbox, "" before AUTH
 	appID   string
 
-	from  string
-	rcpts []string
-	utf8  bool
-	body  smtp.BodyType
+	from       Path
+	rcpts      []Path
+	mailParams []Param
+	rcptParams [][]Param
+	utf8       bool
+	body       smtp.BodyType
 }
 
 var _ smtp.AuthSession = (*session)(nil)
 
 func (ss *session) AuthMechanisms() []string {
 	// Exchange lists AUTH only after STARTTLS (§2.2).
-	if !ss.tls {
+	if !ss.fc.isTLS() {
 		return nil
+	}
+	if ss.fc.noXOAUTH2 {
+		return []string{"LOGIN"}
 	}
 	return []string{"XOAUTH2"}
 }
@@ -609,7 +525,7 @@ var (
 
 func (ss *session) Auth(mech string) (sasl.Server, error) {
 	s := ss.s
-	if !ss.tls {
+	if !ss.fc.isTLS() {
 		s.mu.Lock()
 		s.stats.AuthBeforeTLS++
 		s.stats.AuthFailures++
@@ -623,7 +539,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 			return nil, true, errMustStartTLS
 		}), nil
 	}
-	if mech != "XOAUTH2" {
+	if mech != "XOAUTH2" || ss.fc.noXOAUTH2 {
 		ss.authFailed()
 		return nil, errUnknownMech
 	}
@@ -752,30 +668,55 @@ func hasRole(v any, role string) bool {
 	return false
 }
 
-func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+var errSyntax = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "Invalid arguments"}
+
+// Mail and Rcpt parse the client's own line (faultConn.line) strictly;
+// go-smtp's arguments are not used. A line that is not strict RFC 5321
+// is a protocol violation of the relay.
+func (ss *session) Mail(string, *smtp.MailOptions) error {
+	line := ss.fc.line
+	ss.fc.line = ""
+	_, p, params, err := ParseCommand(line, false)
+	if err != nil {
+		ss.s.violation("MAIL line %q: %v", line, err)
+		return errSyntax
+	}
 	if ss.mailbox == "" {
 		return errNotAuthed
 	}
 	if f := ss.s.take(StageMail, ""); f != nil {
 		return ss.s.fire(ss.fc, f)
 	}
-	if !ss.s.mailboxes[ss.mailbox].sendAs[strings.ToLower(from)] {
+	if mb := ss.s.mailboxes[ss.mailbox]; !mb.mb.SendAsAny && !mb.sendAs[strings.ToLower(p.Mailbox())] {
 		return errSendAsEnv
 	}
-	ss.from = from
-	ss.rcpts = nil
-	ss.utf8 = opts != nil && opts.UTF8
-	if opts != nil {
-		ss.body = opts.Body
+	ss.from, ss.mailParams = p, params
+	ss.rcpts, ss.rcptParams = nil, nil
+	ss.utf8, ss.body = false, ""
+	for _, pr := range params {
+		switch strings.ToUpper(pr.Keyword) {
+		case "SMTPUTF8":
+			ss.utf8 = true
+		case "BODY":
+			ss.body = smtp.BodyType(strings.ToUpper(pr.Value))
+		}
 	}
 	return nil
 }
 
-func (ss *session) Rcpt(to string, _ *smtp.RcptOptions) error {
-	if f := ss.s.take(StageRcpt, to); f != nil {
+func (ss *session) Rcpt(string, *smtp.RcptOptions) error {
+	line := ss.fc.line
+	ss.fc.line = ""
+	_, p, params, err := ParseCommand(line, ss.utf8)
+	if err != nil {
+		ss.s.violation("RCPT line %q: %v", line, err)
+		return errSyntax
+	}
+	if f := ss.s.take(StageRcpt, p.Mailbox()); f != nil {
 		return ss.s.fire(ss.fc, f)
 	}
-	ss.rcpts = append(ss.rcpts, to)
+	ss.rcpts = append(ss.rcpts, p)
+	ss.rcptParams = append(ss.rcptParams, params)
 	return nil
 }
 
@@ -798,8 +739,14 @@ func (h *headerCapture) Write(p []byte) (int, error) {
 // are); a "data" Drop closes the connection after the first chunk of body.
 // The success reply is returned as an *smtp.SMTPError with code 250 because
 // go-smtp writes an SMTPError's code verbatim and otherwise says "OK: queued".
-func (ss *session) Data(r io.Reader) error {
+func (ss *session) Data(io.Reader) error {
 	s := ss.s
+	// The message as faultConn framed it (wire.go); go-smtp's reader only
+	// gets the end of data.
+	var r io.Reader = ss.fc.data
+	if r == nil {
+		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "data transfer failed"}
+	}
 	if f := s.take(StageData, ""); f != nil {
 		if f.Drop || f.Reply == nil {
 			if _, err := r.Read(make([]byte, 1024)); err != nil {
@@ -829,22 +776,26 @@ func (ss *session) Data(r io.Reader) error {
 	}
 	mb := s.mailboxes[ss.mailbox]
 	hf := parseHeader(hdr.buf)
-	if from := headerFrom(hf); from != "" && !mb.sendAs[strings.ToLower(from)] {
+	if from := headerFrom(hf); from != "" && !mb.mb.SendAsAny && !mb.sendAs[strings.ToLower(from)] {
 		// Observed Exchange reply after DATA (§2.2).
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 252},
 			Message: fmt.Sprintf("SendAsDenied; %s not allowed to send as %s; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied", ss.mailbox, from)}
 	}
 	m := Message{
-		MailFrom: ss.from,
-		RcptTo:   append([]string(nil), ss.rcpts...),
-		AuthUser: ss.mailbox,
-		AppID:    ss.appID,
-		Size:     n,
-		TLS:      ss.tls,
-		Session:  ss.fc.id,
-		SMTPUTF8: ss.utf8,
-		BodyType: ss.body,
-		Accepted: time.Now(),
+		MailFrom:   ss.from.Mailbox(),
+		From:       ss.from,
+		To:         append([]Path(nil), ss.rcpts...),
+		MailParams: ss.mailParams,
+		RcptTo:     rcptMailboxes(ss.rcpts),
+		RcptParams: append([][]Param(nil), ss.rcptParams...),
+		AuthUser:   ss.mailbox,
+		AppID:      ss.appID,
+		Size:       n,
+		TLS:        ss.fc.isTLS(),
+		Session:    ss.fc.id,
+		SMTPUTF8:   ss.utf8,
+		BodyType:   ss.body,
+		Accepted:   time.Now(),
 	}
 	if hf != nil {
 		m.MessageID = strings.TrimSpace(hf.Get("Message-Id"))
@@ -860,6 +811,14 @@ func (ss *session) Data(r io.Reader) error {
 	s.mu.Unlock()
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
 		Message: fmt.Sprintf("OK <%d@fake> [Hostname=%s]", id, Hostname)}
+}
+
+func rcptMailboxes(ps []Path) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.Mailbox()
+	}
+	return out
 }
 
 // parseHeader parses the header section; nil if it does not parse.
@@ -887,8 +846,8 @@ func headerFrom(h mail.Header) string {
 }
 
 func (ss *session) Reset() {
-	ss.from = ""
-	ss.rcpts = nil
+	ss.from, ss.mailParams = Path{}, nil
+	ss.rcpts, ss.rcptParams = nil, nil
 	ss.utf8 = false
 	ss.body = ""
 }

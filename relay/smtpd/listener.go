@@ -172,12 +172,16 @@ type trackedConn struct {
 
 	// Command-line framing outside DATA (see readCommand). Only
 	// go-smtp's goroutine reads, so these need no lock.
-	inbuf     []byte // read from the client, not yet given to go-smtp
-	rbuf      []byte // read buffer, reused
-	readErr   error  // what the read that filled inbuf returned
-	passLine  bool   // the rest of the current line goes to go-smtp unexamined
-	dropBytes int64  // a refused BDAT chunk's octets still to discard
-	needHelo  bool   // TLS started: EHLO/HELO must come before anything else
+	inbuf    []byte // read from the client, not yet given to go-smtp
+	rbuf     []byte // read buffer, reused
+	readErr  error  // what the read that filled inbuf returned
+	passLine bool   // the rest of the current line goes to go-smtp unexamined
+	// envLine is the MAIL or RCPT line go-smtp is being given, as the
+	// client sent it (without CRLF), for session.commandLine: go-smtp's
+	// own parse of it loses the quoting. "" for any other line.
+	envLine   string
+	dropBytes int64 // a refused BDAT chunk's octets still to discard
+	needHelo  bool  // TLS started: EHLO/HELO must come before anything else
 
 	once sync.Once
 
@@ -378,7 +382,7 @@ func (c *trackedConn) readCommand(p []byte) (int, error) {
 				continue
 			}
 			if len(c.inbuf) > maxHeldLine {
-				c.passLine = true
+				c.passLine, c.envLine = true, ""
 				continue
 			}
 		}
@@ -416,6 +420,10 @@ func (c *trackedConn) command(line []byte) error {
 	text := strings.TrimRight(string(line), "\r\n")
 	verb, rest, _ := strings.Cut(text, " ")
 	verb = strings.ToUpper(verb)
+	c.envLine = ""
+	if verb == "MAIL" || verb == "RCPT" {
+		c.envLine = text
+	}
 	answer := func(reply string) error {
 		c.inbuf = c.inbuf[len(line):]
 		_, err := c.Write([]byte(reply))

@@ -5,11 +5,11 @@ import (
 	"net/netip"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
+	"github.com/o365relay/o365relay/relay/address"
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
 )
@@ -82,7 +82,12 @@ func (s *session) Logout() (err error) {
 	return nil
 }
 
-func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
+// Mail and Rcpt take the address from the command line exactly as the
+// client sent it (trackedConn.commandLine), parsed once by package
+// address; go-smtp's own parse of the same line (which unquotes a quoted
+// local part) is not used. Policy and the spool get the one canonical
+// value.
+func (s *session) Mail(_ string, _ *smtp.MailOptions) (err error) {
 	defer s.contain(&err, "MAIL")
 	if s.closed() {
 		return errClosed.SMTP()
@@ -90,16 +95,20 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 	if s.srv.draining.Load() {
 		return errShuttingDown.SMTP()
 	}
-	if opts == nil {
-		opts = &smtp.MailOptions{}
+	line, ok := s.commandLine("MAIL")
+	if !ok {
+		return errUnframed.SMTP()
 	}
-	if opts.Size > s.srv.opts.MaxMessageBytes {
+	m, rerr := address.ParseMail(line)
+	if rerr != nil {
+		s.srv.log.Info("sender address refused", zap.String("client", s.clientIP.String()), zap.String("reply", rerr.Error()))
+		return rerr.SMTP()
+	}
+	if m.Size > s.srv.opts.MaxMessageBytes {
 		// RFC 1870 §6; go-smtp checks against one byte more (see New).
 		return errSizeDeclared.SMTP()
 	}
-	if err := checkAddress(from, opts.UTF8, true); err != nil {
-		return err.SMTP()
-	}
+	from := m.From.String()
 	if s.srv.opts.Auth != nil && s.authUser == "" && (s.tc == nil || !s.tc.trusted) {
 		// A client outside allowed_networks was let in only to
 		// authenticate (RFC 4954 §6: 530 5.7.0).
@@ -112,19 +121,19 @@ func (s *session) Mail(from string, opts *smtp.MailOptions) (err error) {
 			zap.String("user", s.authUser), zap.String("from", from))
 		return errSenderNotAllowed.SMTP()
 	}
-	mailbox, rerr := s.srv.opts.Route(from)
-	if rerr != nil {
+	mailbox, rerr2 := s.srv.opts.Route(from)
+	if rerr2 != nil {
 		s.srv.log.Info("sender refused", zap.String("client", s.clientIP.String()),
-			zap.String("from", from), zap.Error(rerr))
-		return reply.ForClient(rerr)
+			zap.String("from", from), zap.Error(rerr2))
+		return reply.ForClient(rerr2)
 	}
 	s.from, s.haveFrom, s.mailbox = from, true, mailbox
-	s.utf8 = opts.UTF8
-	s.eightBit = opts.Body == smtp.Body8BitMIME
+	s.utf8 = m.SMTPUTF8
+	s.eightBit = m.Body == "8BITMIME"
 	return nil
 }
 
-func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
+func (s *session) Rcpt(_ string, _ *smtp.RcptOptions) (err error) {
 	defer s.contain(&err, "RCPT")
 	if s.closed() {
 		return errClosed.SMTP()
@@ -132,11 +141,35 @@ func (s *session) Rcpt(to string, opts *smtp.RcptOptions) (err error) {
 	if s.srv.draining.Load() {
 		return errShuttingDown.SMTP()
 	}
-	if err := checkAddress(to, s.utf8, false); err != nil {
-		return err.SMTP()
+	line, ok := s.commandLine("RCPT")
+	if !ok {
+		return errUnframed.SMTP()
 	}
-	s.rcpts = append(s.rcpts, to)
+	to, rerr := address.ParseRcpt(line, s.utf8)
+	if rerr != nil {
+		s.srv.log.Info("recipient address refused", zap.String("client", s.clientIP.String()), zap.String("reply", rerr.Error()))
+		return rerr.SMTP()
+	}
+	s.rcpts = append(s.rcpts, to.String())
 	return nil
+}
+
+// errUnframed answers a MAIL or RCPT whose line trackedConn did not see
+// whole (it cannot happen: such a line is longer than go-smtp accepts).
+var errUnframed = reply.New(500, smtp.EnhancedCode{5, 5, 2}, "Command line not understood")
+
+// commandLine returns the command line go-smtp is handling, as the client
+// sent it, if it is a verb command; each line is handed out once.
+func (s *session) commandLine(verb string) (string, bool) {
+	if s.tc == nil {
+		return "", false
+	}
+	line := s.tc.envLine
+	s.tc.envLine = ""
+	if len(line) < 4 || !strings.EqualFold(line[:4], verb) {
+		return "", false
+	}
+	return line, true
 }
 
 // errBDAT refuses BDAT (RFC 3030), which CHUNKING is not advertised for
@@ -249,41 +282,4 @@ func (s *session) Data(r io.Reader) (err error) {
 	// queue ID goes out in place of its fixed "250 2.0.0 OK: queued" —
 	// over STARTTLS too.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: text}
-}
-
-// checkAddress applies what RFC 5321 §4.1.2 and RFC 6531 §3.3 say a path may
-// hold, beyond go-smtp's parser: non-ASCII only with SMTPUTF8, no control
-// characters, a domain part, and the 256-octet path limit (RFC 5321
-// §4.5.3.1.3). The null reverse-path is allowed for MAIL only.
-func checkAddress(addr string, utf8OK, isMail bool) *reply.Error {
-	if addr == "" {
-		if isMail {
-			return nil
-		}
-		return reply.New(501, smtp.EnhancedCode{5, 1, 3}, "Empty recipient address")
-	}
-	code := smtp.EnhancedCode{5, 1, 7} // RFC 3463 X.1.7: bad sender's mailbox address syntax
-	if !isMail {
-		code = smtp.EnhancedCode{5, 1, 3} // X.1.3: bad destination mailbox address syntax
-	}
-	if len(addr) > 254 {
-		return reply.New(501, code, "Address too long (RFC 5321 section 4.5.3.1.3)")
-	}
-	if !utf8.ValidString(addr) {
-		return reply.New(501, code, "Address is not valid UTF-8")
-	}
-	for _, r := range addr {
-		if r < 0x20 || r == 0x7f {
-			return reply.New(501, code, "Address contains a control character")
-		}
-		if r >= 0x80 && !utf8OK {
-			// RFC 6531 §3.4: without SMTPUTF8 on MAIL, non-ASCII is refused.
-			return reply.New(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII address requires the SMTPUTF8 parameter on MAIL FROM (RFC 6531)")
-		}
-	}
-	at := strings.LastIndexByte(addr, '@')
-	if at <= 0 || at == len(addr)-1 {
-		return reply.New(501, code, "Address must be local-part@domain")
-	}
-	return nil
 }
