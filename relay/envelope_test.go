@@ -176,6 +176,7 @@ var (
 		`"billing"`, `"Billing"`, `"first.last"`, `"john smith"`, `"a..b"`, `".a"`, `"x>"`, `"a@b"`,
 		`"a\"b"`, `"a\\b"`, `"a\b"`, `"a b> SIZE=1"`, `"billing@app.example> AUTH=<x"`,
 		`"billing@app.example>"`, `"billing@app.example"`, `"@trusted.example"`, `"x@trusted.example> x"`,
+		`"victim@bank.example> AUTH=<x"`, `"victim@bank.example> ENVID=x"`,
 		`"a,b"`, `"a;b"`, `"(x)"`, `"a=b"`, `""`, `" a"`, `"a "`, "a..b", ".a", "a.", "a b", "",
 		"jörg", `"jörg"`, "j＠rg", "billing@app.example", "a@", `"a"b"`, "a>b", `"\x01"`,
 	}
