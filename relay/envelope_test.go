@@ -203,7 +203,9 @@ func genPath(r *rand.Rand) (string, string) {
 // otherwise ordinary address, then random combinations.
 func envelopeCases(n int) []envelopeCase {
 	var out []envelopeCase
-	mail := func(path, params string) { out = append(out, envelopeCase{"MAIL FROM:" + path + params, "RCPT TO:<x@fabrikam.example>"}) }
+	mail := func(path, params string) {
+		out = append(out, envelopeCase{"MAIL FROM:" + path + params, "RCPT TO:<x@fabrikam.example>"})
+	}
 	rcpt := func(path string, utf8 bool) {
 		m := "MAIL FROM:<app@trusted.example>"
 		if utf8 {

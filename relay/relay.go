@@ -212,7 +212,10 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 		Hostname:        cfg.Hostname,
 		Sink:            &sink{spool: r.sp, sched: r.sched, mode: AckMode(cfg.Ack)},
 		// Sender rules (config senders); 550 5.7.1 for a sender none matches.
-		Route:                   cfg.Route,
+		Route: cfg.Route,
+		// A From: rewrite must be able to read the header section:
+		// refused at intake otherwise.
+		Rewrite:                 cfg.RewriteFor,
 		MaxMessageBytes:         cfg.MaxMessageBytes,
 		MaxRecipients:           cfg.MaxRecipients,
 		MaxConnections:          cfg.MaxConnections,

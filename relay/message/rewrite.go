@@ -51,8 +51,11 @@ func (r Rewrite) String() string {
 }
 
 // MaxRewriteHeader bounds how much of a message RewriteFrom holds in memory
-// to find the end of the header section. A header section longer than this
-// is passed through unchanged (Exchange then decides about its From:).
+// to find the end of the header section: a header section (its ending
+// empty line included) of at most this many octets is rewritten; a longer
+// one is passed through unchanged. The intake refuses such a message from
+// a sender whose rule rewrites From: (smtpd's errHeaderTooLong), so a
+// message the relay acknowledged is never left unrewritten.
 const MaxRewriteHeader = 256 << 10
 
 // RewriteSlack is how many bytes RewriteFrom can add to a message whose
@@ -107,7 +110,7 @@ func (f *fromRewriter) prepare() error {
 	br := bufio.NewReaderSize(f.src, 32<<10)
 	var hdr []byte
 	ended := false // saw the empty line (or EOF) that ends the header
-	for len(hdr) < MaxRewriteHeader {
+	for len(hdr) <= MaxRewriteHeader {
 		line, err := br.ReadSlice('\n')
 		hdr = append(hdr, line...)
 		if err == bufio.ErrBufferFull {
@@ -125,7 +128,7 @@ func (f *fromRewriter) prepare() error {
 			break
 		}
 	}
-	if !ended {
+	if !ended || len(hdr) > MaxRewriteHeader {
 		// Too long to be a real header section: leave it alone.
 		f.out = io.MultiReader(bytes.NewReader(hdr), br)
 		return nil

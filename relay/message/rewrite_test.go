@@ -86,6 +86,22 @@ func TestRewriteFromBounds(t *testing.T) {
 	}
 }
 
+// The bound is exact: a header section of MaxRewriteHeader octets, its
+// empty line included, is rewritten; one octet more is not. The intake
+// refuses the longer one for a rewriting sender (smtpd), relying on this.
+func TestRewriteFromBoundIsExact(t *testing.T) {
+	t.Parallel()
+	for _, extra := range []int{-1, 0, 1} {
+		head := "From: a@b\r\nX-Pad: "
+		pad := MaxRewriteHeader + extra - len(head) - len("\r\n\r\n")
+		msg := head + strings.Repeat("p", pad) + "\r\n\r\nbody"
+		rewritten := strings.HasPrefix(rewrite(t, msg), "From: <relay@contoso.example>")
+		if rewritten != (extra <= 0) {
+			t.Errorf("header section of MaxRewriteHeader%+d octets: rewritten %v", extra, rewritten)
+		}
+	}
+}
+
 func TestParseRewrite(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]Rewrite{"": RewriteNone, "none": RewriteNone, "Envelope": RewriteEnvelope, "envelope+from": RewriteEnvelopeFrom} {

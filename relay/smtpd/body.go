@@ -2,7 +2,6 @@ package smtpd
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -10,6 +9,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
@@ -42,49 +42,149 @@ var (
 	errBareCR = reply.New(550, smtp.EnhancedCode{5, 6, 0},
 		"Message has a bare CR not followed by LF; SMTP requires CRLF (RFC 5321 section 2.3.8). "+
 			"Fix the sender, or set line_endings: normalize (O365RELAY_LINE_ENDINGS) in the relay's configuration")
-	// go-smtp applies one line limit to commands and DATA alike (see
-	// New); past it the rest of the stream cannot be framed, so the
-	// connection is closed after this reply.
+	// The same line limit as go-smtp's for commands (see New); the
+	// connection is closed after this reply, as go-smtp does for a
+	// command line.
 	errLineTooLong = reply.New(500, smtp.EnhancedCode{5, 5, 2}, "Line too long (limit 2000 octets), closing connection")
 	errLoop        = reply.New(554, smtp.EnhancedCode{5, 4, 6},
 		fmt.Sprintf("Too many Received: headers (more than %d): mail loop detected", maxReceived))
 )
 
-// bodyChecker streams a message body from go-smtp's DATA reader (dot-unstuffed,
-// CRLF preserved, bare LF passed through) and enforces the line-ending policy
-// and the hop limit without holding more than one read buffer.
+// errNUL refuses a NUL in the message: RFC 5322 §3.5 leaves it out of a
+// body's text, RFC 6152 §3 out of 8BITMIME data, and only BINARYMIME
+// (not offered) may carry it; a NUL is where many mail programs cut a
+// string short, so the message would not arrive as sent.
+var errNUL = reply.New(550, smtp.EnhancedCode{5, 6, 0},
+	"Message contains a NUL octet, which SMTP mail may not carry (RFC 5322 section 3.5, RFC 6152 section 3); encode binary content (base64)")
+
+// errHeaderTooLong refuses a message whose sender rule rewrites From:
+// (rewrite: envelope+from) when its header section is longer than the
+// rewrite reads (message.MaxRewriteHeader): Exchange would refuse the
+// unrewritten From: after the relay had acknowledged the message.
+var errHeaderTooLong = reply.New(552, smtp.EnhancedCode{5, 3, 4},
+	fmt.Sprintf("Header section longer than %d octets: this sender's rule rewrites the From: header (rewrite: envelope+from), "+
+		"which the relay does for header sections up to that size", message.MaxRewriteHeader))
+
+// bodyChecker streams a message's content from dataReader (dot-unstuffed,
+// every byte as the client sent it) to the sink and enforces the
+// line-ending policy, the NUL ban, the hop limit and, for a From: rewrite,
+// the header size — without holding more than one read buffer.
 //
-// It is a small state machine over bytes rather than a line scanner so that a
-// line of any length costs nothing and the check cannot be defeated by where
-// read boundaries fall.
+// It works on slices: a chunk is searched for LF, CR and NUL with
+// bytes.IndexByte, and only line ends are looked at one by one, so that a
+// line of any length costs a memmove and the check cannot be defeated by
+// where read boundaries fall. In reject mode nothing is copied: the
+// caller's buffer is checked in place and passed on unchanged.
 type bodyChecker struct {
 	r    io.Reader
 	mode LineEndings
 
-	buf     []byte // input buffer
-	out     []byte // pending output (normalised bytes not yet returned)
-	outBuf  []byte // out's backing array, reused for every refill
-	pendCR  bool   // last input byte was CR, not yet known to be followed by LF
-	err     error  // sticky error
-	eof     bool
+	buf    []byte // normalise mode: input buffer
+	out    []byte // normalise mode: pending output
+	outBuf []byte // out's backing array, reused for every refill
+	pendCR bool   // the last byte seen was a CR whose LF has not come yet
+	err    error  // sticky error
+	eof    bool
+
 	inHead  bool   // still in the header section
-	bol     bool   // at beginning of a line
 	lineBuf []byte // first bytes of the current header line, for "Received:"
 	lineLen int
 	hops    int
-	// marker reports whether a NUL right after a bare CR was inserted by
-	// the connection (trackedConn.splitCRCR); nil means none ever is.
-	marker func() bool
+	// headLen counts the header section's octets, its empty line
+	// included; maxHead (0: none) is the most a rewrite allows.
+	headLen, maxHead int64
 }
 
 func newBodyChecker(r io.Reader, mode LineEndings) *bodyChecker {
-	const n = 32 * 1024
-	// Normalising turns each bare LF into CRLF, so one input buffer
-	// yields at most twice its size (+2 for a CR held over).
-	return &bodyChecker{r: r, mode: mode, buf: make([]byte, n), outBuf: make([]byte, 0, 2*n+2), inHead: true, bol: true}
+	c := &bodyChecker{r: r, mode: mode, inHead: true}
+	if mode == NormalizeBareLineEndings {
+		const n = 32 * 1024
+		// Normalising turns each bare LF into CRLF, so one input buffer
+		// yields at most twice its size (+2 for a CR held over).
+		c.buf, c.outBuf = make([]byte, n), make([]byte, 0, 2*n+2)
+	}
+	return c
 }
 
 func (c *bodyChecker) Read(p []byte) (int, error) {
+	if c.mode == RejectBareLineEndings {
+		return c.readChecked(p)
+	}
+	return c.readNormalized(p)
+}
+
+// readChecked is reject mode: the bytes pass unchanged, or the stream ends
+// with the refusal.
+func (c *bodyChecker) readChecked(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.r.Read(p)
+	c.check(p[:n])
+	if c.err == nil && err == io.EOF && c.pendCR {
+		c.err = errBareCR
+	}
+	if c.err != nil {
+		return 0, c.err
+	}
+	if err != nil && err != io.EOF {
+		c.err = err
+	}
+	return n, err
+}
+
+// check applies the rules to one chunk in reject mode.
+func (c *bodyChecker) check(b []byte) {
+	if c.err != nil || len(b) == 0 {
+		return
+	}
+	if bytes.IndexByte(b, 0) >= 0 {
+		c.err = errNUL
+		return
+	}
+	if c.pendCR {
+		if b[0] != '\n' {
+			c.err = errBareCR
+			return
+		}
+		c.pendCR = false
+		c.endLine()
+		b = b[1:]
+	}
+	for len(b) > 0 && c.err == nil {
+		j := bytes.IndexByte(b, '\n')
+		if j < 0 {
+			// The chunk ends inside a line; only its last byte may be
+			// a CR (whose LF comes next).
+			k := bytes.IndexByte(b, '\r')
+			switch {
+			case k < 0:
+				c.text(b)
+			case k == len(b)-1:
+				c.text(b[:k])
+				c.pendCR = true
+			default:
+				c.err = errBareCR
+			}
+			return
+		}
+		line := b[:j]
+		switch {
+		case j == 0 || line[j-1] != '\r':
+			c.err = errBareLF
+		case bytes.IndexByte(line[:j-1], '\r') >= 0:
+			c.err = errBareCR
+		default:
+			c.text(line[:j-1])
+			c.endLine()
+		}
+		b = b[j+1:]
+	}
+}
+
+// readNormalized is normalise mode: every bare CR and bare LF becomes
+// CRLF; nothing else changes.
+func (c *bodyChecker) readNormalized(p []byte) (int, error) {
 	for len(c.out) == 0 {
 		if c.err != nil {
 			return 0, c.err
@@ -92,10 +192,8 @@ func (c *bodyChecker) Read(p []byte) (int, error) {
 		if c.eof {
 			if c.pendCR {
 				c.pendCR = false
-				if c.fail(errBareCR) {
-					return 0, c.err
-				}
-				c.emit('\r', '\n')
+				c.out = append(c.outBuf[:0], '\r', '\n')
+				c.endLine()
 				continue
 			}
 			return 0, io.EOF
@@ -105,18 +203,11 @@ func (c *bodyChecker) Read(p []byte) (int, error) {
 		// would have lost the capacity already returned, and every
 		// refill would allocate (≈4 bytes allocated per body byte).
 		c.out = c.outBuf[:0]
-		for _, b := range c.buf[:n] {
-			if !c.step(b) {
-				break
-			}
-		}
+		c.normalize(c.buf[:n])
 		if err == io.EOF {
 			c.eof = true
 		} else if err != nil && c.err == nil {
 			c.err = err
-			if errors.Is(err, smtp.ErrTooLongLine) {
-				c.err = errLineTooLong
-			}
 		}
 	}
 	n := copy(p, c.out)
@@ -124,64 +215,42 @@ func (c *bodyChecker) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// fail records err unless in normalise mode; it reports whether processing
-// must stop.
-func (c *bodyChecker) fail(err *reply.Error) bool {
-	if c.mode == NormalizeBareLineEndings {
-		return false
+// normalize appends one chunk, normalised, to out.
+func (c *bodyChecker) normalize(b []byte) {
+	if c.err != nil || len(b) == 0 {
+		return
 	}
-	c.err = err
-	return true
-}
-
-// step consumes one input byte; it returns false once an error is set.
-func (c *bodyChecker) step(b byte) bool {
-	if c.pendCR && b == 0 {
-		if c.marker != nil && c.marker() {
-			// The marker between two CRs: the CR before it is bare.
+	if bytes.IndexByte(b, 0) >= 0 {
+		c.err = errNUL
+		return
+	}
+	for len(b) > 0 && c.err == nil {
+		if c.pendCR {
+			// CR LF, or a bare CR: either way one line end.
 			c.pendCR = false
-			if c.fail(errBareCR) {
-				return false
+			c.out = append(c.out, '\r', '\n')
+			c.endLine()
+			if b[0] == '\n' {
+				b = b[1:]
 			}
-			c.emit('\r', '\n')
+			continue
+		}
+		k := bytes.IndexAny(b, "\r\n")
+		if k < 0 {
+			c.out = append(c.out, b...)
+			c.text(b)
+			return
+		}
+		c.out = append(c.out, b[:k]...)
+		c.text(b[:k])
+		if b[k] == '\r' {
+			c.pendCR = true
+		} else {
+			c.out = append(c.out, '\r', '\n')
 			c.endLine()
-			return c.err == nil
 		}
+		b = b[k+1:]
 	}
-	if c.pendCR {
-		c.pendCR = false
-		if b == '\n' {
-			c.emit('\r', '\n')
-			c.endLine()
-			return c.err == nil
-		}
-		if c.fail(errBareCR) {
-			return false
-		}
-		c.emit('\r', '\n')
-		c.endLine()
-		if c.err != nil {
-			return false
-		}
-	}
-	switch b {
-	case '\r':
-		c.pendCR = true
-		return true
-	case '\n':
-		if c.fail(errBareLF) {
-			return false
-		}
-		c.emit('\r', '\n')
-		c.endLine()
-		return c.err == nil
-	}
-	c.emit(b)
-	if c.inHead && c.lineLen < len("received:") {
-		c.lineBuf = append(c.lineBuf, b)
-	}
-	c.lineLen++
-	return true
 }
 
 // readErr returns the error reading the DATA stream failed with (a
@@ -194,7 +263,7 @@ func (c *bodyChecker) readErr() error {
 	return c.err
 }
 
-// refusal returns the reply for a rule the body broke (including go-smtp's
+// refusal returns the reply for a rule the body broke (including the
 // 552 5.3.4 for a message over the size limit, whatever SIZE= said), or nil.
 func (c *bodyChecker) refusal() *reply.Error {
 	if c.err == nil {
@@ -203,12 +272,31 @@ func (c *bodyChecker) refusal() *reply.Error {
 	return reply.As(c.err)
 }
 
-func (c *bodyChecker) emit(bs ...byte) { c.out = append(c.out, bs...) }
+// text notes a run of line content (no CR or LF) in the header section.
+func (c *bodyChecker) text(run []byte) {
+	if !c.inHead || len(run) == 0 {
+		return
+	}
+	if c.lineLen < len("received:") {
+		c.lineBuf = append(c.lineBuf, run[:min(len(run), len("received:")-c.lineLen)]...)
+	}
+	c.lineLen += len(run)
+	c.headLen += int64(len(run))
+	if c.maxHead > 0 && c.headLen > c.maxHead {
+		c.err = errHeaderTooLong
+	}
+}
 
-// endLine is called at each CRLF; it tracks the header section (RFC 5322
-// §2.1: headers end at the first empty line) and counts Received: fields.
+// endLine is called at each line end (CRLF out); it tracks the header
+// section (RFC 5322 §2.1: headers end at the first empty line) and counts
+// Received: fields.
 func (c *bodyChecker) endLine() {
 	if !c.inHead {
+		return
+	}
+	c.headLen += 2
+	if c.maxHead > 0 && c.headLen > c.maxHead {
+		c.err = errHeaderTooLong
 		return
 	}
 	if c.lineLen == 0 {

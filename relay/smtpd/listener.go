@@ -190,11 +190,11 @@ type trackedConn struct {
 	beginData   func() bool
 	dataCounted bool
 
-	// DATA-phase repair of CR CR (see splitCRCR).
-	inData  bool
-	prevCR  bool
-	pending []byte
-	markers int // NULs inserted and not yet consumed by the body checker
+	// data frames the message after a 354 (data.go): the session reads
+	// its content, and go-smtp's own DATA reader is given only the end
+	// (dataEnd) once the rest has been read or discarded.
+	data    *dataReader
+	dataEnd []byte
 
 	// syntaxErrors counts replies that say the client does not speak SMTP
 	// properly (see countSyntaxError).
@@ -282,8 +282,8 @@ func (c *trackedConn) tlsState() (tls.ConnectionState, bool) {
 // ClientHello on the plain SMTP port is answered once and the connection
 // closed, instead of feeding binary or HTTP lines to the SMTP parser (which
 // would answer each with an error). It also enforces the session's maximum
-// life, runs an implicit-TLS handshake, and frames commands while STARTTLS
-// may come (readCommand).
+// life, runs an implicit-TLS handshake, frames commands (readCommand) and
+// stands in for the message in DATA (data.go).
 func (c *trackedConn) Read(p []byte) (n int, err error) {
 	defer func() {
 		if v := recover(); v != nil {
@@ -302,27 +302,22 @@ func (c *trackedConn) Read(p []byte) (n int, err error) {
 	if err := c.handshakeImplicit(); err != nil {
 		return 0, err
 	}
-	if len(c.pending) > 0 {
-		n := copy(p, c.pending)
-		c.pending = c.pending[n:]
+	if d := c.data; d != nil {
+		// go-smtp reads the message after Session.Data returned: what
+		// the session did not read is discarded, and go-smtp's reader
+		// gets an empty message.
+		c.data = nil
+		if err := d.discard(); err != nil {
+			return 0, err
+		}
+		c.dataEnd = []byte(".\r\n")
+	}
+	if len(c.dataEnd) > 0 {
+		n := copy(p, c.dataEnd)
+		c.dataEnd = c.dataEnd[n:]
 		return n, nil
 	}
-	if !c.inData {
-		return c.readCommand(p)
-	}
-	if len(c.inbuf) > 0 {
-		n = copy(p, c.inbuf)
-		c.inbuf = c.inbuf[n:]
-		if len(c.inbuf) == 0 {
-			err, c.readErr = c.readErr, nil
-		}
-	} else {
-		n, err = c.readConn(p)
-	}
-	if c.inData && n > 0 {
-		n = c.splitCRCR(p, n)
-	}
-	return n, err
+	return c.readCommand(p)
 }
 
 // readConn reads from the client; the first bytes are checked for a
@@ -520,51 +515,6 @@ func (c *trackedConn) handshake(t *tls.Conn) error {
 	return nil
 }
 
-// splitCRCR works around go-smtp's DATA reader (v0.25.1 data.go), which
-// after a CR that is followed by another CR forgets that the second CR may
-// start a CRLF: in "\r\r\n.\r\n" it never sees the end of data, so the client
-// waits for the DATA timeout instead of hearing 550 (curl --crlf on a file
-// that already has CRLF endings sends exactly that). Between two CRs in the
-// DATA phase a NUL is inserted, which makes the second CR start a fresh
-// CRLF for go-smtp's state machine; the body checker then refuses the bare
-// CR as usual, or, normalising, drops the marker (markers counts them).
-// p[:n] is rewritten in place; what does not fit waits in pending.
-func (c *trackedConn) splitCRCR(p []byte, n int) int {
-	var out []byte
-	for i, b := range p[:n] {
-		if b == '\r' && c.prevCR {
-			if out == nil {
-				out = append(make([]byte, 0, n+8), p[:i]...)
-			}
-			out = append(out, 0)
-			c.markers++
-		}
-		c.prevCR = b == '\r'
-		if out != nil {
-			out = append(out, b)
-		}
-	}
-	if out == nil {
-		return n
-	}
-	m := copy(p, out)
-	c.pending = append(c.pending, out[m:]...)
-	return m
-}
-
-// startData and the reply to DATA bracket the phase splitCRCR works in.
-func (c *trackedConn) startData() { c.inData, c.prevCR = true, false }
-
-// takeMarker reports whether a NUL the body checker sees after a bare CR is
-// one splitCRCR inserted.
-func (c *trackedConn) takeMarker() bool {
-	if c.markers > 0 {
-		c.markers--
-		return true
-	}
-	return false
-}
-
 func (c *trackedConn) writeAndClose(line string) {
 	c.closing.Store(connClosed)
 	if c.implicit == nil {
@@ -619,8 +569,11 @@ func (c *trackedConn) Write(p []byte) (n int, err error) {
 	}
 	// go-smtp writes nothing while it reads a message: the first write
 	// after DATA started is the reply to it.
-	c.inData, c.markers = false, 0
+	c.data = nil
 	out := p
+	if bytes.HasPrefix(p, []byte("354 ")) {
+		c.data = newDataReader(c, 0)
+	}
 	if c.beginData != nil && bytes.HasPrefix(p, []byte("354 ")) {
 		if !c.beginData() {
 			// Shutting down: no new message. go-smtp calls Data

@@ -18,8 +18,9 @@
 //
 // Several protections work on the bytes go-smtp reads and writes, in
 // trackedConn below it (CHUNKING dropped from EHLO while BDAT is refused,
-// the exact SIZE, the close after the third syntax error, the CR CR LF
-// repair before the final dot). go-smtp's own STARTTLS would put a
+// the exact SIZE, the close after the third syntax error, the client's
+// own MAIL/RCPT line for package address, the framing of DATA by RFC 5321
+// in data.go). go-smtp's own STARTTLS would put a
 // tls.Conn on top of trackedConn and leave it only ciphertext, so go-smtp
 // is given no TLS configuration at all and trackedConn owns TLS:
 //
@@ -99,6 +100,10 @@ type Options struct {
 	Hostname string
 	Sink     Sink
 	Route    Router
+	// Rewrite, if set, says how the sender's rule rewrites a message on
+	// its way out; for RewriteEnvelopeFrom the header section must fit
+	// message.MaxRewriteHeader, or the message is refused at intake.
+	Rewrite func(sender string) message.Rewrite
 
 	MaxMessageBytes         int64         // default 35 MiB
 	MaxRecipients           int           // default 500

@@ -184,6 +184,8 @@ var errBDAT = reply.New(502, smtp.EnhancedCode{5, 5, 1}, "BDAT is not supported 
 var errDataRead = reply.New(421, smtp.EnhancedCode{4, 4, 2}, "Message data not received in time, closing connection")
 
 func (s *session) Data(r io.Reader) (err error) {
+	// r is go-smtp's reader, which gets only the end of data; the
+	// content comes from the trackedConn's own framing (data.go).
 	if _, bdat := r.(*io.PipeReader); bdat {
 		// Before touching any state: this is the BDAT goroutine.
 		return errBDAT.SMTP()
@@ -210,11 +212,14 @@ func (s *session) Data(r io.Reader) (err error) {
 	// deadline: long enough for a 35 MB attachment, short enough that a
 	// slow-drip client cannot hold a connection slot forever.
 	_, isTLS := s.tlsState()
-	if s.tc != nil {
-		_ = s.tc.SetReadDeadline(time.Now().Add(srv.opts.DataTimeout))
-		// trackedConn sees plaintext, over TLS too.
-		s.tc.startData()
+	if s.tc == nil || s.tc.data == nil {
+		// Every connection of a Server is a trackedConn, which framed
+		// the 354 that brought go-smtp here.
+		return errUnframed.SMTP()
 	}
+	_ = s.tc.SetReadDeadline(time.Now().Add(srv.opts.DataTimeout))
+	content := s.tc.data
+	content.max = srv.opts.MaxMessageBytes
 	now := srv.opts.Clock()
 	env := &message.Envelope{
 		ID:           message.NewID(now),
@@ -228,9 +233,11 @@ func (s *session) Data(r io.Reader) (err error) {
 		Helo:         s.conn.Hostname(),
 	}
 	hdr := receivedHeader(env.Helo, env.Client, srv.opts.Hostname, string(env.ID), true, isTLS, s.authUser != "", now)
-	checker := newBodyChecker(r, srv.opts.LineEndings)
-	if s.tc != nil {
-		checker.marker = s.tc.takeMarker
+	checker := newBodyChecker(content, srv.opts.LineEndings)
+	if rw := srv.opts.Rewrite; rw != nil && rw(s.from) == message.RewriteEnvelopeFrom {
+		// The rewrite reads the header section, ours included, up to
+		// message.MaxRewriteHeader (see errHeaderTooLong).
+		checker.maxHead = int64(message.MaxRewriteHeader - len(hdr))
 	}
 	body := io.MultiReader(strings.NewReader(hdr), checker)
 
@@ -260,9 +267,8 @@ func (s *session) Data(r io.Reader) (err error) {
 		}
 		err = refusal
 		if refusal == errLineTooLong && s.tc != nil {
-			// go-smtp's line reader stays over its limit and would
-			// answer again with its own "too long line": this reply is
-			// the last.
+			// As go-smtp does for a command line: this reply is the
+			// last.
 			s.tc.closeAfterReply()
 		}
 	}

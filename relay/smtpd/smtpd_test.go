@@ -262,12 +262,19 @@ func TestBareLineEndings(t *testing.T) {
 		{"bare LF normalised", "Subject: x\n\nbody\r\n.\r\n", "250 ", NormalizeBareLineEndings, "Subject: x\r\n\r\nbody\r\n"},
 		{"bare CR normalised", "Subject: x\r\n\r\nbo\rdy\r\n.\r\n", "250 ", NormalizeBareLineEndings, "Subject: x\r\n\r\nbo\r\ndy\r\n"},
 		// What curl --crlf makes of CRLF input: CR CR LF. go-smtp's own
-		// DATA reader misses the end of data after it (listener.go,
-		// splitCRCR); without the repair these hang until the DATA timeout.
+		// DATA reader misses the end of data after it; the relay frames
+		// DATA itself (data.go).
 		{"CR CR LF before the end rejected", "Subject: x\r\r\n\r\r\nbody\r\r\n.\r\n", "550 5.6.0 ", RejectBareLineEndings, ""},
 		{"CR CR LF before the end normalised", "Subject: x\r\r\n\r\r\nbody\r\r\n..dot\r\r\n.\r\n", "250 ", NormalizeBareLineEndings,
 			"Subject: x\r\n\r\n\r\n\r\nbody\r\n\r\n.dot\r\n\r\n"},
-		{"NUL after a bare CR is data", "Subject: x\r\n\r\nbo\r\x00dy\r\n.\r\n", "250 ", NormalizeBareLineEndings, "Subject: x\r\n\r\nbo\r\n\x00dy\r\n"},
+		// A dot line's CR that is not followed by LF: go-smtp dropped
+		// it, and the CR CR repair's marker NUL reached the spool.
+		{"dot then bare CR rejected", "Subject: x\r\n\r\n.\rX\r\n.\r\n", "550 5.6.0 ", RejectBareLineEndings, ""},
+		{"dot then bare CR normalised", "Subject: x\r\n\r\n.\rX\r\n.\r\n", "250 ", NormalizeBareLineEndings, "Subject: x\r\n\r\n\r\nX\r\n"},
+		{"dot then CR CR LF rejected", "Subject: x\r\n\r\n.\r\r\nbody\r\n.\r\n", "550 5.6.0 ", RejectBareLineEndings, ""},
+		{"dot then CR CR LF normalised", "Subject: x\r\n\r\n.\r\r\nbody\r\n.\r\n", "250 ", NormalizeBareLineEndings, "Subject: x\r\n\r\n\r\n\r\nbody\r\n"},
+		{"NUL rejected", "Subject: x\r\n\r\nbo\x00dy\r\n.\r\n", "550 5.6.0 ", RejectBareLineEndings, ""},
+		{"NUL rejected when normalising", "Subject: x\r\n\r\nbo\r\x00dy\r\n.\r\n", "550 5.6.0 ", NormalizeBareLineEndings, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -288,6 +295,46 @@ func TestBareLineEndings(t *testing.T) {
 			// The session survives the refusal.
 			c.cmd("NOOP", "250")
 		})
+	}
+}
+
+// A sender whose rule rewrites From: gets 552 5.3.4 at intake for a
+// header section the rewrite would not read (message.MaxRewriteHeader,
+// our Received: included), instead of a 250 and Exchange's SendAsDenied
+// later; other senders are not limited.
+func TestRewriteHeaderLimitAtIntake(t *testing.T) {
+	t.Parallel()
+	s, sink, _ := startServer(t, func(o *Options) {
+		o.Rewrite = func(sender string) message.Rewrite {
+			if sender == "app@contoso.com" {
+				return message.RewriteEnvelopeFrom
+			}
+			return message.RewriteEnvelope
+		}
+	})
+	header := func(n int) string { // n octets of X-Pad: fields
+		line := "X-Pad: " + strings.Repeat("p", 991) + "\r\n"
+		pad := strings.Repeat(line, n/len(line)) + "X-Pad: " + strings.Repeat("p", n%len(line)) + "\r\n"
+		return "From: App <app@contoso.com>\r\n" + pad + "\r\nbody\r\n.\r\n"
+	}
+	for _, tc := range []struct {
+		from string
+		pad  int
+		want string
+	}{
+		{"app@contoso.com", message.MaxRewriteHeader - 2000, "250 "},
+		{"app@contoso.com", message.MaxRewriteHeader, "552 5.3.4 Header section longer than 262144 octets"},
+		{"other@contoso.com", message.MaxRewriteHeader + 1000, "250 "},
+	} {
+		c := dial(t, s.Addr().String())
+		got := c.transaction("EHLO app", tc.from, []string{"a@example.org"}, header(tc.pad))
+		if !strings.HasPrefix(got, tc.want) {
+			t.Errorf("%s, %d octets of padding: %q, want %q", tc.from, tc.pad, got, tc.want)
+		}
+		c.cmd("NOOP", "250")
+	}
+	if n := len(sink.envs); n != 2 {
+		t.Errorf("sink got %d messages, want 2", n)
 	}
 }
 
