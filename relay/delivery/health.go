@@ -14,6 +14,11 @@ type MailboxHealth struct {
 	Healthy bool
 	// Reason is the reply class that held the mailbox ("" when healthy).
 	Reason string
+	// Cause is the kind of hold ("" when healthy): token, connect, tls
+	// or auth for the path to Exchange (see pathFailure), quota,
+	// throttled, or continuous_errors. It is the reason label of
+	// o365relay_delivery_mailbox_held.
+	Cause string
 	// HeldUntil is when the next probe attempt may run.
 	HeldUntil time.Time
 	// ConsecutivePermanent counts permanent failures in a row.
@@ -25,6 +30,43 @@ type mailbox struct {
 	backoff   time.Duration
 	probing   bool
 	permClass string // class of the last permanent failure
+	// shownCause is the reason label o365relay_delivery_mailbox_held
+	// has a series for.
+	shownCause string
+}
+
+// pathFailure reports a failure of the relay's path to Exchange rather
+// than of a message: anything before MAIL FROM — the token, the TCP
+// connection and greeting (a 5xx greeting included), EHLO, STARTTLS (not
+// offered, refused), the TLS handshake and certificate, AUTH (XOAUTH2 not
+// offered, or any reply to it). Like Postfix (smtp_skip_5xx_greeting,
+// smtp_sasl_auth_soft_bounce, a required-TLS failure defers), the relay
+// holds the mailbox and keeps its mail queued; only Exchange's replies to
+// MAIL, RCPT and the end of DATA can fail a message or a recipient.
+// docs/delivery-failures.md has the table.
+func pathFailure(re *reply.Error) bool {
+	switch re.Stage {
+	case reply.StageToken, reply.StageConnect, reply.StageTLS, reply.StageAuth:
+		return true
+	}
+	return false
+}
+
+// setMetric shows the mailbox's state in o365relay_delivery_mailbox_healthy
+// and, while held, o365relay_delivery_mailbox_held{reason}.
+func (b *mailbox) setMetric(name string) {
+	if b.Healthy {
+		mailboxHealthy.WithLabelValues(name).Set(1)
+	} else {
+		mailboxHealthy.WithLabelValues(name).Set(0)
+	}
+	if b.shownCause != "" && b.shownCause != b.Cause {
+		mailboxHeld.DeleteLabelValues(name, b.shownCause)
+	}
+	if b.Cause != "" {
+		mailboxHeld.WithLabelValues(name, b.Cause).Set(1)
+	}
+	b.shownCause = b.Cause
 }
 
 type holdDecision struct {
@@ -48,7 +90,7 @@ func (s *Scheduler) box(name string) *mailbox {
 	if b == nil {
 		b = &mailbox{MailboxHealth: MailboxHealth{Healthy: true}}
 		s.boxes[name] = b
-		mailboxHealthy.WithLabelValues(name).Set(1)
+		b.setMetric(name)
 	}
 	return b
 }
@@ -78,47 +120,66 @@ func (s *Scheduler) endProbe(name string) {
 	s.box(name).probing = false
 }
 
-// classify applies exchange-online.md §2.4 to a message-level reply and
-// updates the mailbox's health.
+// classify applies exchange-online.md §2.4 to an attempt's reply and
+// updates the mailbox's health. A hold keeps the message's recipients
+// pending and does not count the attempt.
 func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now time.Time) holdDecision {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b := s.box(name)
-	hold := func(reason string, d time.Duration) holdDecision {
+	hold := func(cause string, d time.Duration) holdDecision {
+		reason := classOf(re)
 		b.HeldUntil = now.Add(d)
-		if b.Healthy || b.Reason != reason {
-			fields := []zap.Field{zap.String("reason", reason), zap.Time("until", b.HeldUntil)}
+		if b.Healthy || b.Reason != reason || b.Cause != cause {
+			fields := []zap.Field{zap.String("reason", reason), zap.String("cause", cause), zap.Time("until", b.HeldUntil),
+				zap.String("upstream", re.Error())}
 			if h := upstream.AuthHint(re); h != "" {
 				fields = append(fields, zap.String("hint", h)) // the doctor's words
 			}
 			log.Error("mailbox held: delivery paused", fields...)
 		}
-		b.Healthy, b.Reason = false, reason
-		mailboxHealthy.WithLabelValues(name).Set(0)
+		b.Healthy, b.Reason, b.Cause = false, reason, cause
+		b.setMetric(name)
 		return holdDecision{keep: true, next: b.HeldUntil}
 	}
 	if re == nil {
 		if !b.Healthy {
-			log.Info("mailbox recovered: delivery resumed", zap.String("was", b.Reason))
+			log.Info("mailbox recovered: delivery resumed", zap.String("was", b.Reason), zap.String("cause", b.Cause))
 		}
-		*b = mailbox{MailboxHealth: MailboxHealth{Healthy: true}}
-		mailboxHealthy.WithLabelValues(name).Set(1)
+		shown := b.shownCause
+		*b = mailbox{MailboxHealth: MailboxHealth{Healthy: true}, shownCause: shown}
+		b.setMetric(name)
 		return holdDecision{}
 	}
 	enh := re.Enhanced
 	switch {
-	case re.Stage == reply.StageToken,
-		re.Stage == reply.StageAuth && re.Code == 535,
-		re.Code == 530 && enh == [3]int{5, 7, 57}:
-		// Configuration (or an Entra outage): every message of this
-		// mailbox would fail the same way. Pause along the retry schedule
-		// (1 min → 30 min by default), probe one at a time.
+	case re.Code == 432 || (re.Temporary() && re.Code != 421 && enh == [3]int{4, 3, 2}):
+		// Too many concurrent connections ("432 4.3.2 Concurrent
+		// connections limit exceeded", "4.3.2 STOREDRV.ClientSubmit;
+		// sender thread limit exceeded"): retry soon, 30 s – 2 min.
+		// "421 4.3.2 Service not available" is the server going away,
+		// an outage like any other: the path hold below applies.
+		// The upstream pool already waited for one of our own
+		// connections if it had any; this one is someone else's.
+		base := s.o.Backoff.Min / 2
+		d := base + time.Duration(s.o.Rand()*float64(3*base))
+		return holdDecision{next: now.Add(d)}
+	case pathFailure(re), re.Code == 530 && enh == [3]int{5, 7, 57}:
+		// The path to Exchange (configuration, an Entra or Exchange
+		// outage, a middlebox): every message of this mailbox would
+		// fail the same way and none is at fault. Pause along the retry
+		// schedule (1 min → 30 min by default), probe one at a time,
+		// keep every message queued.
 		if b.backoff == 0 {
 			b.backoff = s.o.Backoff.Min
 		} else if b.backoff *= 2; b.backoff > s.o.Backoff.Max {
 			b.backoff = s.o.Backoff.Max
 		}
-		return hold(classOf(re), b.backoff)
+		cause := string(re.Stage)
+		if !pathFailure(re) {
+			cause = string(reply.StageAuth) // 530 5.7.57 at MAIL: not authenticated
+		}
+		return hold(cause, b.backoff)
 	case re.Code == 554 && enh == [3]int{5, 2, 0}:
 		// SubmissionQuotaExceeded: 10,000 recipients per rolling 24 h.
 		// Room comes back when the oldest recipients we sent leave the
@@ -128,7 +189,7 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 		if at, ok := s.pacerLocked(name).quotaFreesAt(now); ok {
 			d = min(max(at.Sub(now), time.Minute), time.Hour)
 		}
-		return hold(classOf(re), d)
+		return hold("quota", d)
 	case re.Code == 501 && enh == [3]int{5, 5, 127}:
 		// The session's token expired and upstream's reconnect with a
 		// fresh one failed the same way: not the message's fault. Retry
@@ -136,18 +197,7 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 		return holdDecision{keep: true, next: now.Add(s.o.Backoff.Min / 4)}
 	case re.Code == 550 && enh[0] == 5 && enh[1] == 2 && enh[2] >= 251 && enh[2] <= 255:
 		// Continuous-error throttling: stop and alert; retrying makes it worse.
-		return hold(classOf(re), time.Hour)
-	case re.Code == 432 || (re.Temporary() && re.Code != 421 && enh == [3]int{4, 3, 2}):
-		// Too many concurrent connections ("432 4.3.2 Concurrent
-		// connections limit exceeded", "4.3.2 STOREDRV.ClientSubmit;
-		// sender thread limit exceeded"): retry soon, 30 s – 2 min.
-		// "421 4.3.2 Service not available" is the server going away,
-		// an outage like any other: the ordinary backoff applies.
-		// The upstream pool already waited for one of our own
-		// connections if it had any; this one is someone else's.
-		base := s.o.Backoff.Min / 2
-		d := base + time.Duration(s.o.Rand()*float64(3*base))
-		return holdDecision{next: now.Add(d)}
+		return hold("throttled", time.Hour)
 	case !re.Temporary():
 		// The message fails (its error is permanent). The same error over
 		// and over means the mailbox, not the messages, is the problem;
@@ -169,9 +219,9 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 			if b.Healthy {
 				log.Error("mailbox unhealthy: the same permanent error repeats; pausing it", zap.Int("count", b.ConsecutivePermanent), zap.String("upstream", class))
 			}
-			b.Healthy, b.Reason = false, "continuous permanent errors "+class
+			b.Healthy, b.Reason, b.Cause = false, "continuous permanent errors "+class, "continuous_errors"
 			b.HeldUntil = now.Add(b.backoff)
-			mailboxHealthy.WithLabelValues(name).Set(0)
+			b.setMetric(name)
 		}
 	}
 	return holdDecision{}

@@ -19,11 +19,15 @@ var (
 	}, []string{"mailbox", "limit"})
 	mailboxHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "o365relay_delivery_mailbox_healthy",
-		Help: "1 if delivery for the mailbox is flowing, 0 if it is held (configuration error, quota, throttling).",
+		Help: "1 if delivery for the mailbox is flowing, 0 if it is held (the path to Exchange fails, quota, throttling).",
 	}, []string{"mailbox"})
+	mailboxHeld = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "o365relay_delivery_mailbox_held",
+		Help: "1 while delivery for the mailbox is held, labelled with why: token, connect, tls, auth (the path to Exchange), quota, throttled, continuous_errors.",
+	}, []string{"mailbox", "reason"})
 )
 
 // Collectors returns the delivery metrics for the admin endpoint.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{messagesTotal, outcomesTotal, attemptDuration, pacedTotal, mailboxHealthy}
+	return []prometheus.Collector{messagesTotal, outcomesTotal, attemptDuration, pacedTotal, mailboxHealthy, mailboxHeld}
 }

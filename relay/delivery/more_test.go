@@ -3,12 +3,15 @@ package delivery
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/emersion/go-smtp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
@@ -45,6 +48,58 @@ func TestReplyClasses(t *testing.T) {
 			}
 			if h := f.s.Health()["relay@example.com"]; h.Healthy != tc.healthy {
 				t.Errorf("health %+v", h)
+			}
+		})
+	}
+}
+
+// A failure before MAIL FROM holds the mailbox with the stage as its
+// cause, whatever the code (5xx included): nothing fails, the attempt is
+// not counted, and o365relay_delivery_mailbox_held says why; the next
+// success clears it.
+func TestPathFailuresHoldTheMailbox(t *testing.T) {
+	t.Parallel()
+	for _, re := range []*reply.Error{
+		{Code: 554, Enhanced: smtp.EnhancedCode{5, 3, 2}, Text: "No SMTP service here", Stage: reply.StageConnect},
+		{Code: 550, Enhanced: smtp.EnhancedCode{5, 7, 1}, Text: "EHLO refused", Stage: reply.StageConnect},
+		{Code: 554, Enhanced: smtp.EnhancedCode{5, 7, 10}, Text: "does not offer STARTTLS", Stage: reply.StageTLS},
+		{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 5}, Text: "TLS certificate not trusted", Stage: reply.StageTLS},
+		{Code: 554, Enhanced: smtp.EnhancedCode{5, 7, 4}, Text: "does not offer AUTH XOAUTH2", Stage: reply.StageAuth},
+		{Code: 504, Enhanced: smtp.EnhancedCode{5, 7, 4}, Text: "Unrecognized authentication type", Stage: reply.StageAuth},
+		{Code: 421, Enhanced: smtp.EnhancedCode{4, 3, 2}, Text: "Service not available", Stage: reply.StageConnect},
+	} {
+		t.Run(re.Error(), func(t *testing.T) {
+			f := setup(t, &fake{steps: []step{fails(re), ok}})
+			// A mailbox of its own: the metrics are the process's.
+			mb := fmt.Sprintf("path-%s-%d@example.com", re.Stage, re.Code)
+			env := &message.Envelope{ID: message.NewID(t0), From: "app@example.com", To: []string{"a@example.org", "b@example.org"}, Mailbox: mb, Received: t0}
+			if err := f.sp.Put(env, strings.NewReader("Subject: hi\r\n\r\nbody\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			f.envID = env.ID
+			out, err := f.s.attempt(context.Background(), f.envID)
+			if err != nil || out.Removed || len(out.Failed) != 0 || len(out.Pending) != 2 {
+				t.Fatalf("%+v %v", out, err)
+			}
+			if st := f.state(t); st.Attempts != 0 || !st.NextAttempt.Equal(t0.Add(time.Minute)) {
+				t.Errorf("attempts %d, next +%v; want 0, +1m", st.Attempts, st.NextAttempt.Sub(t0))
+			}
+			h := f.s.Health()[mb]
+			if h.Healthy || h.Cause != string(re.Stage) || !h.HeldUntil.Equal(t0.Add(time.Minute)) {
+				t.Errorf("health %+v", h)
+			}
+			if v := testutil.ToFloat64(mailboxHeld.WithLabelValues(mb, string(re.Stage))); v != 1 {
+				t.Errorf("o365relay_delivery_mailbox_held{reason=%q} = %v", re.Stage, v)
+			}
+			f.clk.Set(t0.Add(time.Minute))
+			if out, err := f.s.attempt(context.Background(), f.envID); err != nil || !out.Removed || len(out.Delivered) != 2 {
+				t.Fatalf("after the hold: %+v %v", out, err)
+			}
+			if h := f.s.Health()[mb]; !h.Healthy || h.Cause != "" {
+				t.Errorf("after success: %+v", h)
+			}
+			if mailboxHeld.DeleteLabelValues(mb, string(re.Stage)) {
+				t.Errorf("held{reason=%q} still shown after recovery", re.Stage)
 			}
 		})
 	}

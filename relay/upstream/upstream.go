@@ -7,8 +7,11 @@
 // Rules this package enforces (exchange-online.md §2, §5):
 //   - The token is only ever sent on a connection whose TLS handshake
 //     completed and verified the server (checked via TLSConnectionState
-//     right before AUTH). A server that does not offer STARTTLS is a
-//     permanent configuration error; nothing secret is sent to it.
+//     right before AUTH). A server that does not offer STARTTLS gets
+//     nothing secret; the error carries StageTLS, and like every failure
+//     before MAIL FROM (a stage of token, connect, tls or auth) the
+//     delivery scheduler treats it as the path's, not the message's: the
+//     mailbox is held and its mail stays queued.
 //   - go-smtp verifies the certificate lazily (§5.2), so Hello is called
 //     explicitly right after STARTTLS to surface the verification error.
 //   - A 535 at AUTH gets one token refresh and one new connection; a second
