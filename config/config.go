@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/o365relay/o365relay/config/secret"
+	"github.com/o365relay/o365relay/relay/address"
 )
 
 // Source says where a setting's value came from.
@@ -479,6 +480,10 @@ func parseMailbox(v string) (string, error) {
 	at := strings.LastIndexByte(v, '@')
 	if at <= 0 || at == len(v)-1 {
 		return "", fmt.Errorf("%q is not an address like noreply@example.com", v)
+	}
+	// It goes into MAIL FROM when a sender rule rewrites the envelope.
+	if m, err := address.Parse(v, true); err != nil || m.String() != v {
+		return "", fmt.Errorf("%q is not an RFC 5321 address like noreply@example.com", v)
 	}
 	return v, nil
 }

@@ -98,6 +98,7 @@ func TestErrorsNameTheSetting(t *testing.T) {
 		{"duplicate", "listen: 127.0.0.1:1\nlisten: 127.0.0.1:2\n", nil, nil, []string{"relay.yaml:2 listen", "set twice (first on line 1)"}},
 		{"not a mapping", "- listen\n", nil, nil, []string{"expected a mapping"}},
 		{"mailbox", "mailbox: <noreply@example.com>\n", nil, nil, []string{"mailbox", "bare address"}},
+		{"mailbox not RFC 5321", "mailbox: no..reply@example.com\n", nil, nil, []string{"mailbox", "not an RFC 5321 address"}},
 		{"zero size", "max_message_bytes: 0\n", nil, nil, []string{"max_message_bytes", "more than 0"}},
 		{"yaml syntax", "listen: [\n", nil, nil, []string{"relay.yaml"}},
 	}

@@ -49,6 +49,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
+	"github.com/o365relay/o365relay/relay/address"
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/token"
@@ -622,14 +623,17 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 	if len(env.To) == 0 {
 		return nil, reply.New(554, smtp.EnhancedCode{5, 5, 1}, "no recipients")
 	}
-	// go-smtp refuses CR/LF in addresses with a plain error, which would
-	// otherwise look like a network failure and be retried forever.
-	if strings.ContainsAny(env.From, "\r\n") {
-		return nil, reply.New(501, smtp.EnhancedCode{5, 1, 7}, "invalid sender address")
+	// What goes after "MAIL FROM:<" and "RCPT TO:<" must be a mailbox in
+	// the canonical form package address gives at intake: anything else
+	// (a spool written by an older version, a damaged record) could be
+	// read by Exchange as another address or a parameter. It is the
+	// message's own fault, so it fails rather than being retried.
+	if env.From != "" && !canonical(env.From, env.SMTPUTF8) {
+		return nil, reply.New(553, smtp.EnhancedCode{5, 1, 7}, "queued sender address is not an RFC 5321 mailbox in canonical form; not sent")
 	}
 	for _, to := range env.To {
-		if to == "" || strings.ContainsAny(to, "\r\n") {
-			return nil, reply.New(501, smtp.EnhancedCode{5, 1, 3}, "invalid recipient address")
+		if !canonical(to, env.SMTPUTF8) {
+			return nil, reply.New(553, smtp.EnhancedCode{5, 1, 3}, "queued recipient address is not an RFC 5321 mailbox in canonical form; not sent")
 		}
 	}
 	p, rerr := c.pool(env.Mailbox)
@@ -706,6 +710,12 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 		}
 		return res, txe.err
 	}
+}
+
+// canonical reports whether s is a mailbox as address.Parse writes it.
+func canonical(s string, smtputf8 bool) bool {
+	m, err := address.Parse(s, smtputf8)
+	return err == nil && m.String() == s
 }
 
 // ConcurrencyLimited reports Exchange's "432 4.3.2 Concurrent connections

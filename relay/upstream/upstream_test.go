@@ -465,16 +465,23 @@ func TestOversizedRefusedAtMail(t *testing.T) {
 	wantReply(t, err, 552, smtp.EnhancedCode{5, 3, 4}, reply.StageMail)
 }
 
+// Only canonical mailboxes go on the wire: CR/LF injection, an unquoted
+// text that once was a quoted local part (what an older version spooled),
+// a parameter riding in the address. Each fails the message at once, with
+// no connection made.
 func TestBadAddresses(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	env := envelope("a@example.test\r\nDATA")
-	_, err := e.client.Deliver(ctxT(t), env, strings.NewReader(simpleBody))
-	wantReply(t, err, 501, smtp.EnhancedCode{5, 1, 3}, reply.StageLocal)
-	env = envelope()
-	env.From = "x@y\nRSET"
-	_, err = e.client.Deliver(ctxT(t), env, strings.NewReader(simpleBody))
-	wantReply(t, err, 501, smtp.EnhancedCode{5, 1, 7}, reply.StageLocal)
+	for _, to := range []string{"a@example.test\r\nDATA", "john smith@example.test", "a@b> NOTIFY=NEVER", `"a@b"@c.example`, ""} {
+		_, err := e.client.Deliver(ctxT(t), envelope(to), strings.NewReader(simpleBody))
+		wantReply(t, err, 553, smtp.EnhancedCode{5, 1, 3}, reply.StageLocal)
+	}
+	for _, from := range []string{"x@y\nRSET", "billing@app.example> AUTH=<x@trusted.example", `"billing"@app.example`} {
+		env := envelope()
+		env.From = from
+		_, err := e.client.Deliver(ctxT(t), env, strings.NewReader(simpleBody))
+		wantReply(t, err, 553, smtp.EnhancedCode{5, 1, 7}, reply.StageLocal)
+	}
 	if st := e.fake.Stats(); st.Sessions != 0 {
 		t.Errorf("connected: %+v", st)
 	}
