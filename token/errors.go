@@ -222,7 +222,10 @@ func toEntraError(err error) *EntraError {
 		return e
 	}
 	var je msalerrors.InvalidJsonErr
+	var le *LimitError
 	switch {
+	case errors.As(err, &le):
+		return &EntraError{Description: le.Error(), Hint: "check that the authority host is Entra ID and not a proxy or captive portal; the relay keeps its current token and retries with backoff"}
 	case errors.As(err, &je):
 		return &EntraError{Description: "the token endpoint's answer is not valid JSON", Hint: "check that the authority host is Entra ID and not a proxy or captive portal"}
 	case errors.Is(err, context.DeadlineExceeded):

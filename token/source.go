@@ -291,6 +291,8 @@ func (s *EntraSource) initApp(opts Options) error {
 	if s.httpClient == nil {
 		s.httpClient = defaultHTTPClient()
 	}
+	// Every answer is bounded before MSAL parses it (limits.go).
+	s.httpClient = LimitedClient(s.httpClient)
 	if c := opts.Credential.Certificate; c != nil {
 		if c.key == nil {
 			return errors.New("token: certificate has no private key")

@@ -129,6 +129,7 @@ type Server struct {
 	lifetime  time.Duration
 	refreshIn time.Duration
 	outage    int
+	answer    func(map[string]any) []byte // SetTokenAnswer
 	requests  []Request
 	tokenReqs int
 	changed   chan struct{} // closed and replaced on every token request
@@ -456,7 +457,25 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log(r, clientID, "ok")
+	s.mu.Lock()
+	answer := s.answer
+	s.mu.Unlock()
+	if answer != nil {
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.WriteHeader(http.StatusOK)
+		_, _ = w.Write(answer(resp)) // the client may go away mid-answer
+		return
+	}
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// SetTokenAnswer makes the token endpoint answer a good request with what
+// f makes of the JSON object it would have sent (nil restores the real
+// answer): a hostile or broken token service, for the client's limits.
+func (s *Server) SetTokenAnswer(f func(resp map[string]any) []byte) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.answer = f
 }
 
 func (s *Server) checkToken(r *http.Request, clientID *string) (map[string]any, *entraErr) {
