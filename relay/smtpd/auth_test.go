@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"crypto/tls"
+	"encoding/base64"
 	"errors"
 	"net"
 	"strings"
@@ -11,7 +12,9 @@ import (
 
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
+	"golang.org/x/crypto/bcrypt"
 
+	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/tlstest"
 )
 
@@ -221,5 +224,70 @@ func TestCertificateReloadAndImplicitTLS(t *testing.T) {
 	}
 	if err := dialTLS(fx.ca); err == nil {
 		t.Fatal("the old certificate is still served")
+	}
+}
+
+// An account's senders are checked on the same canonical address that is
+// stored and sent on: no quoting, escape, route or parameter smuggled into
+// MAIL FROM gets a sender outside the account's list through. Every
+// accepted sender, as the fake Exchange's strict parser reads the stored
+// envelope, is billing@app.example or at trusted.example.
+func TestAuthSendersCannotBeBypassed(t *testing.T) {
+	t.Parallel()
+	hash, err := bcrypt.GenerateFromPassword([]byte("pw"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	users, err := NewUsers([]User{{Name: "app", Hash: hash, Senders: []string{"billing@app.example", "*@trusted.example"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, sink, _, fx := startTLSServer(t, func(o *Options) { o.Auth = users; o.AllowedNetworks = nil })
+	var c *client
+	connect := func() {
+		c = dialMode(t, s, fx, modeSTARTTLS)
+		c.reply()
+		c.ehlo("EHLO app")
+		c.cmd("AUTH PLAIN "+base64.StdEncoding.EncodeToString([]byte("\x00app\x00pw")), "235")
+	}
+	connect()
+	accepted := 0
+	for _, local := range []string{"billing", `"billing"`, `"billing@app.example"`, `"billing@app.example> x"`,
+		`"victim@bank.example> ENVID=x"`, `"victim@bank.example> AUTH=<x"`, `"x@trusted.example"`, `"a b"`, `"a\"b"`,
+		"victim", `"victim@bank.example"`, "billing@app.example", `victim%bank.example`} {
+		for _, domain := range []string{"app.example", "trusted.example", "TRUSTED.example", "bank.example",
+			"trusted.example> SIZE=1", "bank.example> x@trusted.example", "[192.0.2.1]", "trusted．example"} {
+			for _, route := range []string{"", "@trusted.example:"} {
+				line := "MAIL FROM:<" + route + local + "@" + domain + ">"
+				c.send(line + "\r\n")
+				if got := c.reply(); !strings.HasPrefix(got, "250 ") {
+					switch {
+					case strings.HasPrefix(got, "421 4.7.0 Too many errors"):
+						connect() // the third syntax error ends a session
+					case !strings.HasPrefix(got, "5"):
+						t.Fatalf("%q: %q", line, got)
+					}
+					continue
+				}
+				accepted++
+				before := len(sink.envs)
+				c.send("RCPT TO:<x@fabrikam.example>\r\nDATA\r\n")
+				c.reply()
+				c.reply()
+				c.cmd("Subject: x\r\n\r\nx\r\n.", "250 ")
+				if len(sink.envs) != before+1 {
+					t.Fatalf("%q: not stored", line)
+				}
+				env, _ := sink.last(t)
+				_, p, params, err := exchangetest.ParseCommand("MAIL FROM:<"+env.From+">", true)
+				d := strings.ToLower(p.Domain)
+				if err != nil || len(params) != 0 || !(strings.EqualFold(p.Mailbox(), "billing@app.example") || d == "trusted.example") {
+					t.Fatalf("%q was stored as %q (%v): outside the account's senders", line, env.From, err)
+				}
+			}
+		}
+	}
+	if accepted < 10 {
+		t.Errorf("only %d senders accepted: the test lost its point", accepted)
 	}
 }
