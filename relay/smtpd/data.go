@@ -3,6 +3,7 @@ package smtpd
 import (
 	"bytes"
 	"io"
+	"time"
 
 	"github.com/emersion/go-smtp"
 
@@ -54,6 +55,7 @@ type dataReader struct {
 	line  int   // raw octets since the last LF
 	done  bool  // the end-of-data line was read
 	err   error // sticky: a read error or a refusal
+	buf   []byte
 }
 
 func newDataReader(c *trackedConn, max int64) *dataReader {
@@ -122,7 +124,12 @@ func (d *dataReader) discard() error {
 	return nil
 }
 
-// fill reads more of the client's stream into the buffer.
+// dataBuf is the read size during DATA: larger than the command buffer,
+// for fewer reads of a big message.
+const dataBuf = 32 << 10
+
+// fill reads more of the client's stream into the connection's buffer
+// (which is empty), under the same session limit as Read.
 func (d *dataReader) fill() error {
 	c := d.c
 	if c.readErr != nil {
@@ -130,11 +137,15 @@ func (d *dataReader) fill() error {
 		c.readErr = nil
 		return err
 	}
-	if c.rbuf == nil {
-		c.rbuf = make([]byte, 32<<10)
+	if c.maxSession > 0 && time.Since(c.started) > c.maxSession {
+		c.writeAndClose("421 4.4.2 Session too long, closing connection\r\n")
+		return io.ErrUnexpectedEOF
 	}
-	n, err := c.readConn(c.rbuf)
-	c.inbuf = append(c.inbuf[:0], c.rbuf[:n]...)
+	if d.buf == nil {
+		d.buf = make([]byte, dataBuf)
+	}
+	n, err := c.readConn(d.buf)
+	c.inbuf = d.buf[:n]
 	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
