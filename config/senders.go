@@ -8,6 +8,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/o365relay/o365relay/relay/address"
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
 )
@@ -25,7 +26,8 @@ import (
 //
 // The most specific rule wins whatever the order: an exact address, then
 // its domain, then the catch-all. Addresses and domains match without
-// regard to case (Exchange treats them so). The null sender (bounces) only
+// regard to ASCII case (Exchange treats them so; address.Fold), against the
+// canonical form the intake parsed. The null sender (bounces) only
 // matches the catch-all. A rule without mailbox uses the `mailbox` setting.
 type SenderRule struct {
 	Sender  string
@@ -185,7 +187,7 @@ func parseStructured(path string, k, v *yaml.Node, fr *fileRules) []error {
 
 // parseSenderPattern accepts an address, *@domain or *.
 func parseSenderPattern(v string) (string, error) {
-	p := strings.ToLower(strings.TrimSpace(v))
+	p := address.Fold(strings.TrimSpace(v))
 	if p == "*" {
 		return p, nil
 	}
@@ -239,7 +241,7 @@ func (c *Config) matchSender(sender string) (SenderRule, bool) {
 	if len(c.Senders) == 0 {
 		return SenderRule{Sender: "*", Mailbox: c.Mailbox}, true
 	}
-	s := strings.ToLower(sender)
+	s := address.Fold(sender) // as the intake wrote it (docs/intake.md)
 	domain := ""
 	if at := strings.LastIndexByte(s, '@'); at >= 0 && s != "" {
 		domain = "*" + s[at:]

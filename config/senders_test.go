@@ -37,6 +37,9 @@ func TestSenderRules(t *testing.T) {
 		{"cron@app.example", "apps@contoso.com", message.RewriteEnvelope},
 		{"someone@elsewhere.example", "default@contoso.com", message.RewriteNone},
 		{"", "default@contoso.com", message.RewriteNone},
+		// Unicode case folding would make this billing@app.example;
+		// Exchange is sent it as it is, so it is not.
+		{"b\u0130lling@app.example", "apps@contoso.com", message.RewriteEnvelope},
 	} {
 		mb, err := c.Route(tc.sender)
 		if err != nil || mb != tc.mailbox || c.RewriteFor(tc.sender) != tc.rw {

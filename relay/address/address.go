@@ -73,6 +73,27 @@ func (m Mailbox) Local() string { return m.local }
 // Domain is the domain or address literal.
 func (m Mailbox) Domain() string { return m.domain }
 
+// Fold is the form policy compares addresses in: ASCII letters lower-cased
+// (RFC 5321 §2.4: domains are case-insensitive; Exchange treats local
+// parts so too), every other character as it is. Unicode case folding is
+// not used: it maps characters that are not ASCII letters onto ASCII
+// letters (KELVIN SIGN to "k"), so a sender could match a rule for an
+// address other than the one written to Exchange.
+func Fold(s string) string {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			b := []byte(s)
+			for j := i; j < len(b); j++ {
+				if 'A' <= b[j] && b[j] <= 'Z' {
+					b[j] += 'a' - 'A'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}
+
 // Mail is a parsed MAIL FROM command.
 type Mail struct {
 	From     Mailbox // IsNull for <>

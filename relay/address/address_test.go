@@ -224,3 +224,17 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestFold(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"Billing@App.Example": "billing@app.example",
+		"plain@x.example":     "plain@x.example",
+		"\u212Aate@x.example": "\u212Aate@x.example", // KELVIN SIGN stays: it is not "k"
+		"JÖRG@Bücher.example": "jÖrg@bücher.example",
+	} {
+		if got := Fold(in); got != want {
+			t.Errorf("Fold(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/bcrypt"
+
+	"github.com/o365relay/o365relay/relay/address"
 )
 
 // User is one local AUTH account: a bcrypt hash of its password and the
@@ -17,7 +19,7 @@ type User struct {
 	// or Python's bcrypt make).
 	Hash []byte
 	// Senders are exact addresses, "*@domain" or "*" (any, the null
-	// sender included); matched without regard to case.
+	// sender included); matched without regard to ASCII case (address.Fold).
 	Senders []string
 }
 
@@ -94,13 +96,13 @@ func (u *Users) MaySend(user, sender string) bool {
 	if !ok {
 		return false
 	}
-	s := strings.ToLower(sender)
+	s := address.Fold(sender)
 	domain := ""
 	if at := strings.LastIndexByte(s, '@'); at >= 0 {
 		domain = "*" + s[at:]
 	}
 	for _, p := range usr.Senders {
-		p = strings.ToLower(p)
+		p = address.Fold(p)
 		switch {
 		case p == "*":
 			return true
