@@ -161,6 +161,8 @@ func (s *EntraSource) initManagedIdentity(m ManagedIdentity, httpClient *http.Cl
 	if httpClient == nil {
 		httpClient = miHTTPClient()
 	}
+	// The same bounds on the answer as for Entra ID (limits.go).
+	httpClient = LimitedClient(httpClient)
 	s.httpClient = httpClient
 	client, err := managedidentity.New(id, managedidentity.WithHTTPClient(httpClient))
 	if err != nil {
