@@ -36,6 +36,9 @@ type pipelineOptions struct {
 	file     string
 	settings map[string]string
 	exchange func(*exchangetest.Options)
+	// sendAsOwn keeps the fake mailbox to its own address, as Exchange
+	// does without Send-As grants.
+	sendAsOwn bool
 }
 
 // startPipeline starts one relay for tb. The fake mailbox may send as
@@ -44,7 +47,7 @@ func startPipeline(tb testing.TB, po pipelineOptions) *pipeline {
 	tb.Helper()
 	cloud, err := relaytest.New(relaytest.Options{Dir: tb.TempDir(), Exchange: func(o *exchangetest.Options) {
 		mb := o.Mailboxes[relaytest.Mailbox]
-		mb.SendAsAny = true
+		mb.SendAsAny = !po.sendAsOwn
 		o.Mailboxes[relaytest.Mailbox] = mb
 		if po.exchange != nil {
 			po.exchange(o)
