@@ -138,7 +138,7 @@ func (p *pipeline) runData(tb testing.TB, in []byte, normalize bool) {
 		tb.Fatalf("DATA %q: reply %q, want one of %q", ref.stream, rep, ref.reasons)
 	}
 	if !strings.HasPrefix(rep, "250 ") || !strings.Contains(rep, "delivered") {
-		tb.Fatalf("DATA %q: reply %q, want 250 delivered", ref.stream, rep)
+		tb.Fatalf("DATA %q: reply %q, want 250 delivered; the relay logged:%s", ref.stream, rep, p.problems())
 	}
 	msgs := p.cloud.Exchange.Messages()
 	if len(msgs) != before+1 {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/relay/exchangetest"
@@ -28,6 +29,17 @@ type pipeline struct {
 	cloud *relaytest.Cloud
 	r     *Relay
 	addr  string
+	logs  *observer.ObservedLogs // warnings and errors, for failure reports
+}
+
+// problems returns the relay's warnings and errors so far, for a failure
+// message.
+func (p *pipeline) problems() string {
+	var b strings.Builder
+	for _, e := range p.logs.All() {
+		fmt.Fprintf(&b, "\n  %s %s %v", e.Level, e.Message, e.ContextMap())
+	}
+	return b.String()
 }
 
 // pipelineOptions shape the relay: config file text (sender rules) and
@@ -65,6 +77,8 @@ func startPipeline(tb testing.TB, po pipelineOptions) *pipeline {
 	for k, v := range map[string]string{
 		"listen": "127.0.0.1:0", "admin_listen": "", "spool_dir": tb.TempDir(), "hostname": "relay.pipeline",
 		"ack": "upstream", "mailbox_rate": "0",
+		// Fuzzing sends more than a day's 10,000 recipients.
+		"mailbox_daily_recipients": "0",
 	} {
 		flags[k] = v
 	}
@@ -82,7 +96,8 @@ func startPipeline(tb testing.TB, po pipelineOptions) *pipeline {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	r, err := New(cfg, Deps{Logger: zap.NewNop(), HTTPClient: cloud.HTTPClient(), RootCAs: cloud.CA.Pool(), WatchInterval: time.Hour})
+	core, logs := observer.New(zap.WarnLevel)
+	r, err := New(cfg, Deps{Logger: zap.New(core), HTTPClient: cloud.HTTPClient(), RootCAs: cloud.CA.Pool(), WatchInterval: time.Hour})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -95,7 +110,7 @@ func startPipeline(tb testing.TB, po pipelineOptions) *pipeline {
 			tb.Error(err)
 		}
 	})
-	return &pipeline{cloud: cloud, r: r, addr: r.SMTPAddr().String()}
+	return &pipeline{cloud: cloud, r: r, addr: r.SMTPAddr().String(), logs: logs}
 }
 
 // smtpClient is a raw SMTP dialog: what a client sends, byte for byte.
