@@ -39,6 +39,9 @@ func (r *Relay) Status(ctx context.Context) status.Status {
 		m := status.Mailbox{Name: name}
 		if h, ok := health[name]; ok && !h.Healthy {
 			m.Held, m.Reason = true, h.Reason
+			if h.Cause != "" && h.Cause != h.Reason {
+				m.Reason = h.Cause + " " + h.Reason // e.g. "tls 4.7.5"
+			}
 			if now := st.Time; h.HeldUntil.After(now) {
 				m.HeldUntil = h.HeldUntil
 			}
