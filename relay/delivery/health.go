@@ -170,6 +170,12 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 		// fail the same way and none is at fault. Pause along the retry
 		// schedule (1 min → 30 min by default), probe one at a time,
 		// keep every message queued.
+		if !b.Healthy && b.HeldUntil.After(now) {
+			// An attempt that started before the hold (several run
+			// at once): the hold stands, and is not lengthened once
+			// per attempt that was already under way.
+			return holdDecision{keep: true, next: b.HeldUntil}
+		}
 		if b.backoff == 0 {
 			b.backoff = s.o.Backoff.Min
 		} else if b.backoff *= 2; b.backoff > s.o.Backoff.Max {

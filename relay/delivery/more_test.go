@@ -105,6 +105,25 @@ func TestPathFailuresHoldTheMailbox(t *testing.T) {
 	}
 }
 
+// Attempts already under way when the path fails all fail the same way;
+// the hold they find is kept, not doubled once per attempt. Only a probe
+// (an attempt made when the hold had ended) lengthens it.
+func TestConcurrentPathFailuresHoldOnce(t *testing.T) {
+	t.Parallel()
+	f := setup(t, &fake{})
+	re := &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 4, 1}, Text: "connection refused", Stage: reply.StageConnect}
+	log := f.s.log
+	for i, want := range []time.Duration{time.Minute, time.Minute, time.Minute} {
+		if d := f.s.classify(log, "mb", re, t0); !d.keep || !d.next.Equal(t0.Add(want)) {
+			t.Errorf("attempt %d under way: next +%v, want +%v", i+1, d.next.Sub(t0), want)
+		}
+	}
+	probe := t0.Add(time.Minute)
+	if d := f.s.classify(log, "mb", re, probe); !d.next.Equal(probe.Add(2 * time.Minute)) {
+		t.Errorf("failed probe: next +%v after it, want +2m", d.next.Sub(probe))
+	}
+}
+
 func TestCorruptBodyQuarantined(t *testing.T) {
 	t.Parallel()
 	f := setup(t, &fake{steps: []step{ok}})
