@@ -355,6 +355,19 @@ func safeRune(r rune) bool {
 	return r >= 0x80 && r != utf8.RuneError && (unicode.IsLetter(r) || unicode.IsMark(r) || unicode.IsDigit(r))
 }
 
+// letter checks the non-ASCII character at p.s[i] (in the part named
+// where) and returns its length.
+func (p *parser) letter(i int, where string) (int, *reply.Error) {
+	r, n := utf8.DecodeRuneInString(p.s[i:])
+	if r == utf8.RuneError && n <= 1 {
+		return 0, p.k.syntaxErr("the address is not valid UTF-8")
+	}
+	if !safeRune(r) {
+		return 0, p.k.refused("the character %U in the %s could be read as another character by the next server", r, where)
+	}
+	return n, nil
+}
+
 // dotString reads Atom *("." Atom).
 func (p *parser) dotString() (string, *reply.Error) {
 	i, atomLen := 0, 0
@@ -373,12 +386,9 @@ func (p *parser) dotString() (string, *reply.Error) {
 			i++
 			continue
 		case c >= 0x80:
-			r, n := utf8.DecodeRuneInString(p.s[i:])
-			if r == utf8.RuneError && n <= 1 {
-				return "", p.k.syntaxErr("the address is not valid UTF-8")
-			}
-			if !safeRune(r) {
-				return "", p.k.refused("the character %U in the local part could be read as another character by the next server", r)
+			n, rerr := p.letter(i, "local part")
+			if rerr != nil {
+				return "", rerr
 			}
 			i += n
 			atomLen++
@@ -492,12 +502,9 @@ func (p *parser) domainName() (string, *reply.Error) {
 			i, label, last = i+1, 0, c
 			continue
 		case c >= 0x80:
-			r, n := utf8.DecodeRuneInString(p.s[i:])
-			if r == utf8.RuneError && n <= 1 {
-				return "", p.k.syntaxErr("the address is not valid UTF-8")
-			}
-			if !safeRune(r) {
-				return "", p.k.refused("the character %U in the domain could be read as another character by the next server", r)
+			n, rerr := p.letter(i, "domain")
+			if rerr != nil {
+				return "", rerr
 			}
 			i, label, last = i+n, label+n, 'a'
 			continue
