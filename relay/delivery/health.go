@@ -120,7 +120,7 @@ func (s *Scheduler) endProbe(name string) {
 	s.box(name).probing = false
 }
 
-// classify applies exchange-online.md §2.4 to an attempt's reply and
+// classify applies docs/exchange.md#replies to an attempt's reply and
 // updates the mailbox's health. A hold keeps the message's recipients
 // pending and does not count the attempt.
 func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now time.Time) holdDecision {
