@@ -41,6 +41,16 @@ func (s Setting) Flag() string { return flagName(s.Key) }
 
 func flagName(key string) string { return strings.ReplaceAll(key, "_", "-") }
 
+// Check reports whether v is a value of this setting, parsed exactly as
+// Load parses it but alone: without the checks across settings. A file
+// setting's value must name a file this process can open. Tools that check
+// configuration written for the relay elsewhere (the Kubernetes manifest
+// validator in deploy/kubernetes/validate) use it instead of a copy of the
+// parsers.
+func (s Setting) Check(v string) error {
+	return s.set(&Config{Sources: map[string]Source{}}, v)
+}
+
 func lookup(key string) (Setting, bool) {
 	for _, s := range Settings() {
 		if s.Key == key {
