@@ -238,20 +238,6 @@ func TestReadmeReference(t *testing.T) {
 	}
 }
 
-// The Kubernetes manifest validator (its own module) keeps a list of the
-// relay's environment names; it must know every one.
-func TestManifestValidatorKnowsEverySetting(t *testing.T) {
-	src, err := os.ReadFile("../deploy/kubernetes/validate/validate.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range Settings() {
-		if !strings.Contains(string(src), `"`+s.Env+`"`) {
-			t.Errorf("deploy/kubernetes/validate knownEnv lacks %s", s.Env)
-		}
-	}
-}
-
 func FuzzLoadFile(f *testing.F) {
 	f.Add([]byte("listen: 127.0.0.1:2525\nallowed_networks: [10.0.0.0/8]\n"))
 	f.Add([]byte("mailbox: a@b\nmax_message_bytes: 35MB\n"))

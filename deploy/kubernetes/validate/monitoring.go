@@ -10,7 +10,16 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/yaml"
+)
+
+// The monitoring objects: a scrape reaches the relay's /metrics (pathMetrics)
+// on the port named adminPort and labels it job="o365relay" (scrapeJob),
+// which the alert rules of deploy/prometheus select on.
+const (
+	adminPort = "admin"
+	scrapeJob = "o365relay"
 )
 
 // Monitoring checks the prometheus-operator manifests of deploy/prometheus:
@@ -21,104 +30,126 @@ import (
 // Service in front of one) in workloads actually has, and sets the job
 // label the alert rules expect.
 func Monitoring(files map[string][]byte, rulesFile []byte, workloads []Object) []error {
-	var errs []error
-	errorf := func(file, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", file, fmt.Sprintf(format, args...)))
-	}
-	var want struct {
-		Groups []monitoringv1.RuleGroup `json:"groups"`
-	}
-	if err := yaml.UnmarshalStrict(rulesFile, &want); err != nil {
-		errs = append(errs, fmt.Errorf("rules file: %w", err))
+	m := &monitoring{workloads: workloads}
+	if err := yaml.UnmarshalStrict(rulesFile, &m.want); err != nil {
+		m.errs = append(m.errs, fmt.Errorf("rules file: %w", err))
 	}
 	for file, data := range files {
 		var tm metav1.TypeMeta
 		if err := yaml.Unmarshal(data, &tm); err != nil {
-			errorf(file, "%v", err)
+			m.errorf(file, "%v", err)
 			continue
 		}
 		switch tm.Kind {
 		case "PrometheusRule":
-			var pr monitoringv1.PrometheusRule
-			if err := yaml.UnmarshalStrict(data, &pr); err != nil {
-				errorf(file, "%v", err)
-				continue
-			}
-			if !reflect.DeepEqual(normalise(pr.Spec.Groups), normalise(want.Groups)) {
-				errorf(file, "spec.groups differs from the rules file: keep them identical")
-			}
+			m.prometheusRule(file, data)
 		case "PodMonitor":
-			var pm monitoringv1.PodMonitor
-			if err := yaml.UnmarshalStrict(data, &pm); err != nil {
-				errorf(file, "%v", err)
-				continue
-			}
-			sel, err := metav1.LabelSelectorAsSelector(&pm.Spec.Selector)
-			if err != nil {
-				errorf(file, "selector: %v", err)
-				continue
-			}
-			found := false
-			for _, w := range workloads {
-				spec, lbls := podSpec(w), podLabels(w)
-				if spec == nil || !sel.Matches(labels.Set(lbls)) {
-					continue
-				}
-				for _, ctr := range append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...) {
-					if isRelay(&ctr) && hasPort(ctr.Ports, "admin") {
-						found = true
-					}
-				}
-			}
-			if !found {
-				errorf(file, "selector %v matches no pod with a relay container port named admin", sel)
-			}
-			for _, ep := range pm.Spec.PodMetricsEndpoints {
-				checkEndpoint(file, ptrString(ep.Port), ep.Path, ep.RelabelConfigs, errorf)
-			}
+			m.podMonitor(file, data)
 		case "ServiceMonitor":
-			var sm monitoringv1.ServiceMonitor
-			if err := yaml.UnmarshalStrict(data, &sm); err != nil {
-				errorf(file, "%v", err)
-				continue
-			}
-			sel, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
-			if err != nil {
-				errorf(file, "selector: %v", err)
-				continue
-			}
-			found := false
-			for _, w := range workloads {
-				if s, ok := w.Obj.(*corev1.Service); ok && sel.Matches(labels.Set(s.Labels)) {
-					for _, p := range s.Spec.Ports {
-						found = found || p.Name == "admin"
-					}
-				}
-			}
-			if !found {
-				errorf(file, "selector %v matches no Service with a port named admin", sel)
-			}
-			for _, ep := range sm.Spec.Endpoints {
-				checkEndpoint(file, ep.Port, ep.Path, ep.RelabelConfigs, errorf)
-			}
+			m.serviceMonitor(file, data)
 		default:
-			errorf(file, "unexpected kind %q", tm.Kind)
+			m.errorf(file, "unexpected kind %q", tm.Kind)
 		}
 	}
-	return errs
+	return m.errs
 }
 
-func checkEndpoint(file, port, path string, relabel []monitoringv1.RelabelConfig, errorf func(string, string, ...any)) {
-	if port != "admin" || path != "/metrics" {
-		errorf(file, "endpoint port %q path %q, want the admin port and /metrics", port, path)
+// monitoring collects Monitoring's errors.
+type monitoring struct {
+	want struct {
+		Groups []monitoringv1.RuleGroup `json:"groups"`
+	}
+	workloads []Object
+	errs      []error
+}
+
+func (m *monitoring) errorf(file, format string, args ...any) {
+	m.errs = append(m.errs, fmt.Errorf("%s: %s", file, fmt.Sprintf(format, args...)))
+}
+
+func (m *monitoring) prometheusRule(file string, data []byte) {
+	var pr monitoringv1.PrometheusRule
+	if err := yaml.UnmarshalStrict(data, &pr); err != nil {
+		m.errorf(file, "%v", err)
+		return
+	}
+	if !reflect.DeepEqual(normalise(pr.Spec.Groups), normalise(m.want.Groups)) {
+		m.errorf(file, "spec.groups differs from the rules file: keep them identical")
+	}
+}
+
+func (m *monitoring) podMonitor(file string, data []byte) {
+	var pm monitoringv1.PodMonitor
+	if err := yaml.UnmarshalStrict(data, &pm); err != nil {
+		m.errorf(file, "%v", err)
+		return
+	}
+	sel, err := metav1.LabelSelectorAsSelector(&pm.Spec.Selector)
+	if err != nil {
+		m.errorf(file, "selector: %v", err)
+		return
+	}
+	found := false
+	for _, w := range m.workloads {
+		spec, lbls := podSpec(w), podLabels(w)
+		if spec == nil || !sel.Matches(labels.Set(lbls)) {
+			continue
+		}
+		for _, ctr := range append(append([]corev1.Container{}, spec.InitContainers...), spec.Containers...) {
+			if isRelay(&ctr) && hasPort(ctr.Ports, adminPort) {
+				found = true
+			}
+		}
+	}
+	if !found {
+		m.errorf(file, "selector %v matches no pod with a relay container port named %s", sel, adminPort)
+	}
+	for _, ep := range pm.Spec.PodMetricsEndpoints {
+		m.endpoint(file, ptrString(ep.Port), ep.Path, ep.RelabelConfigs)
+	}
+}
+
+func (m *monitoring) serviceMonitor(file string, data []byte) {
+	var sm monitoringv1.ServiceMonitor
+	if err := yaml.UnmarshalStrict(data, &sm); err != nil {
+		m.errorf(file, "%v", err)
+		return
+	}
+	sel, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
+	if err != nil {
+		m.errorf(file, "selector: %v", err)
+		return
+	}
+	found := false
+	for _, w := range m.workloads {
+		if s, ok := w.Obj.(*corev1.Service); ok && sel.Matches(labels.Set(s.Labels)) {
+			for _, p := range s.Spec.Ports {
+				found = found || p.Name == adminPort
+			}
+		}
+	}
+	if !found {
+		m.errorf(file, "selector %v matches no Service with a port named %s", sel, adminPort)
+	}
+	for _, ep := range sm.Spec.Endpoints {
+		m.endpoint(file, ep.Port, ep.Path, ep.RelabelConfigs)
+	}
+}
+
+func (m *monitoring) endpoint(file, port, path string, relabel []monitoringv1.RelabelConfig) {
+	if port != adminPort || path != pathMetrics {
+		m.errorf(file, "endpoint port %q path %q, want the %s port and %s", port, path, adminPort, pathMetrics)
 	}
 	for _, r := range relabel {
-		if r.TargetLabel == "job" && r.Replacement != nil && *r.Replacement == "o365relay" {
+		if r.TargetLabel == "job" && r.Replacement != nil && *r.Replacement == scrapeJob {
 			return
 		}
 	}
-	errorf(file, `endpoint does not set job="o365relay", which the alert rules expect`)
+	m.errorf(file, "%s", errNoJob)
 }
+
+// errNoJob is the error of an endpoint without the job label.
+var errNoJob = fmt.Sprintf(`endpoint does not set job=%q, which the alert rules expect`, scrapeJob)
 
 func hasPort(ports []corev1.ContainerPort, name string) bool {
 	for _, p := range ports {
@@ -144,4 +175,58 @@ func normalise(gs []monitoringv1.RuleGroup) string {
 		return "unmarshalable: " + err.Error()
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// monitor checks, within a deployment directory, that a ServiceMonitor
+// selects a Service with the port, or a PodMonitor pods whose containers
+// name it, and that each endpoint scrapes the relay's metrics with the job
+// label the alert rules expect.
+func (c *checker) monitor(o Object, m *Monitor) {
+	sel, err := metav1.LabelSelectorAsSelector(&m.Spec.Selector)
+	if err != nil || sel.Empty() {
+		c.errorf(o, "spec.selector missing or selects everything")
+		return
+	}
+	eps := append(append([]MonitorEndpoint{}, m.Spec.Endpoints...), m.Spec.Pod...)
+	if len(eps) == 0 {
+		c.errorf(o, "no endpoints")
+	}
+	for _, ep := range eps {
+		if !c.monitorPort(o.Kind, sel, ep.Port) {
+			c.errorf(o, "endpoint port %q is not a port of what it selects", ep.Port)
+		}
+		if ep.Path != pathMetrics {
+			c.errorf(o, "endpoint path %q: the relay serves %s", ep.Path, pathMetrics)
+		}
+		job := false
+		for _, r := range ep.Relabelings {
+			job = job || (r.TargetLabel == "job" && r.Replacement == scrapeJob)
+		}
+		if !job {
+			c.errorf(o, "%s", errNoJob)
+		}
+	}
+}
+
+// monitorPort reports whether what a monitor of kind selects has the port:
+// a Service's port name, or a selected pod's container port name.
+func (c *checker) monitorPort(kind string, sel labels.Selector, port string) bool {
+	if kind != "ServiceMonitor" {
+		for _, w := range c.selected(sel) {
+			if containerPort(w, intstr.FromString(port)) {
+				return true
+			}
+		}
+		return false
+	}
+	for _, so := range c.objs {
+		if s, ok := so.Obj.(*corev1.Service); ok && sel.Matches(labels.Set(s.Labels)) {
+			for _, p := range s.Spec.Ports {
+				if p.Name == port {
+					return true
+				}
+			}
+		}
+	}
+	return false
 }

@@ -251,6 +251,34 @@ func TestCatchesMistakes(t *testing.T) {
 		{"no credential", "workload-identity/deployment.yaml", `        azure.workload.identity/use: "true"`, `        azure.workload.identity/use: "false"`, "relay has no credential"},
 		{"missing SA", "workload-identity/deployment.yaml", "serviceAccountName: o365relay", "serviceAccountName: relay", `serviceAccountName "relay" is not defined`},
 		{"namespace", "central/configmap.yaml", "  name: o365relay-central\n", "  name: o365relay-central\n  namespace: mail\n", "metadata.namespace"},
+		// Rules that had no case of their own before the validator took the
+		// relay's settings from its config package.
+		{"secret in ConfigMap", "sidecar/configmap.yaml", `  O365RELAY_ACK: "spool"`, "  O365RELAY_ACK: \"spool\"\n  AZURE_CLIENT_SECRET: \"x\"", "AZURE_CLIENT_SECRET is a secret and does not belong in a ConfigMap"},
+		{"literal secret", "sidecar/deployment.yaml", "            - name: GOMEMLIMIT\n", "            - name: AZURE_CLIENT_CERTIFICATE_PASSWORD\n              value: hunter2\n            - name: GOMEMLIMIT\n", "AZURE_CLIENT_CERTIFICATE_PASSWORD given as a literal value"},
+		{"readiness on healthz", "central/statefulset.yaml", "              path: /readyz", "              path: /healthz", "readiness probe must be httpGet /readyz"},
+		{"preStop exec", "central/statefulset.yaml", "              sleep:\n                seconds: 10", "              exec:\n                command: [\"sleep\", \"10\"]", "preStop exec cannot work"},
+		{"writable cert mount", "central/statefulset.yaml", "              mountPath: /etc/o365relay/cert\n              readOnly: true\n", "              mountPath: /etc/o365relay/cert\n", "should be mounted readOnly"},
+		{"cert not from a Secret", "central/statefulset.yaml", "          secret:\n            secretName: o365relay-cert\n            defaultMode: 0400", "          emptyDir: {}", "which is not a Secret"},
+		{"no fsGroup", "central/statefulset.yaml", "        fsGroup: 65532\n", "", "set pod securityContext.fsGroup"},
+		{"spool on a Secret", "sidecar/deployment.yaml", "            - name: spool\n              mountPath: /var/spool/o365relay", "            - name: cert\n              mountPath: /var/spool/o365relay", "neither an emptyDir nor a PersistentVolumeClaim"},
+		{"uid 0", "sidecar/deployment.yaml", "            runAsUser: 65532", "            runAsUser: 0", "runs as uid 0"},
+		{"root", "central/statefulset.yaml", "runAsNonRoot: true", "runAsNonRoot: false", "must run with runAsNonRoot"},
+		{"escalation", "central/statefulset.yaml", "allowPrivilegeEscalation: false", "allowPrivilegeEscalation: true", "needs allowPrivilegeEscalation: false"},
+		{"privileged", "central/statefulset.yaml", "            allowPrivilegeEscalation: false\n", "            allowPrivilegeEscalation: false\n            privileged: true\n", "is privileged"},
+		{"adds a capability", "central/statefulset.yaml", `drop: ["ALL"]`, "drop: [\"ALL\"]\n              add: [\"NET_BIND_SERVICE\"]", "adds capabilities"},
+		{"seccomp", "central/statefulset.yaml", "            seccompProfile:\n              type: RuntimeDefault", "            seccompProfile:\n              type: Unconfined", "needs seccompProfile RuntimeDefault"},
+		{"default service account", "workload-identity/deployment.yaml", "serviceAccountName: o365relay", "serviceAccountName: default", "needs a dedicated serviceAccountName"},
+		{"no client-id annotation", "workload-identity/serviceaccount.yaml", "    azure.workload.identity/client-id: \"00000000-0000-0000-0000-000000000000\"\n", "", "lacks the azure.workload.identity/client-id annotation"},
+		{"duplicate object", "central/service.yaml", "  name: o365relay-headless", "  name: o365relay", "also defined in"},
+		{"no memory limit", "sidecar/deployment.yaml", "            limits:\n              memory: 64Mi\n", "", "needs a memory request and limit"},
+		{"undefined volume", "central/statefulset.yaml", "            - name: spool\n              mountPath", "            - name: spoool\n              mountPath", `mounts undefined volume "spoool"`},
+		{"unused image override", "central/kustomization.yaml", "  - name: ghcr.io/o365relay/o365relay", "  - name: ghcr.io/o365relay/relay", "matches no container image"},
+		{"both disruption limits", "central/poddisruptionbudget.yaml", "  maxUnavailable: 1\n", "  maxUnavailable: 1\n  minAvailable: 1\n", "exactly one of minAvailable and maxUnavailable"},
+		// Values are parsed by the relay's own parsers (config.Setting.Check):
+		// what the relay refuses at start fails here, naming the variable.
+		{"shutdown not positive", "central/configmap.yaml", `O365RELAY_SHUTDOWN_TIMEOUT: "30s"`, `O365RELAY_SHUTDOWN_TIMEOUT: "0s"`, `O365RELAY_SHUTDOWN_TIMEOUT: "0s" must be positive`},
+		{"listen port out of range", "central/configmap.yaml", `O365RELAY_LISTEN: "0.0.0.0:2525"`, `O365RELAY_LISTEN: "0.0.0.0:99999"`, `O365RELAY_LISTEN: "0.0.0.0:99999": port "99999" is not a number`},
+		{"spool dir empty", "central/statefulset.yaml", "              value: /var/spool/o365relay", `              value: ""`, "O365RELAY_SPOOL_DIR: must not be empty"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
