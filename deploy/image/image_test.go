@@ -2,8 +2,10 @@ package main
 
 import (
 	"archive/tar"
+	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -178,6 +180,66 @@ func TestConfigMatchesDockerfile(t *testing.T) {
 	if c.Labels["org.opencontainers.image.revision"] != "0123abcd" || cf.OS != "linux" || cf.Architecture != "amd64" {
 		t.Errorf("labels %v, platform %s/%s", c.Labels, cf.OS, cf.Architecture)
 	}
+}
+
+// The image's settings are the relay's, asked of the relay itself (`config
+// show` on the binary, with the image's environment) rather than copied:
+// every O365RELAY_/AZURE_ variable the image sets is a setting the relay
+// takes from the environment with a value it accepts, the exposed ports are
+// those of its listen and admin_listen, and the volume is its spool_dir.
+func TestConfigMatchesRelaySettings(t *testing.T) {
+	img, _ := buildLayout(t)
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cf.Config
+	cmd := exec.Command(relayBinary(t), "config", "show", "--json")
+	cmd.Env = c.Env
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("the relay refuses the image's environment %v: %v\n%s", c.Env, err, exitStderr(err))
+	}
+	var rows []struct{ Key, Value, Source, Where string }
+	if err := json.Unmarshal(out, &rows); err != nil {
+		t.Fatal(err)
+	}
+	fromEnv, value := map[string]bool{}, map[string]string{}
+	for _, r := range rows {
+		value[r.Key] = r.Value
+		if r.Source == "environment" {
+			fromEnv[r.Where] = true
+		}
+	}
+	for _, kv := range c.Env {
+		name, _, _ := strings.Cut(kv, "=")
+		if (strings.HasPrefix(name, "O365RELAY_") || strings.HasPrefix(name, "AZURE_")) && !fromEnv[name] {
+			t.Errorf("the image sets %s, which the relay does not read as a setting", name)
+		}
+	}
+	var ports []string
+	for _, key := range []string{"listen", "admin_listen"} {
+		_, port, err := net.SplitHostPort(value[key])
+		if err != nil {
+			t.Fatalf("%s = %q: %v", key, value[key], err)
+		}
+		ports = append(ports, port+"/tcp")
+	}
+	if got, want := strings.Join(slices.Sorted(mapKeys(c.ExposedPorts)), " "), strings.Join(slices.Sorted(slices.Values(ports)), " "); got != want {
+		t.Errorf("the image exposes %s; the relay listens on %s", got, want)
+	}
+	if got := strings.Join(slices.Sorted(mapKeys(c.Volumes)), " "); got != value["spool_dir"] {
+		t.Errorf("the image's volume is %s; the relay's spool_dir is %s", got, value["spool_dir"])
+	}
+}
+
+// exitStderr is what a failed command wrote to stderr, if it said.
+func exitStderr(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return string(ee.Stderr)
+	}
+	return ""
 }
 
 // durationText writes d as the Dockerfile does: whole seconds.
