@@ -149,7 +149,7 @@ func (m *monitoring) endpoint(file, port, path string, relabel []monitoringv1.Re
 }
 
 // errNoJob is the error of an endpoint without the job label.
-var errNoJob = fmt.Sprintf(`endpoint does not set job=%q, which the alert rules expect`, scrapeJob)
+const errNoJob = `endpoint does not set job="` + scrapeJob + `", which the alert rules expect`
 
 func hasPort(ports []corev1.ContainerPort, name string) bool {
 	for _, p := range ports {

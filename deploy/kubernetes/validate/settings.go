@@ -3,7 +3,6 @@ package validate
 import (
 	"fmt"
 	"strings"
-	"sync"
 
 	"github.com/o365relay/o365relay/config"
 	corev1 "k8s.io/api/core/v1"
@@ -31,14 +30,15 @@ const (
 // is a typo the relay would silently ignore.
 const azurePrefix = "AZURE_"
 
-// relaySettings are the relay's settings by environment name.
-var relaySettings = sync.OnceValue(func() map[string]config.Setting {
+// relaySettings returns the relay's settings by environment name (a fresh
+// map: config.Settings() builds its table on each call, and so does this).
+func relaySettings() map[string]config.Setting {
 	m := map[string]config.Setting{}
 	for _, s := range config.Settings() {
 		m[s.Env] = s
 	}
 	return m
-})
+}
 
 // setting returns the relay's setting with the file key key.
 func setting(key string) config.Setting {
