@@ -319,7 +319,7 @@ func (d *doctor) checkClock(ctx context.Context) {
 	switch {
 	case abs > clockFail+slack:
 		c.Status = Fail
-		c.Message = fmt.Sprintf("the local clock is %s %s Entra ID's (Date header of %s); client assertions are valid for 10 minutes and Entra ID refuses them with AADSTS700024", abs.Round(time.Second), dir, req.URL.Host)
+		c.Message = fmt.Sprintf("the local clock is %s %s Entra ID's (Date header of %s); client assertions are valid for 5 minutes and Entra ID refuses them with AADSTS700024", abs.Round(time.Second), dir, req.URL.Host)
 		c.Fix = "Turn on time synchronisation: timedatectl set-ntp true (systemd-timesyncd) or chronyc makestep; in a container, fix the host's clock."
 	case abs > clockWarn+slack:
 		c.Status = Warn
