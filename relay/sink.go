@@ -94,7 +94,8 @@ func (k *sink) Submit(ctx context.Context, env *message.Envelope, body io.Reader
 	// Transient: it stays in the spool and is retried by the workers.
 	if out.Err == nil {
 		// Not attempted yet: the mailbox's pacing or hold put it off.
-		return fmt.Sprintf("OK %s queued (the mailbox's send rate delays it; the relay will send it)", env.ID), nil
+		return fmt.Sprintf("OK %s queued (the mailbox's send rate or a hold delays it; the relay will send it)", env.ID), nil
 	}
-	return fmt.Sprintf("OK %s queued (Exchange deferred it; the relay will retry)", env.ID), nil
+	// Deferred by Exchange, or the path to it (token, TLS, AUTH) failed.
+	return fmt.Sprintf("OK %s queued (the attempt did not get through; the relay will retry)", env.ID), nil
 }
