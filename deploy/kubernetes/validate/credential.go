@@ -7,7 +7,8 @@ import (
 )
 
 // The relay's credential in a pod: a certificate file from a Secret
-// volume, or Azure workload identity. Secrets are never literal values.
+// volume, Azure workload identity, a client secret or a managed identity
+// (the kinds config accepts). Secrets are never literal values.
 
 // workloadIdentityLabel opts a pod into the Azure workload identity
 // webhook, which then injects webhookEnv and the projected token file.
@@ -24,8 +25,12 @@ func (c *checker) relayCredential(o Object, ctr *corev1.Container, env relayEnv,
 		c.certificate(o, ctr, env, p)
 	case p.tmpl.Labels[workloadIdentityLabel] == "true":
 		c.workloadIdentity(o, env, p)
-	case !env.has(setting(keyFederatedTokenFile).Env):
-		c.errorf(o, "relay has no credential: neither %s nor workload identity", setting(keyCertificatePath).Env)
+	case env.has(setting(keyFederatedTokenFile).Env), env.has(setting(keyClientSecret).Env),
+		env.vals[setting(keyCredential).Env] == "managed_identity":
+		// Nothing in the pod to check beyond the secret's valueFrom below.
+	default:
+		c.errorf(o, "relay has no credential: none of %s, workload identity, %s or %s=managed_identity",
+			setting(keyCertificatePath).Env, setting(keyClientSecret).Env, setting(keyCredential).Env)
 	}
 	for _, k := range secretEnvs() {
 		for _, e := range ctr.Env {

@@ -23,6 +23,8 @@ const (
 	keyShutdownTimeout    = "shutdown_timeout"
 	keyCertificatePath    = "client_certificate_path"
 	keyFederatedTokenFile = "federated_token_file"
+	keyClientSecret       = "client_secret"
+	keyCredential         = "credential"
 )
 
 // azurePrefix starts the Azure SDKs' environment names, which the relay

@@ -297,3 +297,27 @@ func TestCatchesMistakes(t *testing.T) {
 		})
 	}
 }
+
+// Every credential kind the relay accepts passes: a pod with a client
+// secret from a Secret, or one that names a managed identity, has a
+// credential (the validator once knew only the certificate and workload
+// identity).
+func TestOtherCredentialKinds(t *testing.T) {
+	t.Parallel()
+	base := loadTree(t)
+	certEnv := "            - name: AZURE_CLIENT_CERTIFICATE_PATH\n              value: /etc/o365relay/cert/o365relay.pem\n"
+	for name, env := range map[string]string{
+		"client secret":    "            - name: AZURE_CLIENT_SECRET\n              valueFrom:\n                secretKeyRef: {name: o365relay-secret, key: client-secret}\n",
+		"managed identity": "            - name: O365RELAY_CREDENTIAL\n              value: managed_identity\n",
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			tr := mutate(t, base, "sidecar/deployment.yaml", certEnv, env)
+			for _, err := range tr.validate(t, "sidecar") {
+				if strings.Contains(err.Error(), "credential") {
+					t.Error(err)
+				}
+			}
+		})
+	}
+}
