@@ -5,7 +5,6 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/emersion/go-smtp"
 	"go.yaml.in/yaml/v3"
 
 	"github.com/o365relay/o365relay/relay/address"
@@ -283,7 +282,7 @@ func (c *Config) Route(sender string) (string, error) {
 		if shown == "" {
 			shown = "<> (null sender)"
 		}
-		return "", reply.New(550, smtp.EnhancedCode{5, 7, 1},
+		return "", reply.New(550, reply.EnhancedCode{5, 7, 1},
 			fmt.Sprintf("Sender %s is not allowed to relay: no rule in the config file's senders list matches it; add a rule for the address, its \"*@domain\", or a catch-all \"*\"", shown))
 	}
 	return r.Mailbox, nil

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/o365relay/o365relay/relay/delivery"
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
@@ -86,7 +84,7 @@ func (k *sink) Submit(ctx context.Context, env *message.Envelope, body io.Reader
 		// Removed without a verdict: the record could not be read back
 		// (moved to corrupt/). Nothing will deliver it, so the client
 		// keeps the message and tries again.
-		return "", reply.Wrap(out.Err, 451, smtp.EnhancedCode{4, 3, 0}, "Local error in processing; try again")
+		return "", reply.Wrap(out.Err, 451, reply.EnhancedCode{4, 3, 0}, "Local error in processing; try again")
 	case len(out.Delivered) > 0 || len(out.Failed) > 0:
 		return fmt.Sprintf("OK %s delivered to %d of %d recipients; the rest are retried or reported",
 			env.ID, len(out.Delivered), len(env.To)), nil

@@ -8,11 +8,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/o365relay/o365relay/relay/delivery"
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/smtpd"
 )
 
 type fakeSpool struct{ err error }
@@ -40,8 +39,8 @@ func (f *fakeSched) DeliverNow(context.Context, message.ID) (*delivery.Outcome, 
 // refused every recipient for good; anything the relay can no longer
 // deliver is a 4xx so the client keeps it.
 func TestSinkReplies(t *testing.T) {
-	perm := reply.New(554, smtp.EnhancedCode{5, 2, 252}, "SendAsDenied")
-	temp := reply.New(451, smtp.EnhancedCode{4, 7, 0}, "Temporary server error")
+	perm := reply.New(554, reply.EnhancedCode{5, 2, 252}, "SendAsDenied")
+	temp := reply.New(451, reply.EnhancedCode{4, 7, 0}, "Temporary server error")
 	env := func() *message.Envelope { return &message.Envelope{ID: "01", To: []string{"a@x", "b@x"}} }
 	cases := []struct {
 		name     string
@@ -53,7 +52,7 @@ func TestSinkReplies(t *testing.T) {
 		enqueued bool
 	}{
 		{"spool mode", AckSpool, nil, nil, nil, "250 queued", true},
-		{"spool full", AckSpool, reply.New(452, smtp.EnhancedCode{4, 3, 1}, "full"), nil, nil, "452", false},
+		{"spool full", AckSpool, reply.New(452, reply.EnhancedCode{4, 3, 1}, "full"), nil, nil, "452", false},
 		{"delivered", AckUpstream, nil, &delivery.Outcome{Delivered: []string{"a@x", "b@x"}, Removed: true}, nil, "250 delivered", false},
 		{"refused for good", AckUpstream, nil, &delivery.Outcome{Failed: map[string]*reply.Error{"a@x": perm, "b@x": perm}, Err: perm, Removed: true}, nil, "554", false},
 		{"partly delivered", AckUpstream, nil, &delivery.Outcome{Delivered: []string{"a@x"}, Failed: map[string]*reply.Error{"b@x": perm}, Removed: true}, nil, "250 delivered to 1 of 2", false},
@@ -68,7 +67,7 @@ func TestSinkReplies(t *testing.T) {
 			text, err := k.Submit(context.Background(), env(), strings.NewReader("body\r\n"))
 			got := "250 " + text
 			if err != nil {
-				rep := reply.ForClient(err)
+				rep := smtpd.ForClient(err)
 				got = strconv.Itoa(rep.Code) + " " + rep.Message
 			}
 			code, rest, _ := strings.Cut(tc.want, " ")

@@ -12,7 +12,6 @@ import (
 	"strings"
 
 	msalerrors "github.com/AzureAD/microsoft-authentication-library-for-go/apps/errors"
-	"github.com/emersion/go-smtp"
 
 	"github.com/o365relay/o365relay/relay/reply"
 )
@@ -246,7 +245,7 @@ func tokenReply(err error) *reply.Error {
 	if errors.As(err, &ee) && ee.Code() != 0 {
 		text = fmt.Sprintf("Entra ID refused the token request (AADSTS%d); try again later", ee.Code())
 	}
-	return &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: text, Stage: reply.StageToken, Err: err}
+	return &reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 0}, Text: text, Stage: reply.StageToken, Err: err}
 }
 
 // SetupIDs are the user's own identifiers that a fix names, so that the

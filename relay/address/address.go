@@ -37,8 +37,6 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
@@ -111,11 +109,11 @@ const (
 	recipient
 )
 
-func (k kind) code() smtp.EnhancedCode {
+func (k kind) code() reply.EnhancedCode {
 	if k == sender {
-		return smtp.EnhancedCode{5, 1, 7}
+		return reply.EnhancedCode{5, 1, 7}
 	}
-	return smtp.EnhancedCode{5, 1, 3}
+	return reply.EnhancedCode{5, 1, 3}
 }
 
 // syntaxErr is a path that is not RFC 5321 (501); refused is one that is,
@@ -128,7 +126,7 @@ func (k kind) refused(format string, a ...any) *reply.Error {
 	return reply.New(553, k.code(), "Address not accepted: "+fmt.Sprintf(format, a...))
 }
 
-var errNeedUTF8 = reply.New(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII address requires the SMTPUTF8 parameter on MAIL FROM (RFC 6531)")
+var errNeedUTF8 = reply.New(553, reply.EnhancedCode{5, 6, 7}, "Non-ASCII address requires the SMTPUTF8 parameter on MAIL FROM (RFC 6531)")
 
 // ParseMail parses a whole MAIL command line as the client sent it (CRLF
 // removed).
@@ -156,7 +154,7 @@ func ParseMail(line string) (Mail, *reply.Error) {
 		case "SIZE":
 			n, err := strconv.ParseInt(pr.value, 10, 64)
 			if !pr.hasValue || err != nil || n < 0 || strings.TrimLeft(pr.value, "0123456789") != "" {
-				return Mail{}, reply.New(501, smtp.EnhancedCode{5, 5, 4}, "SIZE= needs a number of octets (RFC 1870)")
+				return Mail{}, reply.New(501, reply.EnhancedCode{5, 5, 4}, "SIZE= needs a number of octets (RFC 1870)")
 			}
 			m.Size = n
 		case "BODY":
@@ -164,11 +162,11 @@ func ParseMail(line string) (Mail, *reply.Error) {
 			case "7BIT", "8BITMIME":
 				m.Body = strings.ToUpper(pr.value)
 			default:
-				return Mail{}, reply.New(501, smtp.EnhancedCode{5, 5, 4}, "BODY= must be 7BIT or 8BITMIME (RFC 6152)")
+				return Mail{}, reply.New(501, reply.EnhancedCode{5, 5, 4}, "BODY= must be 7BIT or 8BITMIME (RFC 6152)")
 			}
 		case "SMTPUTF8":
 			if pr.hasValue {
-				return Mail{}, reply.New(501, smtp.EnhancedCode{5, 5, 4}, "SMTPUTF8 takes no value (RFC 6531)")
+				return Mail{}, reply.New(501, reply.EnhancedCode{5, 5, 4}, "SMTPUTF8 takes no value (RFC 6531)")
 			}
 			m.SMTPUTF8 = true
 		case "AUTH":
@@ -176,10 +174,10 @@ func ParseMail(line string) (Mail, *reply.Error) {
 			// client this relay does not trust to assert it. Dropped;
 			// never passed on.
 			if !pr.hasValue {
-				return Mail{}, reply.New(501, smtp.EnhancedCode{5, 5, 4}, "AUTH= needs a value (RFC 4954 section 5)")
+				return Mail{}, reply.New(501, reply.EnhancedCode{5, 5, 4}, "AUTH= needs a value (RFC 4954 section 5)")
 			}
 		default:
-			return Mail{}, reply.New(555, smtp.EnhancedCode{5, 5, 4}, fmt.Sprintf("MAIL parameter %s is not supported here", pr.key))
+			return Mail{}, reply.New(555, reply.EnhancedCode{5, 5, 4}, fmt.Sprintf("MAIL parameter %s is not supported here", pr.key))
 		}
 	}
 	if !m.SMTPUTF8 && !isASCII(m.From.String()) {
@@ -208,7 +206,7 @@ func ParseRcpt(line string, smtputf8 bool) (Mailbox, *reply.Error) {
 		return Mailbox{}, rerr
 	}
 	if len(params) > 0 {
-		return Mailbox{}, reply.New(555, smtp.EnhancedCode{5, 5, 4}, fmt.Sprintf("RCPT parameter %s is not supported here", params[0].key))
+		return Mailbox{}, reply.New(555, reply.EnhancedCode{5, 5, 4}, fmt.Sprintf("RCPT parameter %s is not supported here", params[0].key))
 	}
 	if !smtputf8 && !isASCII(to.String()) {
 		return Mailbox{}, errNeedUTF8
@@ -241,11 +239,11 @@ func Parse(s string, smtputf8 bool) (Mailbox, error) {
 // removed.
 func commandArg(line, verb, keyword string, k kind) (string, *reply.Error) {
 	if len(line) < 5 || !strings.EqualFold(line[:4], verb) || line[4] != ' ' {
-		return "", reply.New(500, smtp.EnhancedCode{5, 5, 2}, "Command not recognized")
+		return "", reply.New(500, reply.EnhancedCode{5, 5, 2}, "Command not recognized")
 	}
 	rest := strings.TrimLeft(line[5:], " ")
 	if len(rest) < len(keyword) || !strings.EqualFold(rest[:len(keyword)], keyword) {
-		return "", reply.New(501, smtp.EnhancedCode{5, 5, 2}, fmt.Sprintf("Syntax: %s %s<address>", verb, keyword))
+		return "", reply.New(501, reply.EnhancedCode{5, 5, 2}, fmt.Sprintf("Syntax: %s %s<address>", verb, keyword))
 	}
 	return strings.TrimLeft(rest[len(keyword):], " "), nil
 }
@@ -590,11 +588,11 @@ func parseParams(s string) ([]param, *reply.Error) {
 		}
 		key, value, hasValue := strings.Cut(f, "=")
 		if !isKeyword(key) || (hasValue && !isValue(value)) {
-			return nil, reply.New(501, smtp.EnhancedCode{5, 5, 4}, fmt.Sprintf("Malformed parameter %q (RFC 5321 section 4.1.2)", cut(f)))
+			return nil, reply.New(501, reply.EnhancedCode{5, 5, 4}, fmt.Sprintf("Malformed parameter %q (RFC 5321 section 4.1.2)", cut(f)))
 		}
 		key = strings.ToUpper(key)
 		if seen[key] {
-			return nil, reply.New(501, smtp.EnhancedCode{5, 5, 4}, fmt.Sprintf("Parameter %s given twice", key))
+			return nil, reply.New(501, reply.EnhancedCode{5, 5, 4}, fmt.Sprintf("Parameter %s given twice", key))
 		}
 		seen[key] = true
 		out = append(out, param{key: key, value: value, hasValue: hasValue})

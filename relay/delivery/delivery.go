@@ -59,7 +59,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
 	"github.com/o365relay/o365relay/relay/message"
@@ -480,9 +479,9 @@ func (s *Scheduler) attempt(ctx context.Context, id message.ID) (*Outcome, error
 }
 
 var (
-	enhExpired  = smtp.EnhancedCode{4, 4, 7} // RFC 3463 X.4.7 delivery time expired
-	enhInternal = smtp.EnhancedCode{4, 3, 0}
-	enhHeld     = smtp.EnhancedCode{4, 3, 0} // RFC 3463 X.3.0: the mail system (upstream) is unavailable
+	enhExpired  = reply.EnhancedCode{4, 4, 7} // RFC 3463 X.4.7 delivery time expired
+	enhInternal = reply.EnhancedCode{4, 3, 0}
+	enhHeld     = reply.EnhancedCode{4, 3, 0} // RFC 3463 X.3.0: the mail system (upstream) is unavailable
 )
 
 func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (*Outcome, error) {
@@ -811,7 +810,7 @@ func (s *Scheduler) settle(mailbox string, at time.Time, reserved, delivered int
 }
 
 func classOf(re *reply.Error) string {
-	if re.Enhanced != smtp.NoEnhancedCode && re.Enhanced != smtp.EnhancedCodeNotSet {
+	if re.Enhanced != reply.NoEnhancedCode && re.Enhanced != reply.EnhancedCodeNotSet {
 		return reply.EnhancedString(re.Code, re.Enhanced)
 	}
 	return strconv.Itoa(re.Code)

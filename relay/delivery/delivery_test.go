@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/relay/spool"
@@ -40,7 +38,7 @@ type call struct {
 func (f *fake) Deliver(ctx context.Context, env *message.Envelope, body io.Reader) (*message.Result, error) {
 	b, err := io.ReadAll(body)
 	if err != nil {
-		return nil, reply.Wrap(err, 451, smtp.EnhancedCode{4, 3, 0}, "read")
+		return nil, reply.Wrap(err, 451, reply.EnhancedCode{4, 3, 0}, "read")
 	}
 	f.mu.Lock()
 	n := len(f.calls)
@@ -133,9 +131,9 @@ func (f *fixture) state(t *testing.T) spool.State {
 }
 
 var (
-	temp    = &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: "Temporary server error", Stage: reply.StageData}
-	auth535 = &reply.Error{Code: 535, Enhanced: smtp.EnhancedCode{5, 7, 3}, Text: "Authentication unsuccessful", Stage: reply.StageAuth}
-	perm    = &reply.Error{Code: 550, Enhanced: smtp.EnhancedCode{5, 7, 60}, Text: "not permitted to send as", Stage: reply.StageMail}
+	temp    = &reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 0}, Text: "Temporary server error", Stage: reply.StageData}
+	auth535 = &reply.Error{Code: 535, Enhanced: reply.EnhancedCode{5, 7, 3}, Text: "Authentication unsuccessful", Stage: reply.StageAuth}
+	perm    = &reply.Error{Code: 550, Enhanced: reply.EnhancedCode{5, 7, 60}, Text: "not permitted to send as", Stage: reply.StageMail}
 )
 
 func TestTransientRetriedWithBackoff(t *testing.T) {
@@ -169,7 +167,7 @@ func TestJitterBounds(t *testing.T) {
 
 func TestPartialRcptFailure(t *testing.T) {
 	t.Parallel()
-	rej := &reply.Error{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 1}, Text: "no such user", Stage: reply.StageRcpt}
+	rej := &reply.Error{Code: 550, Enhanced: reply.EnhancedCode{5, 1, 1}, Text: "no such user", Stage: reply.StageRcpt}
 	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){
 		func(context.Context, *message.Envelope, []byte) (*message.Result, error) {
 			return &message.Result{Accepted: []string{"a@example.org"}, Rejected: map[string]*reply.Error{"b@example.org": rej}, Reply: "250 OK"}, nil
@@ -191,7 +189,7 @@ func TestPartialRcptFailure(t *testing.T) {
 
 func TestRcpt4xxRetriedForThatRecipientOnly(t *testing.T) {
 	t.Parallel()
-	busy := &reply.Error{Code: 450, Enhanced: smtp.EnhancedCode{4, 2, 1}, Text: "try later", Stage: reply.StageRcpt}
+	busy := &reply.Error{Code: 450, Enhanced: reply.EnhancedCode{4, 2, 1}, Text: "try later", Stage: reply.StageRcpt}
 	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){
 		func(context.Context, *message.Envelope, []byte) (*message.Result, error) {
 			return &message.Result{Accepted: []string{"a@example.org"}, Rejected: map[string]*reply.Error{"b@example.org": busy}}, nil
@@ -261,7 +259,7 @@ func TestCrashMidDeliveryKeepsAttempt(t *testing.T) {
 				t.Errorf("attempt not recorded before delivery: %+v", st)
 			}
 			cancel()
-			return nil, reply.Wrap(c.Err(), 451, smtp.EnhancedCode{4, 4, 2}, "connection lost")
+			return nil, reply.Wrap(c.Err(), 451, reply.EnhancedCode{4, 4, 2}, "connection lost")
 		},
 	}})
 	if _, err := f.s.attempt(ctx, f.envID); err != nil {
@@ -294,7 +292,7 @@ func TestMaxAgeExpires(t *testing.T) {
 		t.Fatalf("%+v %v, %d calls", out, err, f.fw.n())
 	}
 	re := out.Failed["a@example.org"]
-	if re == nil || re.Enhanced != (smtp.EnhancedCode{4, 4, 7}) {
+	if re == nil || re.Enhanced != (reply.EnhancedCode{4, 4, 7}) {
 		t.Errorf("reply %v", re)
 	}
 	if failed, err := f.sp.ListFailed(); err != nil || len(failed) != 1 || failed[0].State.Final != "expired" {

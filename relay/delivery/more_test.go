@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/o365relay/o365relay/relay/message"
@@ -29,11 +28,11 @@ func TestReplyClasses(t *testing.T) {
 		attempts int
 		healthy  bool
 	}{
-		{"432 concurrent connections", &reply.Error{Code: 432, Enhanced: smtp.EnhancedCode{4, 3, 2}, Text: "Concurrent connections limit exceeded", Stage: reply.StageConnect}, 75 * time.Second, 1, true},
-		{"554 5.2.0 quota", &reply.Error{Code: 554, Enhanced: smtp.EnhancedCode{5, 2, 0}, Text: "SubmissionQuotaExceededException", Stage: reply.StageData}, time.Hour, 0, false},
-		{"550 5.2.252 throttled", &reply.Error{Code: 550, Enhanced: smtp.EnhancedCode{5, 2, 252}, Text: "Sender throttled", Stage: reply.StageData}, time.Hour, 0, false},
-		{"token", &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Text: "token service", Stage: reply.StageToken}, time.Minute, 0, false},
-		{"535 5.7.139", &reply.Error{Code: 535, Enhanced: smtp.EnhancedCode{5, 7, 139}, Text: "SmtpClientAuthentication is disabled", Stage: reply.StageAuth}, time.Minute, 0, false},
+		{"432 concurrent connections", &reply.Error{Code: 432, Enhanced: reply.EnhancedCode{4, 3, 2}, Text: "Concurrent connections limit exceeded", Stage: reply.StageConnect}, 75 * time.Second, 1, true},
+		{"554 5.2.0 quota", &reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 2, 0}, Text: "SubmissionQuotaExceededException", Stage: reply.StageData}, time.Hour, 0, false},
+		{"550 5.2.252 throttled", &reply.Error{Code: 550, Enhanced: reply.EnhancedCode{5, 2, 252}, Text: "Sender throttled", Stage: reply.StageData}, time.Hour, 0, false},
+		{"token", &reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 0}, Text: "token service", Stage: reply.StageToken}, time.Minute, 0, false},
+		{"535 5.7.139", &reply.Error{Code: 535, Enhanced: reply.EnhancedCode{5, 7, 139}, Text: "SmtpClientAuthentication is disabled", Stage: reply.StageAuth}, time.Minute, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -60,13 +59,13 @@ func TestReplyClasses(t *testing.T) {
 func TestPathFailuresHoldTheMailbox(t *testing.T) {
 	t.Parallel()
 	for _, re := range []*reply.Error{
-		{Code: 554, Enhanced: smtp.EnhancedCode{5, 3, 2}, Text: "No SMTP service here", Stage: reply.StageConnect},
-		{Code: 550, Enhanced: smtp.EnhancedCode{5, 7, 1}, Text: "EHLO refused", Stage: reply.StageConnect},
-		{Code: 554, Enhanced: smtp.EnhancedCode{5, 7, 10}, Text: "does not offer STARTTLS", Stage: reply.StageTLS},
-		{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 5}, Text: "TLS certificate not trusted", Stage: reply.StageTLS},
-		{Code: 554, Enhanced: smtp.EnhancedCode{5, 7, 4}, Text: "does not offer AUTH XOAUTH2", Stage: reply.StageAuth},
-		{Code: 504, Enhanced: smtp.EnhancedCode{5, 7, 4}, Text: "Unrecognized authentication type", Stage: reply.StageAuth},
-		{Code: 421, Enhanced: smtp.EnhancedCode{4, 3, 2}, Text: "Service not available", Stage: reply.StageConnect},
+		{Code: 554, Enhanced: reply.EnhancedCode{5, 3, 2}, Text: "No SMTP service here", Stage: reply.StageConnect},
+		{Code: 550, Enhanced: reply.EnhancedCode{5, 7, 1}, Text: "EHLO refused", Stage: reply.StageConnect},
+		{Code: 554, Enhanced: reply.EnhancedCode{5, 7, 10}, Text: "does not offer STARTTLS", Stage: reply.StageTLS},
+		{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 5}, Text: "TLS certificate not trusted", Stage: reply.StageTLS},
+		{Code: 554, Enhanced: reply.EnhancedCode{5, 7, 4}, Text: "does not offer AUTH XOAUTH2", Stage: reply.StageAuth},
+		{Code: 504, Enhanced: reply.EnhancedCode{5, 7, 4}, Text: "Unrecognized authentication type", Stage: reply.StageAuth},
+		{Code: 421, Enhanced: reply.EnhancedCode{4, 3, 2}, Text: "Service not available", Stage: reply.StageConnect},
 	} {
 		t.Run(re.Error(), func(t *testing.T) {
 			f := setup(t, &fake{steps: []step{fails(re), ok}})
@@ -111,7 +110,7 @@ func TestPathFailuresHoldTheMailbox(t *testing.T) {
 func TestConcurrentPathFailuresHoldOnce(t *testing.T) {
 	t.Parallel()
 	f := setup(t, &fake{})
-	re := &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 4, 1}, Text: "connection refused", Stage: reply.StageConnect}
+	re := &reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 4, 1}, Text: "connection refused", Stage: reply.StageConnect}
 	log := f.s.log
 	for i, want := range []time.Duration{time.Minute, time.Minute, time.Minute} {
 		if d := f.s.classify(log, "mb", re, t0); !d.keep || !d.next.Equal(t0.Add(want)) {

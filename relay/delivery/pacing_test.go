@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
 )
@@ -143,7 +141,7 @@ func TestSchedulerPaces(t *testing.T) {
 // at most an hour at a time, and the message is kept.
 func TestQuotaPausesUntilWindowFrees(t *testing.T) {
 	t.Parallel()
-	quota := &reply.Error{Code: 554, Enhanced: smtp.EnhancedCode{5, 2, 0}, Text: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException", Stage: reply.StageData}
+	quota := &reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 2, 0}, Text: "STOREDRV.Submission.Exception:SubmissionQuotaExceededException", Stage: reply.StageData}
 	fw := &fake{steps: []step{ok, fails(quota)}}
 	f := setup(t, fw)
 	f.s.o.Limits = func(string) Limits { return Limits{DailyRecipients: 10000} }
@@ -171,7 +169,7 @@ func TestQuotaPausesUntilWindowFrees(t *testing.T) {
 // nothing fails, the attempt is not counted, it is retried soon.
 func TestTokenExpiredNotAFailure(t *testing.T) {
 	t.Parallel()
-	f := setup(t, &fake{steps: []step{fails(&reply.Error{Code: 501, Enhanced: smtp.EnhancedCode{5, 5, 127}, Text: "token expired", Stage: reply.StageMail})}})
+	f := setup(t, &fake{steps: []step{fails(&reply.Error{Code: 501, Enhanced: reply.EnhancedCode{5, 5, 127}, Text: "token expired", Stage: reply.StageMail})}})
 	out, err := f.s.attempt(context.Background(), f.envID)
 	if err != nil || out.Removed || len(out.Failed) != 0 || len(out.Pending) != 2 {
 		t.Fatalf("%+v %v", out, err)

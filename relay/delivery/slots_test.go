@@ -8,13 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
-var conc432 = &reply.Error{Code: 432, Enhanced: smtp.EnhancedCode{4, 3, 2}, Text: "Concurrent connections limit exceeded", Stage: reply.StageAuth}
+var conc432 = &reply.Error{Code: 432, Enhanced: reply.EnhancedCode{4, 3, 2}, Text: "Concurrent connections limit exceeded", Stage: reply.StageAuth}
 
 // TestConcurrency432LowersLimitAndWaitsForOurs: a mailbox allowed three
 // connections has two attempts in flight when Exchange refuses the third

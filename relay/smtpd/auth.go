@@ -35,19 +35,19 @@ type Authenticator interface {
 
 var (
 	// RFC 4954 §6: 535 5.7.8 "Authentication credentials invalid".
-	errAuthFailed = reply.New(535, smtp.EnhancedCode{5, 7, 8}, "Authentication credentials invalid")
+	errAuthFailed = reply.New(535, reply.EnhancedCode{5, 7, 8}, "Authentication credentials invalid")
 	// RFC 4954 §6 allows 454 4.7.0 for a temporary authentication
 	// failure: the client may try again later, from this address.
-	errAuthLimited = reply.New(454, smtp.EnhancedCode{4, 7, 0},
+	errAuthLimited = reply.New(454, reply.EnhancedCode{4, 7, 0},
 		"Too many failed authentication attempts from your address; try again later")
 	// X.7.1 (RFC 3463): delivery not authorized, the same code as for a
 	// sender no routing rule covers.
-	errSenderNotAllowed = reply.New(550, smtp.EnhancedCode{5, 7, 1}, "Sender address not allowed for the authenticated user")
+	errSenderNotAllowed = reply.New(550, reply.EnhancedCode{5, 7, 1}, "Sender address not allowed for the authenticated user")
 	// RFC 4954 §6: 530 5.7.0 "Authentication required".
-	errAuthRequired = reply.New(530, smtp.EnhancedCode{5, 7, 0},
+	errAuthRequired = reply.New(530, reply.EnhancedCode{5, 7, 0},
 		"Authentication required: your address is not in allowed_networks; use STARTTLS and AUTH")
 	// RFC 3207 §4: 530 5.7.0 "Must issue a STARTTLS command first".
-	errNeedTLS = reply.New(530, smtp.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
+	errNeedTLS = reply.New(530, reply.EnhancedCode{5, 7, 0}, "Must issue a STARTTLS command first")
 )
 
 // authLimiter counts failed AUTH attempts per client address in a sliding
@@ -150,7 +150,7 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 		// The credentials (if the client sent an initial response) have
 		// crossed the network in clear; they are neither checked nor
 		// logged.
-		return nil, errNeedTLS.SMTP()
+		return nil, ForClient(errNeedTLS)
 	}
 	switch mech {
 	case sasl.Plain:
@@ -177,7 +177,7 @@ func (s *session) authenticate(user, pass string) (err error) {
 	if lim.blocked(s.clientIP) {
 		s.pad(start)
 		s.srv.log.Warn("AUTH refused: too many failures from this address", zap.String("client", s.clientIP.String()))
-		return errAuthLimited.SMTP()
+		return ForClient(errAuthLimited)
 	}
 	if aerr := s.srv.opts.Auth.Authenticate(user, pass); aerr != nil {
 		lim.fail(s.clientIP)
@@ -191,7 +191,7 @@ func (s *session) authenticate(user, pass string) (err error) {
 
 func (s *session) authFailed(user string, cause error) error {
 	s.srv.log.Warn("AUTH failed", zap.String("client", s.clientIP.String()), zap.String("user", user), zap.Error(cause))
-	return errAuthFailed.SMTP()
+	return ForClient(errAuthFailed)
 }
 
 func (s *session) pad(start time.Time) {

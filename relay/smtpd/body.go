@@ -7,8 +7,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
 )
@@ -36,17 +34,17 @@ const (
 const maxReceived = 50
 
 var (
-	errBareLF = reply.New(550, smtp.EnhancedCode{5, 6, 0},
+	errBareLF = reply.New(550, reply.EnhancedCode{5, 6, 0},
 		"Message has a line ending in bare LF (no CR); SMTP requires CRLF (RFC 5321 section 2.3.8). "+
 			"Fix the sender, or set line_endings: normalize (O365RELAY_LINE_ENDINGS) in the relay's configuration")
-	errBareCR = reply.New(550, smtp.EnhancedCode{5, 6, 0},
+	errBareCR = reply.New(550, reply.EnhancedCode{5, 6, 0},
 		"Message has a bare CR not followed by LF; SMTP requires CRLF (RFC 5321 section 2.3.8). "+
 			"Fix the sender, or set line_endings: normalize (O365RELAY_LINE_ENDINGS) in the relay's configuration")
 	// The same line limit as go-smtp's for commands (see New); the
 	// connection is closed after this reply, as go-smtp does for a
 	// command line.
-	errLineTooLong = reply.New(500, smtp.EnhancedCode{5, 5, 2}, "Line too long (limit 2000 octets), closing connection")
-	errLoop        = reply.New(554, smtp.EnhancedCode{5, 4, 6},
+	errLineTooLong = reply.New(500, reply.EnhancedCode{5, 5, 2}, "Line too long (limit 2000 octets), closing connection")
+	errLoop        = reply.New(554, reply.EnhancedCode{5, 4, 6},
 		fmt.Sprintf("Too many Received: headers (more than %d): mail loop detected", maxReceived))
 )
 
@@ -54,14 +52,14 @@ var (
 // body's text, RFC 6152 §3 out of 8BITMIME data, and only BINARYMIME
 // (not offered) may carry it; a NUL is where many mail programs cut a
 // string short, so the message would not arrive as sent.
-var errNUL = reply.New(550, smtp.EnhancedCode{5, 6, 0},
+var errNUL = reply.New(550, reply.EnhancedCode{5, 6, 0},
 	"Message contains a NUL octet, which SMTP mail may not carry (RFC 5322 section 3.5, RFC 6152 section 3); encode binary content (base64)")
 
 // errHeaderTooLong refuses a message whose sender rule rewrites From:
 // (rewrite: envelope+from) when its header section is longer than the
 // rewrite reads (message.MaxRewriteHeader): Exchange would refuse the
 // unrewritten From: after the relay had acknowledged the message.
-var errHeaderTooLong = reply.New(552, smtp.EnhancedCode{5, 3, 4},
+var errHeaderTooLong = reply.New(552, reply.EnhancedCode{5, 3, 4},
 	fmt.Sprintf("Header section longer than %d octets: this sender's rule rewrites the From: header (rewrite: envelope+from), "+
 		"which the relay does for header sections up to that size", message.MaxRewriteHeader))
 

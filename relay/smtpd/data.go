@@ -5,8 +5,6 @@ import (
 	"io"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
@@ -64,7 +62,7 @@ func newDataReader(c *trackedConn, max int64) *dataReader {
 
 // errDataTooLarge is go-smtp's reply to a message over the size limit
 // (RFC 1870 §6: X.3.4), kept word for word.
-var errDataTooLarge = reply.New(552, smtp.EnhancedCode{5, 3, 4}, "Maximum message size exceeded")
+var errDataTooLarge = reply.New(552, reply.EnhancedCode{5, 3, 4}, "Maximum message size exceeded")
 
 // Read returns content. A message over the size limit or with a line over
 // maxDataLine gets its reply as the error; a network error or timeout

@@ -5,7 +5,7 @@
 //
 // A message is acknowledged with 250 only after the Sink (the spool, or the
 // spool and then Exchange) said so; every other outcome is a 4xx/5xx with an
-// enhanced status code (RFC 3463), produced in one place by reply.ForClient.
+// enhanced status code (RFC 3463), produced in one place by ForClient.
 //
 // Hostile or broken input is answered, never obeyed: the third syntax error,
 // an HTTP request or TLS ClientHello on the plain port, a DATA phase past its
@@ -78,7 +78,7 @@ import (
 // Sink takes responsibility for an accepted message. Submit reads body to
 // its end and returns only when the message is durable (or delivered); the
 // returned text follows "250 2.0.0 " in the reply to the client. An error is
-// turned into the client's reply by reply.ForClient.
+// turned into the client's reply by ForClient.
 type Sink interface {
 	Submit(ctx context.Context, env *message.Envelope, body io.Reader) (string, error)
 }
@@ -385,7 +385,7 @@ func (s *Server) beginData() bool {
 	return true
 }
 
-var errShuttingDown = reply.New(421, smtp.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
+var errShuttingDown = reply.New(421, reply.EnhancedCode{4, 3, 2}, "Service shutting down, try again later")
 
 func (s *Server) newSession(c *smtp.Conn) (sess smtp.Session, err error) {
 	tc := connOf(c.Conn())
@@ -397,14 +397,14 @@ func (s *Server) newSession(c *smtp.Conn) (sess smtp.Session, err error) {
 				tc.closeAfterReply()
 			}
 			logPanic(s.log, v, ip, "EHLO")
-			sess, err = nil, errPanic.SMTP()
+			sess, err = nil, ForClient(errPanic)
 		}
 	}()
 	if tc != nil && tc.closing.Load() != connOpen {
-		return nil, errClosed.SMTP()
+		return nil, ForClient(errClosed)
 	}
 	if s.draining.Load() {
-		return nil, errShuttingDown.SMTP()
+		return nil, ForClient(errShuttingDown)
 	}
 	ss := &session{srv: s, conn: c, tc: tc}
 	if tc != nil {

@@ -36,7 +36,7 @@ type session struct {
 // errPanic answers a command whose handling panicked. RFC 5321 §3.8: a
 // server that ends the session on its own answers 421; X.3.0 (RFC 3463) is
 // a fault of the mail system, not of the message, so the client retries.
-var errPanic = reply.New(421, smtp.EnhancedCode{4, 3, 0}, "Internal error, closing connection; try again later")
+var errPanic = reply.New(421, reply.EnhancedCode{4, 3, 0}, "Internal error, closing connection; try again later")
 
 // contain is deferred by every method go-smtp calls: a panic while
 // handling one connection becomes that connection's 421 4.3.0 and its end,
@@ -53,17 +53,17 @@ func (s *session) contain(errp *error, where string) {
 		s.tc.closeAfterReply()
 	}
 	if errp != nil {
-		*errp = errPanic.SMTP()
+		*errp = ForClient(errPanic)
 	}
 }
 
 // errSizeDeclared is go-smtp's own reply to a SIZE= over the limit.
-var errSizeDeclared = reply.New(552, smtp.EnhancedCode{5, 3, 4}, "Max message size exceeded")
+var errSizeDeclared = reply.New(552, reply.EnhancedCode{5, 3, 4}, "Max message size exceeded")
 
 // errClosed answers commands go-smtp still parses from its read buffer
 // after this relay has said its last word (421 and close); the answer is
 // dropped, and nothing is routed or stored.
-var errClosed = reply.New(421, smtp.EnhancedCode{4, 7, 0}, "Closing connection")
+var errClosed = reply.New(421, reply.EnhancedCode{4, 7, 0}, "Closing connection")
 
 // closed reports whether the client has been told the connection is
 // closing. go-smtp goes on handling the commands the client had pipelined
@@ -90,23 +90,23 @@ func (s *session) Logout() (err error) {
 func (s *session) Mail(_ string, _ *smtp.MailOptions) (err error) {
 	defer s.contain(&err, "MAIL")
 	if s.closed() {
-		return errClosed.SMTP()
+		return ForClient(errClosed)
 	}
 	if s.srv.draining.Load() {
-		return errShuttingDown.SMTP()
+		return ForClient(errShuttingDown)
 	}
 	line, ok := s.commandLine("MAIL")
 	if !ok {
-		return errUnframed.SMTP()
+		return ForClient(errUnframed)
 	}
 	m, rerr := address.ParseMail(line)
 	if rerr != nil {
 		s.srv.log.Info("sender address refused", zap.String("client", s.clientIP.String()), zap.String("reply", rerr.Error()))
-		return rerr.SMTP()
+		return ForClient(rerr)
 	}
 	if m.Size > s.srv.opts.MaxMessageBytes {
 		// RFC 1870 §6; go-smtp checks against one byte more (see New).
-		return errSizeDeclared.SMTP()
+		return ForClient(errSizeDeclared)
 	}
 	from := m.From.String()
 	if s.srv.opts.Auth != nil && s.authUser == "" && (s.tc == nil || !s.tc.trusted) {
@@ -114,18 +114,18 @@ func (s *session) Mail(_ string, _ *smtp.MailOptions) (err error) {
 		// authenticate (RFC 4954 §6: 530 5.7.0).
 		s.srv.log.Info("sender refused: authentication required", zap.String("client", s.clientIP.String()),
 			zap.String("from", from))
-		return errAuthRequired.SMTP()
+		return ForClient(errAuthRequired)
 	}
 	if s.authUser != "" && !s.srv.opts.Auth.MaySend(s.authUser, from) {
 		s.srv.log.Info("sender refused for the authenticated user", zap.String("client", s.clientIP.String()),
 			zap.String("user", s.authUser), zap.String("from", from))
-		return errSenderNotAllowed.SMTP()
+		return ForClient(errSenderNotAllowed)
 	}
 	mailbox, rerr2 := s.srv.opts.Route(from)
 	if rerr2 != nil {
 		s.srv.log.Info("sender refused", zap.String("client", s.clientIP.String()),
 			zap.String("from", from), zap.Error(rerr2))
-		return reply.ForClient(rerr2)
+		return ForClient(rerr2)
 	}
 	s.from, s.haveFrom, s.mailbox = from, true, mailbox
 	s.utf8 = m.SMTPUTF8
@@ -136,19 +136,19 @@ func (s *session) Mail(_ string, _ *smtp.MailOptions) (err error) {
 func (s *session) Rcpt(_ string, _ *smtp.RcptOptions) (err error) {
 	defer s.contain(&err, "RCPT")
 	if s.closed() {
-		return errClosed.SMTP()
+		return ForClient(errClosed)
 	}
 	if s.srv.draining.Load() {
-		return errShuttingDown.SMTP()
+		return ForClient(errShuttingDown)
 	}
 	line, ok := s.commandLine("RCPT")
 	if !ok {
-		return errUnframed.SMTP()
+		return ForClient(errUnframed)
 	}
 	to, rerr := address.ParseRcpt(line, s.utf8)
 	if rerr != nil {
 		s.srv.log.Info("recipient address refused", zap.String("client", s.clientIP.String()), zap.String("reply", rerr.Error()))
-		return rerr.SMTP()
+		return ForClient(rerr)
 	}
 	s.rcpts = append(s.rcpts, to.String())
 	return nil
@@ -156,7 +156,7 @@ func (s *session) Rcpt(_ string, _ *smtp.RcptOptions) (err error) {
 
 // errUnframed answers a MAIL or RCPT whose line trackedConn did not see
 // whole (it cannot happen: such a line is longer than go-smtp accepts).
-var errUnframed = reply.New(500, smtp.EnhancedCode{5, 5, 2}, "Command line not understood")
+var errUnframed = reply.New(500, reply.EnhancedCode{5, 5, 2}, "Command line not understood")
 
 // commandLine returns the command line go-smtp is handling, as the client
 // sent it, if it is a verb command; each line is handed out once.
@@ -177,18 +177,18 @@ func (s *session) commandLine(verb string) (string, bool) {
 // for BDAT on its own goroutine while the connection goroutine goes on
 // reading commands, so the session's fields and the connection's DATA state
 // would be shared between two goroutines. Every client falls back to DATA.
-var errBDAT = reply.New(502, smtp.EnhancedCode{5, 5, 1}, "BDAT is not supported here; use DATA")
+var errBDAT = reply.New(502, reply.EnhancedCode{5, 5, 1}, "BDAT is not supported here; use DATA")
 
 // errDataRead answers a DATA phase cut short by its deadline or the client
 // (X.4.2, RFC 3463: bad connection). Nothing was stored; the client retries.
-var errDataRead = reply.New(421, smtp.EnhancedCode{4, 4, 2}, "Message data not received in time, closing connection")
+var errDataRead = reply.New(421, reply.EnhancedCode{4, 4, 2}, "Message data not received in time, closing connection")
 
 func (s *session) Data(r io.Reader) (err error) {
 	// r is go-smtp's reader, which gets only the end of data; the
 	// content comes from the trackedConn's own framing (data.go).
 	if _, bdat := r.(*io.PipeReader); bdat {
 		// Before touching any state: this is the BDAT goroutine.
-		return errBDAT.SMTP()
+		return ForClient(errBDAT)
 	}
 	srv := s.srv
 	// Counted as the 354 went out (Server.beginData), or here for a
@@ -204,7 +204,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	}
 	defer s.contain(&err, "DATA")
 	if s.closed() || !counted {
-		return errShuttingDown.SMTP()
+		return ForClient(errShuttingDown)
 	}
 
 	// go-smtp reads the whole body under the deadline it set when the DATA
@@ -215,7 +215,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	if s.tc == nil || s.tc.data == nil {
 		// Every connection of a Server is a trackedConn, which framed
 		// the 354 that brought go-smtp here.
-		return errUnframed.SMTP()
+		return ForClient(errUnframed)
 	}
 	_ = s.tc.SetReadDeadline(time.Now().Add(srv.opts.DataTimeout))
 	content := s.tc.data
@@ -275,16 +275,16 @@ func (s *session) Data(r io.Reader) (err error) {
 	log := srv.log.With(zap.String("id", string(env.ID)), zap.String("client", env.Client),
 		zap.String("from", env.From), zap.Int("rcpts", len(env.To)), zap.String("mailbox", env.Mailbox))
 	if err != nil {
-		rep := reply.ForClient(err)
+		rep := ForClient(err)
 		log.Warn("message refused", zap.Int("code", rep.Code),
-			zap.String("enhanced", reply.EnhancedString(rep.Code, rep.EnhancedCode)),
+			zap.String("enhanced", reply.EnhancedString(rep.Code, reply.EnhancedCode(rep.EnhancedCode))),
 			zap.String("reply", rep.Message), zap.Error(err))
 		return rep
 	}
 	log.Info("message accepted", zap.Int64("size", env.Size), zap.String("reply", text))
 	// go-smtp's Session has no way to return a success text, but it
 	// writes whatever *smtp.SMTPError Data returns as the reply (the same
-	// type assertion reply.ForClient relies on), so a 250 naming the
+	// type assertion ForClient relies on), so a 250 naming the
 	// queue ID goes out in place of its fixed "250 2.0.0 OK: queued" —
 	// over STARTTLS too.
 	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0}, Message: text}

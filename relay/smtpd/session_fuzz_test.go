@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -64,7 +63,7 @@ func startFuzzServer(f testing.TB, mode LineEndings, mods ...func(*Options)) *fu
 		Sink:            sink,
 		Route: func(sender string) (string, error) {
 			if strings.HasPrefix(sender, "refused") {
-				return "", reply.New(550, smtp.EnhancedCode{5, 7, 1}, "Sender not allowed")
+				return "", reply.New(550, reply.EnhancedCode{5, 7, 1}, "Sender not allowed")
 			}
 			return "relay@contoso.com", nil
 		},

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -359,8 +358,8 @@ func TestSinkErrorsKeepTheirCodes(t *testing.T) {
 		err  error
 		want string
 	}{
-		{reply.New(452, smtp.EnhancedCode{4, 3, 1}, "Insufficient system storage"), "452 4.3.1 Insufficient system storage"},
-		{fmt.Errorf("wrapped: %w", reply.FromSMTP(&smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 252}, Message: "SendAsDenied"}, reply.StageData)), "554 5.2.252 SendAsDenied"},
+		{reply.New(452, reply.EnhancedCode{4, 3, 1}, "Insufficient system storage"), "452 4.3.1 Insufficient system storage"},
+		{fmt.Errorf("wrapped: %w", &reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 2, 252}, Text: "SendAsDenied", Stage: reply.StageData}), "554 5.2.252 SendAsDenied"},
 		{errors.New("disk on fire at /secret/path"), "451 4.3.0 "},
 	} {
 		s, sink, _ := startServer(t, nil)
@@ -380,7 +379,7 @@ func TestSenderPolicyAndAddressChecks(t *testing.T) {
 			if strings.HasSuffix(sender, "@contoso.com") {
 				return "relay@contoso.com", nil
 			}
-			return "", reply.New(550, smtp.EnhancedCode{5, 7, 1}, "Sender not allowed: add a rule under senders:")
+			return "", reply.New(550, reply.EnhancedCode{5, 7, 1}, "Sender not allowed: add a rule under senders:")
 		}
 	})
 	c := dial(t, s.Addr().String())

@@ -9,15 +9,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
 var (
-	enhStorage = smtp.EnhancedCode{4, 3, 1} // RFC 3463 X.3.1 mail system full
-	enhLocal   = smtp.EnhancedCode{4, 3, 0} // RFC 3463 X.3.0 other mail system status
+	enhStorage = reply.EnhancedCode{4, 3, 1} // RFC 3463 X.3.1 mail system full
+	enhLocal   = reply.EnhancedCode{4, 3, 0} // RFC 3463 X.3.0 other mail system status
 )
 
 func storageError(err error) *reply.Error {

@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
-
 	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
 )
@@ -129,11 +127,11 @@ func TestPutFaultAtEachStep(t *testing.T) {
 		for _, tc := range []struct {
 			err  error
 			code int
-			enh  smtp.EnhancedCode
+			enh  reply.EnhancedCode
 		}{
-			{syscall.EIO, 451, smtp.EnhancedCode{4, 3, 0}},
-			{syscall.ENOSPC, 452, smtp.EnhancedCode{4, 3, 1}},
-			{syscall.EDQUOT, 452, smtp.EnhancedCode{4, 3, 1}},
+			{syscall.EIO, 451, reply.EnhancedCode{4, 3, 0}},
+			{syscall.ENOSPC, 452, reply.EnhancedCode{4, 3, 1}},
+			{syscall.EDQUOT, 452, reply.EnhancedCode{4, 3, 1}},
 		} {
 			t.Run(fmt.Sprintf("%s/%v", op, tc.err), func(t *testing.T) {
 				t.Parallel()
@@ -167,7 +165,7 @@ func TestLimits(t *testing.T) {
 		t.Fatal(err)
 	}
 	err := s.Put(newEnv(2), bytes.NewReader([]byte("y")))
-	if re := reply.As(err); re == nil || re.Code != 452 || re.Enhanced != (smtp.EnhancedCode{4, 3, 1}) {
+	if re := reply.As(err); re == nil || re.Code != 452 || re.Enhanced != (reply.EnhancedCode{4, 3, 1}) {
 		t.Fatalf("MaxItems: %v", err)
 	}
 	dir := t.TempDir()
@@ -205,8 +203,8 @@ func TestPutBodyErrorIsReturnedAsIs(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	s := open_(t, dir, nil)
-	tooBig := &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: "too big"}
-	bareLF := reply.New(550, smtp.EnhancedCode{5, 6, 0}, "bare LF")
+	tooBig := reply.New(552, reply.EnhancedCode{5, 3, 4}, "too big")
+	bareLF := reply.New(550, reply.EnhancedCode{5, 6, 0}, "bare LF")
 	for _, want := range []error{tooBig, bareLF, io.ErrUnexpectedEOF} {
 		err := s.Put(newEnv(1), &failingReader{data: []byte("partial"), err: want})
 		if err != want {

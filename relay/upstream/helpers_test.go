@@ -204,7 +204,7 @@ func wantReply(t testing.TB, err error, code int, enh smtp.EnhancedCode, stage r
 	if !errors.As(err, &re) {
 		t.Fatalf("error %v (%T) is not a *reply.Error", err, err)
 	}
-	if re.Code != code || re.Enhanced != enh || re.Stage != stage {
+	if re.Code != code || re.Enhanced != reply.EnhancedCode(enh) || re.Stage != stage {
 		t.Errorf("got %d %v at %q (%v), want %d %v at %q", re.Code, re.Enhanced, re.Stage, err, code, enh, stage)
 	}
 	if re.Temporary() != (code/100 == 4) || reply.Temporary(err) != (code/100 == 4) {

@@ -4,7 +4,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
 	"github.com/o365relay/o365relay/relay/reply"
@@ -21,7 +20,7 @@ type mailboxPool struct {
 	idle []*conn // guarded by cl.mu; most recently used last
 }
 
-var errClosed = &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 3, 2}, Stage: reply.StageLocal,
+var errClosed = &reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 3, 2}, Stage: reply.StageLocal,
 	Text: "upstream client is shutting down"}
 
 func (c *Client) pool(mailbox string) (*mailboxPool, *reply.Error) {

@@ -90,7 +90,7 @@ func TestAuthHint(t *testing.T) {
 			}
 		}
 	}
-	if h := AuthHint(reply.New(451, smtp.EnhancedCode{4, 3, 0}, "disk full")); h != "" {
+	if h := AuthHint(reply.New(451, reply.EnhancedCode{4, 3, 0}, "disk full")); h != "" {
 		t.Errorf("hint for a local 451: %q", h)
 	}
 	if h := AuthHint(nil); h != "" {

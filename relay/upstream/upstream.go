@@ -16,7 +16,7 @@
 //     explicitly right after STARTTLS to surface the verification error.
 //   - A 535 at AUTH gets one token refresh and one new connection; a second
 //     535 is returned (5.7.3 is permanent for that token, §2.4).
-//   - Upstream replies are kept exactly (reply.FromSMTP); network, timeout
+//   - Upstream replies are kept exactly (FromSMTP); network, timeout
 //     and TLS failures become 451 4.4.x / 4.7.5, temporary.
 //   - The body is streamed. If reading it fails the connection is closed
 //     without the final dot, so Exchange never accepts a truncated message.
@@ -282,7 +282,7 @@ func (c *Client) startTLS(ctx context.Context, raw net.Conn) (*conn, *tls.Connec
 			return nil, nil, c.fail(ctxError(ctx, reply.StageConnect))
 		}
 		if err.Error() == errNoSTARTTLS {
-			return nil, nil, c.fail(&reply.Error{Code: 554, Enhanced: smtp.EnhancedCode{5, 7, 10}, Stage: reply.StageTLS,
+			return nil, nil, c.fail(&reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 7, 10}, Stage: reply.StageTLS,
 				Text: fmt.Sprintf("%s does not offer STARTTLS; refusing to send credentials without TLS (check the upstream address)", c.opts.Addr)})
 		}
 		stage := reply.StageConnect
@@ -308,7 +308,7 @@ func (c *Client) startTLS(ctx context.Context, raw net.Conn) (*conn, *tls.Connec
 	st, ok := sc.TLSConnectionState()
 	if !ok || !st.HandshakeComplete || st.Version < tls.VersionTLS12 {
 		cn.close(false)
-		return nil, nil, c.fail(&reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 5}, Stage: reply.StageTLS,
+		return nil, nil, c.fail(&reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 5}, Stage: reply.StageTLS,
 			Text: fmt.Sprintf("TLS session with %s not established", c.host)})
 	}
 	c.handshakes.Add(1)
@@ -327,11 +327,11 @@ func (c *Client) auth(ctx context.Context, cn *conn, mailbox string, tok token.T
 	// Never put a token on a connection that is not TLS, whatever
 	// happened before (house rule; RFC 4954 §4 leaves it to the client).
 	if st, ok := cn.smtp.TLSConnectionState(); !ok || !st.HandshakeComplete {
-		return c.fail(&reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 5}, Stage: reply.StageTLS,
+		return c.fail(&reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 5}, Stage: reply.StageTLS,
 			Text: "refusing to authenticate on a connection without TLS"})
 	}
 	if ok, _ := cn.smtp.Extension("AUTH"); !ok || !cn.smtp.SupportsAuth(Mechanism) {
-		return c.fail(&reply.Error{Code: 554, Enhanced: smtp.EnhancedCode{5, 7, 4}, Stage: reply.StageAuth,
+		return c.fail(&reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 7, 4}, Stage: reply.StageAuth,
 			Text: fmt.Sprintf("%s does not offer AUTH XOAUTH2", c.opts.Addr)})
 	}
 	stop := context.AfterFunc(ctx, func() { _ = cn.raw.Close() })
@@ -344,7 +344,7 @@ func (c *Client) auth(ctx context.Context, cn *conn, mailbox string, tok token.T
 			return c.fail(ctxError(ctx, reply.StageAuth))
 		}
 		if errors.Is(err, ErrBadUser) || errors.Is(err, errBadToken) {
-			return c.fail(&reply.Error{Code: 554, Enhanced: smtp.EnhancedCode{5, 7, 0}, Stage: reply.StageAuth, Text: err.Error()})
+			return c.fail(&reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 7, 0}, Stage: reply.StageAuth, Text: err.Error()})
 		}
 		return c.fail(c.classify(err, reply.StageAuth))
 	}
@@ -370,7 +370,7 @@ func tokenError(err error) *reply.Error {
 	}
 	// RFC 3463 X.7.0: other security status; transient because the token
 	// service may come back.
-	return &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 0}, Stage: reply.StageToken,
+	return &reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 0}, Stage: reply.StageToken,
 		Text: "could not obtain an access token from Entra ID", Err: err}
 }
 
@@ -425,7 +425,7 @@ func (c *Client) fail(e *reply.Error) *reply.Error {
 func (c *Client) classify(err error, stage reply.Stage) *reply.Error {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
-		return reply.FromSMTP(se, stage)
+		return FromSMTP(se, stage)
 	}
 	if re := tlsVerifyError(err, c.host, stage); re != nil {
 		return re
@@ -433,7 +433,7 @@ func (c *Client) classify(err error, stage reply.Stage) *reply.Error {
 	var alert tls.AlertError
 	var rh tls.RecordHeaderError
 	if errors.As(err, &alert) || errors.As(err, &rh) {
-		return &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 5}, Stage: stage,
+		return &reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 5}, Stage: stage,
 			Text: fmt.Sprintf("TLS handshake with %s failed", c.host), Err: err}
 	}
 	return netError(err, stage, fmt.Sprintf("connection to %s failed", c.opts.Addr))
@@ -461,17 +461,17 @@ func tlsVerifyError(err error, host string, stage reply.Stage) *reply.Error {
 	default:
 		return nil
 	}
-	return &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 5}, Stage: reply.StageTLS,
+	return &reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 5}, Stage: reply.StageTLS,
 		Text: fmt.Sprintf("TLS certificate of %s not trusted: %s", host, why), Err: err}
 }
 
 // netError maps network failures: RFC 3463 X.4.1 "no answer from host"
 // for connect failures and timeouts, X.4.2 "bad connection" otherwise.
 func netError(err error, stage reply.Stage, text string) *reply.Error {
-	enh := smtp.EnhancedCode{4, 4, 2}
+	enh := reply.EnhancedCode{4, 4, 2}
 	var ne net.Error
 	if stage == reply.StageConnect || (errors.As(err, &ne) && ne.Timeout()) {
-		enh = smtp.EnhancedCode{4, 4, 1}
+		enh = reply.EnhancedCode{4, 4, 1}
 	}
 	if errors.As(err, &ne) && ne.Timeout() {
 		text += " (timeout)"
@@ -480,7 +480,7 @@ func netError(err error, stage reply.Stage, text string) *reply.Error {
 }
 
 func ctxError(ctx context.Context, stage reply.Stage) *reply.Error {
-	return &reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 4, 1}, Stage: stage,
+	return &reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 4, 1}, Stage: stage,
 		Text: "delivery attempt cancelled or timed out", Err: context.Cause(ctx)}
 }
 
@@ -532,7 +532,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *message.Envelope, 
 	if ok, _ := cn.smtp.Extension("SMTPUTF8"); env.SMTPUTF8 && !ok {
 		// RFC 6531 §3.4: without the extension the message cannot be
 		// relayed; retrying will not help.
-		return nil, &txError{err: c.fail(&reply.Error{Code: 554, Enhanced: smtp.EnhancedCode{5, 6, 7}, Stage: reply.StageMail,
+		return nil, &txError{err: c.fail(&reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 6, 7}, Stage: reply.StageMail,
 			Text: "upstream does not support SMTPUTF8; internationalized addresses cannot be relayed"})}, false
 	}
 	// SIZE= (RFC 1870 §5) lets Exchange refuse an oversized message before
@@ -550,7 +550,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *message.Envelope, 
 			countReply(reply.StageRcpt, 250)
 			res.Accepted = append(res.Accepted, rcpt)
 		case errors.As(err, &se) && se.Code != 421:
-			res.Rejected[rcpt] = c.fail(reply.FromSMTP(se, reply.StageRcpt))
+			res.Rejected[rcpt] = c.fail(FromSMTP(se, reply.StageRcpt))
 		default:
 			// 421 (service closing, RFC 5321 §3.8) or a broken connection:
 			// the transaction as a whole failed.
@@ -583,7 +583,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *message.Envelope, 
 		// message (RFC 5321 §4.1.1.4 — only "<CRLF>.<CRLF>" completes it).
 		cn.close(false)
 		if br.err != nil {
-			return res, &txError{err: c.fail(&reply.Error{Code: 451, Enhanced: smtp.EnhancedCode{4, 3, 0}, Stage: reply.StageData,
+			return res, &txError{err: c.fail(&reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 3, 0}, Stage: reply.StageData,
 				Text: "message body could not be read; transfer aborted before the end of data", Err: br.err})}, false
 		}
 		return res, &txError{err: c.fail(c.classify(err, reply.StageData))}, false
@@ -617,11 +617,11 @@ func resettable(cn *conn, err error) bool {
 // *reply.Error.
 func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Reader) (*message.Result, error) {
 	if err := CheckUser(env.Mailbox); err != nil {
-		return nil, &reply.Error{Code: 554, Enhanced: smtp.EnhancedCode{5, 7, 0}, Stage: reply.StageAuth,
+		return nil, &reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 7, 0}, Stage: reply.StageAuth,
 			Text: "invalid sending mailbox name", Err: err}
 	}
 	if len(env.To) == 0 {
-		return nil, reply.New(554, smtp.EnhancedCode{5, 5, 1}, "no recipients")
+		return nil, reply.New(554, reply.EnhancedCode{5, 5, 1}, "no recipients")
 	}
 	// What goes after "MAIL FROM:<" and "RCPT TO:<" must be a mailbox in
 	// the canonical form package address gives at intake: anything else
@@ -629,11 +629,11 @@ func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Rea
 	// read by Exchange as another address or a parameter. It is the
 	// message's own fault, so it fails rather than being retried.
 	if env.From != "" && !canonical(env.From, env.SMTPUTF8) {
-		return nil, reply.New(553, smtp.EnhancedCode{5, 1, 7}, "queued sender address is not an RFC 5321 mailbox in canonical form; not sent")
+		return nil, reply.New(553, reply.EnhancedCode{5, 1, 7}, "queued sender address is not an RFC 5321 mailbox in canonical form; not sent")
 	}
 	for _, to := range env.To {
 		if !canonical(to, env.SMTPUTF8) {
-			return nil, reply.New(553, smtp.EnhancedCode{5, 1, 3}, "queued recipient address is not an RFC 5321 mailbox in canonical form; not sent")
+			return nil, reply.New(553, reply.EnhancedCode{5, 1, 3}, "queued recipient address is not an RFC 5321 mailbox in canonical form; not sent")
 		}
 	}
 	p, rerr := c.pool(env.Mailbox)
@@ -722,7 +722,7 @@ func canonical(s string, smtputf8 bool) bool {
 // limit exceeded" at AUTH on a new connection (exchange-online.md §2.4,
 // §2.5): more connections for the mailbox than Exchange grants right now.
 func ConcurrencyLimited(re *reply.Error) bool {
-	return re.Stage == reply.StageAuth && re.Temporary() && re.Enhanced == smtp.EnhancedCode{4, 3, 2}
+	return re.Stage == reply.StageAuth && re.Temporary() && re.Enhanced == reply.EnhancedCode{4, 3, 2}
 }
 
 // TokenExpired reports Exchange's "501 5.5.127" on an authenticated
@@ -732,7 +732,7 @@ func ConcurrencyLimited(re *reply.Error) bool {
 // message's fault nor a configuration error: a fresh connection with a fresh
 // token fixes it.
 func TokenExpired(re *reply.Error) bool {
-	return re != nil && re.Code == 501 && re.Enhanced == smtp.EnhancedCode{5, 5, 127}
+	return re != nil && re.Code == 501 && re.Enhanced == reply.EnhancedCode{5, 5, 127}
 }
 
 // dropIdleWith closes idle connections authenticated with tok.
