@@ -12,8 +12,6 @@ import (
 	"strings"
 
 	msalerrors "github.com/AzureAD/microsoft-authentication-library-for-go/apps/errors"
-
-	"github.com/o365relay/o365relay/relay/reply"
 )
 
 // EntraError is a failed token request, explained. It is built from MSAL's
@@ -231,21 +229,6 @@ func toEntraError(err error) *EntraError {
 		return &EntraError{Description: "no answer from the token endpoint in time: " + sanitize(err.Error()), Hint: "check network access to the authority host (proxy, firewall, DNS)"}
 	}
 	return &EntraError{Description: sanitize(err.Error()), Hint: "check network access to the authority host (proxy, firewall, DNS, TLS trust)"}
-}
-
-// tokenReply is how a token failure reaches an SMTP client or the retry
-// logic: 451 4.7.0, StageToken, wrapping the *EntraError (find it with
-// errors.As). It is always transient: a message must wait in the spool until
-// the admin fixes the configuration or Entra recovers (house rule 1), never
-// be bounced for it. RFC 3463 §3.8: X.7.0 "Other or undefined security
-// status". Whether the cause itself is transient is EntraError.Temporary.
-func tokenReply(err error) *reply.Error {
-	text := "Cannot obtain an access token from Entra ID; try again later"
-	var ee *EntraError
-	if errors.As(err, &ee) && ee.Code() != 0 {
-		text = fmt.Sprintf("Entra ID refused the token request (AADSTS%d); try again later", ee.Code())
-	}
-	return &reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 0}, Text: text, Stage: reply.StageToken, Err: err}
 }
 
 // SetupIDs are the user's own identifiers that a fix names, so that the

@@ -96,8 +96,9 @@ func TestLimitedClient(t *testing.T) {
 	}
 }
 
-// A hostile answer from the token endpoint is a token failure — 451 4.7.0
-// at the token stage, so the mail waits — with a log line that names the
+// A hostile answer from the token endpoint is a token failure — an
+// *EntraError, which the Exchange client turns into 451 4.7.0 at the token
+// stage, so the mail waits — with a log line that names the
 // limit and quotes nothing of the answer; the real answer works again
 // after the backoff.
 func TestHostileTokenAnswersAreTokenFailures(t *testing.T) {

@@ -167,9 +167,10 @@ type Status struct {
 // caller with no usable token gets the last error at once instead of a new
 // request (AADSTS50196 punishes hammering).
 //
-// Errors. Token and Refresh return a *reply.Error 451 4.7.0 at
-// reply.StageToken wrapping an *EntraError: the message waits in the spool,
-// and errors.As finds the explanation.
+// Errors. Token, Refresh and RotateCertificate return an *EntraError: what
+// failed, explained (AADSTS code, hint). The token package says nothing of
+// SMTP; the Exchange client turns a token failure into the reply a waiting
+// message gets (upstream's tokenError).
 type EntraSource struct {
 	clientID, tenant, authority string
 	scopes                      []string
@@ -407,7 +408,7 @@ func (s *EntraSource) RotateCertificate(ctx context.Context, c *Certificate) err
 			ee.Hint += fmt.Sprintf("; the new certificate has thumbprint %s", c.ThumbprintSHA1Hex())
 		}
 		requestsTotal.WithLabelValues("failure", entraCode(ee)).Inc()
-		return tokenReply(ee)
+		return ee
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -554,7 +555,7 @@ func (s *EntraSource) fetchShared(ctx context.Context) (Token, error) {
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
-			return Token{}, tokenReply(&EntraError{Description: errClosed.Error()})
+			return Token{}, &EntraError{Description: errClosed.Error()}
 		}
 		s.wg.Add(1)
 		s.mu.Unlock()
@@ -566,7 +567,7 @@ func (s *EntraSource) fetchShared(ctx context.Context) (Token, error) {
 		t, _ := r.Val.(Token)
 		return t, r.Err
 	case <-ctx.Done():
-		return Token{}, tokenReply(&EntraError{Description: "gave up waiting for the token request: " + ctx.Err().Error()})
+		return Token{}, &EntraError{Description: "gave up waiting for the token request: " + ctx.Err().Error()}
 	}
 }
 
@@ -598,7 +599,7 @@ func (s *EntraSource) fetch() (Token, error) {
 		s.failures++
 		d := s.backoffLocked()
 		s.nextAttempt = now.Add(d)
-		s.lastErr = tokenReply(ee)
+		s.lastErr = ee
 		fields := []zap.Field{zap.String("credential", s.credKind), zap.Error(ee), zap.Bool("temporary", ee.Temporary()),
 			zap.Int("failures", s.failures), zap.Duration("retry_in", d)}
 		if !s.tok.Value.IsZero() {

@@ -7,7 +7,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"math/big"
 	"os"
 	"strings"
@@ -23,7 +22,6 @@ import (
 	"software.sslmate.com/src/go-pkcs12"
 
 	"github.com/o365relay/o365relay/config/secret"
-	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/relay/tlstest"
 	"github.com/o365relay/o365relay/token/entratest"
 )
@@ -150,20 +148,16 @@ func TestFederatedTokenFileIsReadForEveryRequest(t *testing.T) {
 	}
 }
 
-// entraErr checks the error contract: a 451 4.7.0 reply at StageToken that
-// wraps an *EntraError.
+// entraErr checks the error contract: a token failure is an *EntraError,
+// returned as itself.
 func entraErr(t *testing.T, err error) *EntraError {
 	t.Helper()
 	if err == nil {
 		t.Fatal("no error")
 	}
-	re := reply.As(err)
-	if re == nil || re.Code != 451 || re.Enhanced != [3]int{4, 7, 0} || re.Stage != reply.StageToken || !re.Temporary() {
-		t.Fatalf("not a 451 4.7.0 token reply: %#v", err)
-	}
-	var ee *EntraError
-	if !errors.As(err, &ee) {
-		t.Fatalf("no EntraError in %v", err)
+	ee, ok := err.(*EntraError)
+	if !ok {
+		t.Fatalf("not an *EntraError: %#v", err)
 	}
 	return ee
 }

@@ -354,24 +354,14 @@ func (c *Client) auth(ctx context.Context, cn *conn, mailbox string, tok token.T
 	return nil
 }
 
-// getToken asks the token source, keeping its *reply.Error if it has one.
+// getToken asks the token source; a failure becomes a 451 4.7.0 reply
+// (tokenError).
 func (c *Client) getToken(ctx context.Context) (token.Token, *reply.Error) {
 	tok, err := c.opts.Tokens.Token(ctx)
 	if err != nil {
 		return token.Token{}, tokenError(err)
 	}
 	return tok, nil
-}
-
-func tokenError(err error) *reply.Error {
-	var re *reply.Error
-	if errors.As(err, &re) {
-		return re
-	}
-	// RFC 3463 X.7.0: other security status; transient because the token
-	// service may come back.
-	return &reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 0}, Stage: reply.StageToken,
-		Text: "could not obtain an access token from Entra ID", Err: err}
 }
 
 // connect opens an authenticated session for mailbox. A 535 gets one token
