@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/rewrite"
 )
 
 // The shipped schema and example config are generated from Settings; these
@@ -121,7 +121,7 @@ func TestSchemaPatternsAgreeWithParsers(t *testing.T) {
 		}
 	}
 	for _, rw := range []string{"none", "envelope", "envelope+from"} {
-		if _, err := message.ParseRewrite(rw); err != nil {
+		if _, err := rewrite.Parse(rw); err != nil {
 			t.Errorf("the schema's rewrite %q does not parse: %v", rw, err)
 		}
 	}

@@ -8,8 +8,9 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/o365relay/o365relay/relay/address"
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/rewrite"
 )
 
 // SenderRule maps envelope senders to the mailbox the relay authenticates
@@ -31,7 +32,7 @@ import (
 type SenderRule struct {
 	Sender  string
 	Mailbox string
-	Rewrite message.Rewrite
+	Rewrite rewrite.Mode
 	Line    int // in the config file, for messages
 }
 
@@ -115,7 +116,7 @@ func parseStructured(path string, k, v *yaml.Node, fr *fileRules) []error {
 					}
 					r.Mailbox = m
 				case "rewrite":
-					rw, err := message.ParseRewrite(fv.Value)
+					rw, err := rewrite.Parse(fv.Value)
 					if err != nil {
 						bad(fk, "rewrite %v", err)
 					}
@@ -290,16 +291,16 @@ func (c *Config) Route(sender string) (string, error) {
 
 // RewriteFor is how the rule matching sender rewrites its messages
 // (RewriteNone when no rule matches).
-func (c *Config) RewriteFor(sender string) message.Rewrite {
+func (c *Config) RewriteFor(sender string) rewrite.Mode {
 	r, ok := c.matchSender(sender)
 	if !ok {
-		return message.RewriteNone
+		return rewrite.None
 	}
 	return r.Rewrite
 }
 
 // RewriteOf is RewriteFor the envelope's sender, in the form delivery asks.
-func (c *Config) RewriteOf(env *message.Envelope) message.Rewrite { return c.RewriteFor(env.From) }
+func (c *Config) RewriteOf(env *envelope.Envelope) rewrite.Mode { return c.RewriteFor(env.From) }
 
 // rulesSummary renders the sender rules and mailbox overrides for
 // Effective (and so for reload's "what changed").

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/rewrite"
 )
 
 const rulesFile = `mailbox: default@contoso.com
@@ -30,16 +30,16 @@ func TestSenderRules(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		sender, mailbox string
-		rw              message.Rewrite
+		rw              rewrite.Mode
 	}{
-		{"billing@app.example", "billing@contoso.com", message.RewriteEnvelopeFrom},
-		{"BILLING@app.EXAMPLE", "billing@contoso.com", message.RewriteEnvelopeFrom},
-		{"cron@app.example", "apps@contoso.com", message.RewriteEnvelope},
-		{"someone@elsewhere.example", "default@contoso.com", message.RewriteNone},
-		{"", "default@contoso.com", message.RewriteNone},
+		{"billing@app.example", "billing@contoso.com", rewrite.EnvelopeFrom},
+		{"BILLING@app.EXAMPLE", "billing@contoso.com", rewrite.EnvelopeFrom},
+		{"cron@app.example", "apps@contoso.com", rewrite.Envelope},
+		{"someone@elsewhere.example", "default@contoso.com", rewrite.None},
+		{"", "default@contoso.com", rewrite.None},
 		// Unicode case folding would make this billing@app.example;
 		// Exchange is sent it as it is, so it is not.
-		{"b\u0130lling@app.example", "apps@contoso.com", message.RewriteEnvelope},
+		{"b\u0130lling@app.example", "apps@contoso.com", rewrite.Envelope},
 	} {
 		mb, err := c.Route(tc.sender)
 		if err != nil || mb != tc.mailbox || c.RewriteFor(tc.sender) != tc.rw {

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/relaytest"
+	"github.com/o365relay/o365relay/relay/rewrite"
 )
 
 // A sender whose rule rewrites From: (envelope+from) and whose header
@@ -29,10 +29,10 @@ func TestRewriteLimitRefusedAtIntake(t *testing.T) {
 		}
 		return sc.mustCmd(t, "From: App <app@app.example>\r\n"+pad+"\r\nbody\r\n.\r\n")
 	}
-	if rep := send(message.MaxRewriteHeader + 1000); !strings.HasPrefix(rep, "552 5.3.4 Header section longer than 262144 octets") {
+	if rep := send(rewrite.MaxHeader + 1000); !strings.HasPrefix(rep, "552 5.3.4 Header section longer than 262144 octets") {
 		t.Fatalf("over the limit: %q", rep)
 	}
-	if rep := send(message.MaxRewriteHeader - 1000); !strings.HasPrefix(rep, "250 ") {
+	if rep := send(rewrite.MaxHeader - 1000); !strings.HasPrefix(rep, "250 ") {
 		t.Fatalf("within the limit: %q", rep)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -6,7 +6,7 @@ import (
 	"io"
 
 	"github.com/o365relay/o365relay/relay/delivery"
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
@@ -31,13 +31,13 @@ const (
 
 // spooler is the part of the spool the intake needs.
 type spooler interface {
-	Put(env *message.Envelope, body io.Reader) error
+	Put(env *envelope.Envelope, body io.Reader) error
 }
 
 // scheduler is the part of the delivery scheduler the intake needs.
 type scheduler interface {
-	Enqueued(id message.ID)
-	DeliverNow(ctx context.Context, id message.ID) (*delivery.Outcome, error)
+	Enqueued(id envelope.ID)
+	DeliverNow(ctx context.Context, id envelope.ID) (*delivery.Outcome, error)
 }
 
 // sink is the smtpd.Sink of the daemon: spool first, always, so a 250 is
@@ -48,7 +48,7 @@ type sink struct {
 	mode  AckMode
 }
 
-func (k *sink) Submit(ctx context.Context, env *message.Envelope, body io.Reader) (string, error) {
+func (k *sink) Submit(ctx context.Context, env *envelope.Envelope, body io.Reader) (string, error) {
 	if err := k.spool.Put(env, body); err != nil {
 		messagesReceived.WithLabelValues(env.Mailbox, "refused").Inc()
 		return "", err

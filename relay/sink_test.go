@@ -9,14 +9,14 @@ import (
 	"testing"
 
 	"github.com/o365relay/o365relay/relay/delivery"
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/relay/smtpd"
 )
 
 type fakeSpool struct{ err error }
 
-func (f *fakeSpool) Put(env *message.Envelope, body io.Reader) error {
+func (f *fakeSpool) Put(env *envelope.Envelope, body io.Reader) error {
 	if _, err := io.Copy(io.Discard, body); err != nil {
 		return err
 	}
@@ -26,11 +26,11 @@ func (f *fakeSpool) Put(env *message.Envelope, body io.Reader) error {
 type fakeSched struct {
 	out      *delivery.Outcome
 	err      error
-	enqueued []message.ID
+	enqueued []envelope.ID
 }
 
-func (f *fakeSched) Enqueued(id message.ID) { f.enqueued = append(f.enqueued, id) }
-func (f *fakeSched) DeliverNow(context.Context, message.ID) (*delivery.Outcome, error) {
+func (f *fakeSched) Enqueued(id envelope.ID) { f.enqueued = append(f.enqueued, id) }
+func (f *fakeSched) DeliverNow(context.Context, envelope.ID) (*delivery.Outcome, error) {
 	return f.out, f.err
 }
 
@@ -41,7 +41,7 @@ func (f *fakeSched) DeliverNow(context.Context, message.ID) (*delivery.Outcome, 
 func TestSinkReplies(t *testing.T) {
 	perm := reply.New(554, reply.EnhancedCode{5, 2, 252}, "SendAsDenied")
 	temp := reply.New(451, reply.EnhancedCode{4, 7, 0}, "Temporary server error")
-	env := func() *message.Envelope { return &message.Envelope{ID: "01", To: []string{"a@x", "b@x"}} }
+	env := func() *envelope.Envelope { return &envelope.Envelope{ID: "01", To: []string{"a@x", "b@x"}} }
 	cases := []struct {
 		name     string
 		mode     AckMode

@@ -11,7 +11,7 @@ import (
 
 	"github.com/o365relay/o365relay/relay/admin"
 	"github.com/o365relay/o365relay/relay/control"
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // runQueue administers the queue through the running daemon's control
@@ -42,17 +42,17 @@ func runQueue(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fs.Usage()
 		return 2
 	}
-	needID := func() (message.ID, error) {
+	needID := func() (envelope.ID, error) {
 		if len(rest) != 2 {
 			return "", fmt.Errorf("queue %s needs one message ID: %w", rest[0], errUsage)
 		}
-		id := message.ID(strings.ToUpper(rest[1]))
+		id := envelope.ID(strings.ToUpper(rest[1]))
 		if !id.Valid() {
 			return "", fmt.Errorf("%q is not a message ID (23 characters, as in 'o365relay queue list')", rest[1])
 		}
 		return id, nil
 	}
-	var id message.ID
+	var id envelope.ID
 	if rest[0] == "show" || rest[0] == "delete" || (rest[0] == "retry" && !(len(rest) == 2 && rest[1] == "all")) {
 		var err error
 		if id, err = needID(); err != nil {

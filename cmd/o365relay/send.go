@@ -13,8 +13,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/o365relay/o365relay/config"
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/rewrite"
 	"github.com/o365relay/o365relay/relay/upstream"
 	"github.com/o365relay/o365relay/token"
 )
@@ -61,7 +62,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	// The daemon's routing and rewriting, so the test goes the way the
-	// application's mail would (config.Route, message.Rewrite).
+	// application's mail would (config.Route, rewrite.Mode).
 	mailbox, err := cfg.Route(sender)
 	if err != nil {
 		fmt.Fprintf(stdout, "✘ route: %v\n", err)
@@ -74,11 +75,11 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	msg := sendMessage(sender, rcpts, *subject, body)
 	envFrom := sender
-	if rw != message.RewriteNone {
+	if rw != rewrite.None {
 		envFrom = mailbox
 	}
-	if rw == message.RewriteEnvelopeFrom {
-		if msg, err = io.ReadAll(message.RewriteFrom(bytes.NewReader(msg), mailbox)); err != nil {
+	if rw == rewrite.EnvelopeFrom {
+		if msg, err = io.ReadAll(rewrite.From(bytes.NewReader(msg), mailbox)); err != nil {
 			return exitErr(stderr, err)
 		}
 	}
@@ -108,7 +109,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	env := &message.Envelope{ID: message.NewID(time.Now()), From: envFrom, To: rcpts, Mailbox: mailbox, Received: time.Now(),
+	env := &envelope.Envelope{ID: envelope.NewID(time.Now()), From: envFrom, To: rcpts, Mailbox: mailbox, Received: time.Now(),
 		Size: int64(len(msg)), SMTPUTF8: !ascii(envFrom + strings.Join(rcpts, ""))}
 	fmt.Fprintf(stdout, "✔ route: sender <%s> → mailbox %s (rewrite %s)\n", sender, mailbox, rw)
 	fmt.Fprintf(stdout, "sending %d bytes from <%s> to <%s> via %s as %s\n", len(msg), envFrom, strings.Join(rcpts, ">, <"), cfg.Upstream, mailbox)
@@ -134,7 +135,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func sendStepText(st upstream.ProbeStep, res *upstream.ProbeResult, cfg *config.Config, env *message.Envelope, src *token.EntraSource) string {
+func sendStepText(st upstream.ProbeStep, res *upstream.ProbeResult, cfg *config.Config, env *envelope.Envelope, src *token.EntraSource) string {
 	took := st.Duration.Round(time.Millisecond)
 	switch st.Name {
 	case upstream.StepConnect:

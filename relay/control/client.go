@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/spool"
 	"github.com/o365relay/o365relay/relay/status"
 )
@@ -87,7 +87,7 @@ func (c *Client) ListFailed(ctx context.Context) ([]Message, error) {
 }
 
 // Get returns one message (spool.ErrNotFound if there is none).
-func (c *Client) Get(ctx context.Context, id message.ID) (*Message, error) {
+func (c *Client) Get(ctx context.Context, id envelope.ID) (*Message, error) {
 	var m Message
 	if err := c.do(ctx, http.MethodGet, "/v1/messages/"+string(id), &m); err != nil {
 		return nil, err
@@ -96,7 +96,7 @@ func (c *Client) Get(ctx context.Context, id message.ID) (*Message, error) {
 }
 
 // Retry makes a message due now (a failed one goes back into the queue).
-func (c *Client) Retry(ctx context.Context, id message.ID) error {
+func (c *Client) Retry(ctx context.Context, id envelope.ID) error {
 	return c.do(ctx, http.MethodPost, "/v1/messages/"+string(id)+"/retry", &Result{})
 }
 
@@ -108,7 +108,7 @@ func (c *Client) RetryAll(ctx context.Context) (int, error) {
 }
 
 // Delete removes a message from the queue or failed/.
-func (c *Client) Delete(ctx context.Context, id message.ID) error {
+func (c *Client) Delete(ctx context.Context, id envelope.ID) error {
 	return c.do(ctx, http.MethodDelete, "/v1/messages/"+string(id), &Result{})
 }
 

@@ -39,7 +39,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/spool"
 	"github.com/o365relay/o365relay/relay/status"
 )
@@ -66,9 +66,9 @@ const (
 
 // Message is one message without its body.
 type Message struct {
-	Where    string            `json:"where"`
-	Envelope *message.Envelope `json:"envelope"`
-	State    spool.State       `json:"state"`
+	Where    string             `json:"where"`
+	Envelope *envelope.Envelope `json:"envelope"`
+	State    spool.State        `json:"state"`
 }
 
 // Result answers a change.
@@ -190,8 +190,8 @@ func (s *Server) routes(d Daemon) http.Handler {
 	return mux
 }
 
-func pathID(w http.ResponseWriter, r *http.Request) (message.ID, bool) {
-	id := message.ID(strings.ToUpper(r.PathValue("id")))
+func pathID(w http.ResponseWriter, r *http.Request) (envelope.ID, bool) {
+	id := envelope.ID(strings.ToUpper(r.PathValue("id")))
 	if !id.Valid() {
 		writeJSON(w, http.StatusBadRequest, errorBody{fmt.Sprintf("%q is not a message ID", r.PathValue("id"))})
 		return "", false

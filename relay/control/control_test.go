@@ -10,19 +10,19 @@ import (
 	"testing"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/spool"
 	"github.com/o365relay/o365relay/relay/status"
 )
 
-func newID(t *testing.T, i int) message.ID {
+func newID(t *testing.T, i int) envelope.ID {
 	t.Helper()
-	return message.NewID(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).Add(time.Duration(i) * time.Millisecond))
+	return envelope.NewID(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).Add(time.Duration(i) * time.Millisecond))
 }
 
-func put(t *testing.T, sp *spool.Spool, i int, mailbox string) message.ID {
+func put(t *testing.T, sp *spool.Spool, i int, mailbox string) envelope.ID {
 	t.Helper()
-	env := &message.Envelope{ID: newID(t, i), From: "a@contoso.example", To: []string{"b@fabrikam.example"}, Mailbox: mailbox, Received: time.Now()}
+	env := &envelope.Envelope{ID: newID(t, i), From: "a@contoso.example", To: []string{"b@fabrikam.example"}, Mailbox: mailbox, Received: time.Now()}
 	if err := sp.Put(env, strings.NewReader("Subject: x\r\n\r\nbody\r\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -45,8 +45,8 @@ func serve(t *testing.T, deep bool) (*Client, *spool.Spool, *[]string, string) {
 	var events []string
 	srv, err := Listen(SocketPath(dir), Daemon{
 		Admin: &SpoolAdmin{Spool: sp,
-			Retried: func(id message.ID, mb string) { events = append(events, "retried "+string(id)+" "+mb) },
-			Deleted: func(id message.ID) { events = append(events, "deleted "+string(id)) }},
+			Retried: func(id envelope.ID, mb string) { events = append(events, "retried "+string(id)+" "+mb) },
+			Deleted: func(id envelope.ID) { events = append(events, "deleted "+string(id)) }},
 		Status: func(context.Context) status.Status { return status.Status{Queue: status.Queue{Messages: 7}} },
 	}, nil)
 	if err != nil {

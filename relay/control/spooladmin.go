@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/spool"
 )
 
@@ -17,14 +17,14 @@ type Admin interface {
 	List(ctx context.Context) ([]Message, error)
 	ListFailed(ctx context.Context) ([]Message, error)
 	// Get finds id in the queue or in failed/ (spool.ErrNotFound).
-	Get(ctx context.Context, id message.ID) (*Message, error)
+	Get(ctx context.Context, id envelope.ID) (*Message, error)
 	// Retry makes a queued message due now, or moves a failed one back
 	// into the queue.
-	Retry(ctx context.Context, id message.ID) error
+	Retry(ctx context.Context, id envelope.ID) error
 	// RetryAll retries every queued and failed message; it returns how
 	// many.
 	RetryAll(ctx context.Context) (int, error)
-	Delete(ctx context.Context, id message.ID) error
+	Delete(ctx context.Context, id envelope.ID) error
 }
 
 // SpoolAdmin is Admin on an open spool. The hooks tell a scheduler about a
@@ -32,9 +32,9 @@ type Admin interface {
 type SpoolAdmin struct {
 	Spool *spool.Spool
 	// Retried is called after id was made due (mailbox: where it goes).
-	Retried func(id message.ID, mailbox string)
+	Retried func(id envelope.ID, mailbox string)
 	// Deleted is called after id left the spool.
-	Deleted func(id message.ID)
+	Deleted func(id envelope.ID)
 }
 
 var _ Admin = (*SpoolAdmin)(nil)
@@ -60,7 +60,7 @@ func (a *SpoolAdmin) ListFailed(context.Context) ([]Message, error) {
 }
 
 // Get finds a message in the queue or in failed/.
-func (a *SpoolAdmin) Get(ctx context.Context, id message.ID) (*Message, error) {
+func (a *SpoolAdmin) Get(ctx context.Context, id envelope.ID) (*Message, error) {
 	e, err := a.Spool.Get(id)
 	if err == nil {
 		return &Message{Where: InQueue, Envelope: e.Envelope, State: e.State}, nil
@@ -81,7 +81,7 @@ func (a *SpoolAdmin) Get(ctx context.Context, id message.ID) (*Message, error) {
 }
 
 // Retry makes a message due now.
-func (a *SpoolAdmin) Retry(ctx context.Context, id message.ID) error {
+func (a *SpoolAdmin) Retry(ctx context.Context, id envelope.ID) error {
 	m, err := a.Get(ctx, id)
 	if err != nil {
 		return err
@@ -123,7 +123,7 @@ func (a *SpoolAdmin) RetryAll(ctx context.Context) (int, error) {
 }
 
 // Delete removes a message from the queue or failed/.
-func (a *SpoolAdmin) Delete(_ context.Context, id message.ID) error {
+func (a *SpoolAdmin) Delete(_ context.Context, id envelope.ID) error {
 	if err := a.Spool.Delete(id); err != nil {
 		return err
 	}

@@ -3,7 +3,7 @@ package delivery
 import (
 	"go.uber.org/zap"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // Retried tells the scheduler that an operator made id due now (the
@@ -11,7 +11,7 @@ import (
 // once, and a hold on its mailbox ends now, so that it is the probe — the
 // operator has presumably fixed what held the mailbox. A token source in
 // backoff still answers with its last error until the backoff ends.
-func (s *Scheduler) Retried(id message.ID, mailbox string) {
+func (s *Scheduler) Retried(id envelope.ID, mailbox string) {
 	now := s.o.Clock()
 	s.log.Info("retry requested", zap.String("id", string(id)), zap.String("mailbox", mailbox))
 	s.mu.Lock()
@@ -24,7 +24,7 @@ func (s *Scheduler) Retried(id message.ID, mailbox string) {
 
 // Deleted tells the scheduler that id left the spool: it is forgotten,
 // unless an attempt is running, whose own end finds the message gone.
-func (s *Scheduler) Deleted(id message.ID) {
+func (s *Scheduler) Deleted(id envelope.ID) {
 	s.log.Info("deleted by request", zap.String("id", string(id)))
 	s.mu.Lock()
 	defer s.mu.Unlock()

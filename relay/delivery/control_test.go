@@ -5,7 +5,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // An operator's retry (Retried) ends the mailbox's hold at once, so the
@@ -13,7 +13,7 @@ import (
 // hold. Deleted forgets a message that is not being attempted.
 func TestRetriedLiftsHoldAndDeletedForgets(t *testing.T) {
 	t.Parallel()
-	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){fails(auth535), ok}})
+	f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){fails(auth535), ok}})
 	if _, err := f.s.attempt(context.Background(), f.envID); err != nil {
 		t.Fatal(err)
 	}

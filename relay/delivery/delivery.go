@@ -61,14 +61,15 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/rewrite"
 	"github.com/o365relay/o365relay/relay/spool"
 )
 
 // Forwarder sends one message upstream (relay/upstream implements it).
 type Forwarder interface {
-	Deliver(ctx context.Context, env *message.Envelope, body io.Reader) (*message.Result, error)
+	Deliver(ctx context.Context, env *envelope.Envelope, body io.Reader) (*envelope.Result, error)
 }
 
 // Backoff is an exponential retry schedule with jitter.
@@ -108,7 +109,7 @@ type Options struct {
 	// Rewrite says how the sender rule of a message rewrites it on the way
 	// out; nil rewrites nothing. It is asked at every attempt, so a changed
 	// rule applies to queued mail too.
-	Rewrite func(env *message.Envelope) message.Rewrite
+	Rewrite func(env *envelope.Envelope) rewrite.Mode
 }
 
 // Scheduler drives delivery of the spool.
@@ -119,14 +120,14 @@ type Scheduler struct {
 
 	mu      sync.Mutex
 	due     *dueQueue // messages waiting for their next attempt
-	running map[message.ID]*run
-	parked  map[message.ID]time.Time // found every slot busy; when they were due
+	running map[envelope.ID]*run
+	parked  map[envelope.ID]time.Time // found every slot busy; when they were due
 	boxes   map[string]*mailbox
 	pacers  map[string]*pacer
-	slots   map[string]*slots   // by lower-case mailbox
-	early   map[message.ID]bool // due again at release (a slot freed meanwhile)
-	panics  map[message.ID]int  // panics outside the forwarder, by message
-	wake    chan struct{}       // closed and replaced when the earliest due time moves earlier
+	slots   map[string]*slots    // by lower-case mailbox
+	early   map[envelope.ID]bool // due again at release (a slot freed meanwhile)
+	panics  map[envelope.ID]int  // panics outside the forwarder, by message
+	wake    chan struct{}        // closed and replaced when the earliest due time moves earlier
 }
 
 // run is an attempt in progress.
@@ -178,9 +179,9 @@ func New(opts Options) (*Scheduler, error) {
 	}
 	return &Scheduler{
 		o: opts, sp: opts.Spool, log: opts.Logger.Named("delivery"),
-		due: newDueQueue(), running: map[message.ID]*run{}, parked: map[message.ID]time.Time{},
-		boxes: map[string]*mailbox{}, pacers: map[string]*pacer{}, panics: map[message.ID]int{},
-		slots: map[string]*slots{}, early: map[message.ID]bool{},
+		due: newDueQueue(), running: map[envelope.ID]*run{}, parked: map[envelope.ID]time.Time{},
+		boxes: map[string]*mailbox{}, pacers: map[string]*pacer{}, panics: map[envelope.ID]int{},
+		slots: map[string]*slots{}, early: map[envelope.ID]bool{},
 		wake: make(chan struct{}),
 	}, nil
 }
@@ -199,7 +200,7 @@ func (s *Scheduler) backoff(n int) time.Duration {
 // scheduleLocked makes id due at at and wakes the workers if that is
 // earlier than anything they wait for. A message being attempted is left
 // to its release. Callers hold mu.
-func (s *Scheduler) scheduleLocked(id message.ID, at time.Time) {
+func (s *Scheduler) scheduleLocked(id envelope.ID, at time.Time) {
 	if s.running[id] != nil {
 		return
 	}
@@ -213,7 +214,7 @@ func (s *Scheduler) scheduleLocked(id message.ID, at time.Time) {
 }
 
 // Enqueued tells the scheduler about a message just Put: deliver it now.
-func (s *Scheduler) Enqueued(id message.ID) {
+func (s *Scheduler) Enqueued(id envelope.ID) {
 	s.log.Info("queued", zap.String("id", string(id)))
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -327,7 +328,7 @@ func (s *Scheduler) worker(ctx context.Context) {
 
 // acquire takes the per-message exclusivity: never two attempts of one
 // message at once.
-func (s *Scheduler) acquire(ctx context.Context, id message.ID) error {
+func (s *Scheduler) acquire(ctx context.Context, id envelope.ID) error {
 	for {
 		s.mu.Lock()
 		r := s.running[id]
@@ -350,7 +351,7 @@ func (s *Scheduler) acquire(ctx context.Context, id message.ID) error {
 
 // release ends an attempt: the message is due again at next (zero: it
 // left the queue), or, parked, when a slot of its mailbox frees.
-func (s *Scheduler) release(id message.ID, next time.Time, parked bool) {
+func (s *Scheduler) release(id envelope.ID, next time.Time, parked bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.running[id]
@@ -385,7 +386,7 @@ var errAttemptPanicked = errors.New("delivery attempt panicked")
 // whose attempts panic three times is moved to corrupt/ with the reason,
 // never retried forever. (Panics inside the forwarder are counted durably in
 // the message's state by attemptMode; this guard covers the rest.)
-func (s *Scheduler) guarded(ctx context.Context, id message.ID, sync bool) (out *Outcome, err error) {
+func (s *Scheduler) guarded(ctx context.Context, id envelope.ID, sync bool) (out *Outcome, err error) {
 	defer func() {
 		v := recover()
 		if v == nil {
@@ -413,7 +414,7 @@ func (s *Scheduler) guarded(ctx context.Context, id message.ID, sync bool) (out 
 	return s.attemptMode(ctx, id, sync)
 }
 
-func (s *Scheduler) attemptOwned(ctx context.Context, id message.ID) {
+func (s *Scheduler) attemptOwned(ctx context.Context, id envelope.ID) {
 	out, err := s.guarded(ctx, id, false)
 	var next time.Time
 	parked := false
@@ -452,7 +453,7 @@ type Outcome struct {
 // and returns its outcome. A permanent failure removes the message: the
 // client is told the 5xx, so it is no longer ours. A transient one leaves it
 // queued and scheduled.
-func (s *Scheduler) DeliverNow(ctx context.Context, id message.ID) (*Outcome, error) {
+func (s *Scheduler) DeliverNow(ctx context.Context, id envelope.ID) (*Outcome, error) {
 	if err := s.acquire(ctx, id); err != nil {
 		return nil, err
 	}
@@ -474,7 +475,7 @@ func (s *Scheduler) DeliverNow(ctx context.Context, id message.ID) (*Outcome, er
 	return out, err
 }
 
-func (s *Scheduler) attempt(ctx context.Context, id message.ID) (*Outcome, error) {
+func (s *Scheduler) attempt(ctx context.Context, id envelope.ID) (*Outcome, error) {
 	return s.attemptMode(ctx, id, false)
 }
 
@@ -484,7 +485,7 @@ var (
 	enhHeld     = reply.EnhancedCode{4, 3, 0} // RFC 3463 X.3.0: the mail system (upstream) is unavailable
 )
 
-func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (*Outcome, error) {
+func (s *Scheduler) attemptMode(ctx context.Context, id envelope.ID, sync bool) (*Outcome, error) {
 	// Re-read the state: the CLI may have retried or deleted the message.
 	// One open of the record for the whole attempt: state, note, body.
 	a, err := s.sp.Begin(id)
@@ -700,7 +701,7 @@ func (s *Scheduler) attemptMode(ctx context.Context, id message.ID, sync bool) (
 //
 // In ack=upstream mode (reported) the client is told the permanent reply,
 // so the message is removed rather than kept in failed/.
-func (s *Scheduler) finish(log *zap.Logger, env *message.Envelope, st *spool.State, out *Outcome, reason string, reported bool) error {
+func (s *Scheduler) finish(log *zap.Logger, env *envelope.Envelope, st *spool.State, out *Outcome, reason string, reported bool) error {
 	out.Removed = true
 	anyFailed := false
 	for _, r := range env.To {
@@ -744,7 +745,7 @@ func (p *panicError) Error() string { return fmt.Sprintf("panic during delivery:
 
 // forward calls the Forwarder with the pending recipients, containing a
 // panic to this message.
-func (s *Scheduler) forward(ctx context.Context, log *zap.Logger, a *spool.Attempt, env *message.Envelope, pending []string) (res *message.Result, err error) {
+func (s *Scheduler) forward(ctx context.Context, log *zap.Logger, a *spool.Attempt, env *envelope.Envelope, pending []string) (res *envelope.Result, err error) {
 	start := time.Now()
 	defer func() { attemptDuration.Observe(time.Since(start).Seconds()) }()
 	body, err := a.Body()
@@ -763,13 +764,13 @@ func (s *Scheduler) forward(ctx context.Context, log *zap.Logger, a *spool.Attem
 	var r io.Reader = body
 	if s.o.Rewrite != nil {
 		switch s.o.Rewrite(env) {
-		case message.RewriteEnvelopeFrom:
+		case rewrite.EnvelopeFrom:
 			// The spool keeps the original; the header is rewritten as it
-			// streams out (RewriteFrom holds only the header section).
-			r = message.RewriteFrom(body, env.Mailbox)
-			e2.Size += message.RewriteSlack
+			// streams out (rewrite.From holds only the header section).
+			r = rewrite.From(body, env.Mailbox)
+			e2.Size += rewrite.Slack
 			e2.From = env.Mailbox
-		case message.RewriteEnvelope:
+		case rewrite.Envelope:
 			e2.From = env.Mailbox
 		}
 	}
@@ -789,7 +790,7 @@ func (s *Scheduler) pacerLocked(mailbox string) *pacer {
 	return p
 }
 
-func (s *Scheduler) admit(id message.ID, mailbox string, l Limits, rcpts int, now time.Time) (time.Time, bool) {
+func (s *Scheduler) admit(id envelope.ID, mailbox string, l Limits, rcpts int, now time.Time) (time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	at, ok := s.pacerLocked(mailbox).admit(id, rcpts, l, now)

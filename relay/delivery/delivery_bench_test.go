@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/exchangetest"
-	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/spool"
 	"github.com/o365relay/o365relay/relay/tlstest"
 	"github.com/o365relay/o365relay/relay/upstream"
@@ -88,9 +88,9 @@ func BenchmarkSpoolToUpstream(b *testing.B) {
 				b.Fatal(err)
 			}
 			body := append([]byte("From: <"+mbx+">\r\nSubject: bench\r\n\r\n"), bytes.Repeat([]byte("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\r\n"), size/66)...)
-			ids := make([]message.ID, b.N)
+			ids := make([]envelope.ID, b.N)
 			for i := range ids {
-				env := &message.Envelope{ID: message.NewID(time.Now()), From: mbx, To: []string{"someone@fabrikam.example"},
+				env := &envelope.Envelope{ID: envelope.NewID(time.Now()), From: mbx, To: []string{"someone@fabrikam.example"},
 					Mailbox: mbx, Received: time.Now()}
 				if err := sp.Put(env, bytes.NewReader(body)); err != nil {
 					b.Fatal(err)

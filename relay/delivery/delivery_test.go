@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/relay/spool"
 )
@@ -27,7 +27,7 @@ func (c *clock) Set(t time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.now = t }
 type fake struct {
 	mu    sync.Mutex
 	calls []call
-	steps []func(ctx context.Context, env *message.Envelope, body []byte) (*message.Result, error)
+	steps []func(ctx context.Context, env *envelope.Envelope, body []byte) (*envelope.Result, error)
 }
 
 type call struct {
@@ -35,7 +35,7 @@ type call struct {
 	body []byte
 }
 
-func (f *fake) Deliver(ctx context.Context, env *message.Envelope, body io.Reader) (*message.Result, error) {
+func (f *fake) Deliver(ctx context.Context, env *envelope.Envelope, body io.Reader) (*envelope.Result, error) {
 	b, err := io.ReadAll(body)
 	if err != nil {
 		return nil, reply.Wrap(err, 451, reply.EnhancedCode{4, 3, 0}, "read")
@@ -50,12 +50,12 @@ func (f *fake) Deliver(ctx context.Context, env *message.Envelope, body io.Reade
 
 func (f *fake) n() int { f.mu.Lock(); defer f.mu.Unlock(); return len(f.calls) }
 
-func ok(_ context.Context, env *message.Envelope, _ []byte) (*message.Result, error) {
-	return &message.Result{Accepted: env.To, Reply: "250 2.0.0 OK <x@prod.outlook.com>"}, nil
+func ok(_ context.Context, env *envelope.Envelope, _ []byte) (*envelope.Result, error) {
+	return &envelope.Result{Accepted: env.To, Reply: "250 2.0.0 OK <x@prod.outlook.com>"}, nil
 }
 
-func fails(re *reply.Error) func(context.Context, *message.Envelope, []byte) (*message.Result, error) {
-	return func(context.Context, *message.Envelope, []byte) (*message.Result, error) { return nil, re }
+func fails(re *reply.Error) func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error) {
+	return func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error) { return nil, re }
 }
 
 type fixture struct {
@@ -64,7 +64,7 @@ type fixture struct {
 	fw    *fake
 	clk   *clock
 	dir   string
-	envID message.ID
+	envID envelope.ID
 }
 
 func setup(t *testing.T, fw *fake) *fixture {
@@ -84,7 +84,7 @@ func setup(t *testing.T, fw *fake) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &message.Envelope{ID: message.NewID(t0), From: "app@example.com", To: []string{"a@example.org", "b@example.org"}, Mailbox: "relay@example.com", Received: t0}
+	env := &envelope.Envelope{ID: envelope.NewID(t0), From: "app@example.com", To: []string{"a@example.org", "b@example.org"}, Mailbox: "relay@example.com", Received: t0}
 	if err := sp.Put(env, bytes.NewReader([]byte("Subject: hi\r\n\r\nbody\r\n"))); err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func setup(t *testing.T, fw *fake) *fixture {
 
 // work is one worker's turn: the earliest due message is attempted now,
 // whatever its due time, and released as a worker releases it.
-func (f *fixture) work(t *testing.T) message.ID {
+func (f *fixture) work(t *testing.T) envelope.ID {
 	t.Helper()
 	f.s.mu.Lock()
 	id, at, ok := f.s.due.peek()
@@ -138,7 +138,7 @@ var (
 
 func TestTransientRetriedWithBackoff(t *testing.T) {
 	t.Parallel()
-	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){fails(temp)}})
+	f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){fails(temp)}})
 	want := []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 16 * time.Minute, 30 * time.Minute, 30 * time.Minute}
 	for i, d := range want {
 		now := f.clk.Now()
@@ -168,9 +168,9 @@ func TestJitterBounds(t *testing.T) {
 func TestPartialRcptFailure(t *testing.T) {
 	t.Parallel()
 	rej := &reply.Error{Code: 550, Enhanced: reply.EnhancedCode{5, 1, 1}, Text: "no such user", Stage: reply.StageRcpt}
-	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){
-		func(context.Context, *message.Envelope, []byte) (*message.Result, error) {
-			return &message.Result{Accepted: []string{"a@example.org"}, Rejected: map[string]*reply.Error{"b@example.org": rej}, Reply: "250 OK"}, nil
+	f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){
+		func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error) {
+			return &envelope.Result{Accepted: []string{"a@example.org"}, Rejected: map[string]*reply.Error{"b@example.org": rej}, Reply: "250 OK"}, nil
 		},
 	}})
 	out, err := f.s.attempt(context.Background(), f.envID)
@@ -190,9 +190,9 @@ func TestPartialRcptFailure(t *testing.T) {
 func TestRcpt4xxRetriedForThatRecipientOnly(t *testing.T) {
 	t.Parallel()
 	busy := &reply.Error{Code: 450, Enhanced: reply.EnhancedCode{4, 2, 1}, Text: "try later", Stage: reply.StageRcpt}
-	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){
-		func(context.Context, *message.Envelope, []byte) (*message.Result, error) {
-			return &message.Result{Accepted: []string{"a@example.org"}, Rejected: map[string]*reply.Error{"b@example.org": busy}}, nil
+	f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){
+		func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error) {
+			return &envelope.Result{Accepted: []string{"a@example.org"}, Rejected: map[string]*reply.Error{"b@example.org": busy}}, nil
 		},
 		ok,
 	}})
@@ -213,7 +213,7 @@ func TestRcpt4xxRetriedForThatRecipientOnly(t *testing.T) {
 
 func TestAuthFailureHoldsMailbox(t *testing.T) {
 	t.Parallel()
-	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){fails(auth535), fails(auth535), ok}})
+	f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){fails(auth535), fails(auth535), ok}})
 	out, err := f.s.attempt(context.Background(), f.envID)
 	if err != nil || out.Removed || len(out.Failed) != 0 {
 		t.Fatalf("%+v %v", out, err)
@@ -252,8 +252,8 @@ func TestCrashMidDeliveryKeepsAttempt(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	var f *fixture
-	f = setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){
-		func(c context.Context, _ *message.Envelope, _ []byte) (*message.Result, error) {
+	f = setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){
+		func(c context.Context, _ *envelope.Envelope, _ []byte) (*envelope.Result, error) {
 			// "Crash" mid-attempt: the attempt is already on disk.
 			if st := f.state(t); st.Attempts != 1 {
 				t.Errorf("attempt not recorded before delivery: %+v", st)
@@ -285,7 +285,7 @@ func TestCrashMidDeliveryKeepsAttempt(t *testing.T) {
 
 func TestMaxAgeExpires(t *testing.T) {
 	t.Parallel()
-	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){ok}})
+	f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){ok}})
 	f.clk.Set(t0.Add(121 * time.Hour))
 	out, err := f.s.attempt(context.Background(), f.envID)
 	if err != nil || !out.Removed || f.fw.n() != 0 {
@@ -304,7 +304,7 @@ func TestDeliverNow(t *testing.T) {
 	t.Parallel()
 	t.Run("delivered", func(t *testing.T) {
 		t.Parallel()
-		f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){ok}})
+		f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){ok}})
 		out, err := f.s.DeliverNow(context.Background(), f.envID)
 		if err != nil || !out.Removed || len(out.Delivered) != 2 || out.Reply == "" {
 			t.Fatalf("%+v %v", out, err)
@@ -315,7 +315,7 @@ func TestDeliverNow(t *testing.T) {
 	})
 	t.Run("permanent", func(t *testing.T) {
 		t.Parallel()
-		f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){fails(perm)}})
+		f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){fails(perm)}})
 		out, err := f.s.DeliverNow(context.Background(), f.envID)
 		if err != nil || !out.Removed || len(out.Failed) != 2 || reply.As(out.Err).Code != 550 {
 			t.Fatalf("%+v %v", out, err)
@@ -329,7 +329,7 @@ func TestDeliverNow(t *testing.T) {
 	})
 	t.Run("transient", func(t *testing.T) {
 		t.Parallel()
-		f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){fails(temp)}})
+		f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){fails(temp)}})
 		out, err := f.s.DeliverNow(context.Background(), f.envID)
 		if err != nil || out.Removed || len(out.Pending) != 2 || !out.NextAttempt.Equal(t0.Add(time.Minute)) {
 			t.Fatalf("%+v %v", out, err)
@@ -342,8 +342,8 @@ func TestDeliverNow(t *testing.T) {
 
 func TestPanicContained(t *testing.T) {
 	t.Parallel()
-	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){
-		func(context.Context, *message.Envelope, []byte) (*message.Result, error) { panic("boom") },
+	f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){
+		func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error) { panic("boom") },
 	}})
 	for i := 1; i <= 3; i++ {
 		out, err := f.s.attempt(context.Background(), f.envID)
@@ -369,10 +369,10 @@ func TestPanicContained(t *testing.T) {
 
 func TestContinuousPermanentErrorsMarkUnhealthy(t *testing.T) {
 	t.Parallel()
-	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){fails(perm)}})
-	ids := []message.ID{f.envID}
+	f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){fails(perm)}})
+	ids := []envelope.ID{f.envID}
 	for i := 1; i < 5; i++ {
-		env := &message.Envelope{ID: message.NewID(t0), To: []string{"c@example.org"}, Mailbox: "relay@example.com", Received: t0}
+		env := &envelope.Envelope{ID: envelope.NewID(t0), To: []string{"c@example.org"}, Mailbox: "relay@example.com", Received: t0}
 		if err := f.sp.Put(env, bytes.NewReader([]byte("x\r\n"))); err != nil {
 			t.Fatal(err)
 		}
@@ -394,8 +394,8 @@ func TestContinuousPermanentErrorsMarkUnhealthy(t *testing.T) {
 func TestRunDeliversEnqueued(t *testing.T) {
 	t.Parallel()
 	delivered := make(chan struct{})
-	f := setup(t, &fake{steps: []func(context.Context, *message.Envelope, []byte) (*message.Result, error){
-		func(ctx context.Context, env *message.Envelope, b []byte) (*message.Result, error) {
+	f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){
+		func(ctx context.Context, env *envelope.Envelope, b []byte) (*envelope.Result, error) {
 			close(delivered)
 			return ok(ctx, env, b)
 		},

@@ -13,8 +13,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/exchangetest"
-	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/spool"
 	"github.com/o365relay/o365relay/relay/tlstest"
 	"github.com/o365relay/o365relay/relay/upstream"
@@ -179,11 +179,11 @@ func newExoEnv(t testing.TB, o exoSetup) *exoEnv {
 
 // put queues n messages from sender for mailbox, each with a unique
 // subject.
-func (e *exoEnv) put(t testing.TB, n int, sender, mailbox string) []message.ID {
+func (e *exoEnv) put(t testing.TB, n int, sender, mailbox string) []envelope.ID {
 	t.Helper()
-	var ids []message.ID
+	var ids []envelope.ID
 	for i := range n {
-		env := &message.Envelope{ID: message.NewID(time.Now()), From: sender, To: []string{fmt.Sprintf("r%d@example.org", i)}, Mailbox: mailbox, Received: e.clk.Now()}
+		env := &envelope.Envelope{ID: envelope.NewID(time.Now()), From: sender, To: []string{fmt.Sprintf("r%d@example.org", i)}, Mailbox: mailbox, Received: e.clk.Now()}
 		body := fmt.Sprintf("From: %s\r\nSubject: %s %d\r\n\r\nbody %d\r\n", sender, env.ID, i, i)
 		if err := e.sp.Put(env, strings.NewReader(body)); err != nil {
 			t.Fatal(err)
@@ -226,7 +226,7 @@ func (e *exoEnv) run(t testing.TB) {
 // check asserts every message is either delivered exactly once or in
 // failed/, the fake saw no violation and never more than limit concurrent
 // sessions per mailbox.
-func (e *exoEnv) check(t testing.TB, ids []message.ID, wantFailed, limit int) {
+func (e *exoEnv) check(t testing.TB, ids []envelope.ID, wantFailed, limit int) {
 	t.Helper()
 	failed, err := e.sp.ListFailed()
 	if err != nil {
@@ -247,7 +247,7 @@ func (e *exoEnv) check(t testing.TB, ids []message.ID, wantFailed, limit int) {
 		i := bytes.Index(m.Data, []byte("Subject: "))
 		seen[strings.Fields(string(m.Data[i+9:]))[0]]++
 	}
-	isFailed := map[message.ID]bool{}
+	isFailed := map[envelope.ID]bool{}
 	for _, f := range failed {
 		isFailed[f.Envelope.ID] = true
 	}
@@ -300,7 +300,7 @@ func TestFaultsAgainstExchange(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			e := newExoEnv(t, exoSetup{})
-			var ids []message.ID
+			var ids []envelope.ID
 			if !tc.cold {
 				// Warm the pool first so faults hit pooled and new sessions.
 				ids = e.put(t, 3, exoBox, exoBox)

@@ -11,7 +11,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/spool"
 )
 
@@ -31,14 +31,14 @@ func TestLogsNeverCarryBody(t *testing.T) {
 		}
 	}()
 	fw := &fake{steps: []step{
-		func(_ context.Context, _ *message.Envelope, b []byte) (*message.Result, error) { panic(string(b)) },
+		func(_ context.Context, _ *envelope.Envelope, b []byte) (*envelope.Result, error) { panic(string(b)) },
 		fails(temp), fails(perm),
 	}}
 	s, err := New(Options{Spool: sp, Forwarder: fw, Clock: func() time.Time { return t0 }, Logger: zap.New(core), Rand: func() float64 { return 0.5 }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := &message.Envelope{ID: message.NewID(t0), To: []string{"a@example.org"}, Mailbox: "relay@example.com", Received: t0}
+	env := &envelope.Envelope{ID: envelope.NewID(t0), To: []string{"a@example.org"}, Mailbox: "relay@example.com", Received: t0}
 	if err := sp.Put(env, bytes.NewReader([]byte(secretBody))); err != nil {
 		t.Fatal(err)
 	}

@@ -12,12 +12,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/relay/spool"
 )
 
-type step = func(context.Context, *message.Envelope, []byte) (*message.Result, error)
+type step = func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error)
 
 func TestReplyClasses(t *testing.T) {
 	t.Parallel()
@@ -71,7 +71,7 @@ func TestPathFailuresHoldTheMailbox(t *testing.T) {
 			f := setup(t, &fake{steps: []step{fails(re), ok}})
 			// A mailbox of its own: the metrics are the process's.
 			mb := fmt.Sprintf("path-%s-%d@example.com", re.Stage, re.Code)
-			env := &message.Envelope{ID: message.NewID(t0), From: "app@example.com", To: []string{"a@example.org", "b@example.org"}, Mailbox: mb, Received: t0}
+			env := &envelope.Envelope{ID: envelope.NewID(t0), From: "app@example.com", To: []string{"a@example.org", "b@example.org"}, Mailbox: mb, Received: t0}
 			if err := f.sp.Put(env, strings.NewReader("Subject: hi\r\n\r\nbody\r\n")); err != nil {
 				t.Fatal(err)
 			}

@@ -3,7 +3,7 @@ package delivery
 import (
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // Limits are one mailbox's pacing limits; 0 disables a limit.
@@ -46,7 +46,7 @@ const dailyWindow = 24 * time.Hour
 // a write per message for a limit few relays reach.
 type pacer struct {
 	tat    time.Time
-	booked map[message.ID]time.Time
+	booked map[envelope.ID]time.Time
 	sent   []sentEntry // oldest first
 	sum    int
 }
@@ -56,13 +56,13 @@ type sentEntry struct {
 	n  int
 }
 
-func newPacer() *pacer { return &pacer{booked: map[message.ID]time.Time{}} }
+func newPacer() *pacer { return &pacer{booked: map[envelope.ID]time.Time{}} }
 
 // admit decides whether a message with rcpts pending recipients may be
 // attempted at now. If not, it returns when to try again. On admission the
 // rate slot and the recipients are taken; settle corrects the recipients
 // once the outcome is known.
-func (p *pacer) admit(id message.ID, rcpts int, l Limits, now time.Time) (time.Time, bool) {
+func (p *pacer) admit(id envelope.ID, rcpts int, l Limits, now time.Time) (time.Time, bool) {
 	p.prune(now)
 	if l.DailyRecipients > 0 && p.sum > 0 && p.sum+rcpts > l.DailyRecipients {
 		// Wait until enough entries leave the window. A message alone
@@ -121,7 +121,7 @@ func (p *pacer) settle(at time.Time, reserved, delivered int) {
 }
 
 // forget drops a message's booked slot (it left the queue).
-func (p *pacer) forget(id message.ID) { delete(p.booked, id) }
+func (p *pacer) forget(id envelope.ID) { delete(p.booked, id) }
 
 func (p *pacer) prune(now time.Time) {
 	i := 0

@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/rewrite"
 )
 
 // The rate bucket lets a burst of Rate through, then one message per 60/Rate
@@ -22,7 +23,7 @@ func TestPacerRate(t *testing.T) {
 	now := t0
 	var slots []time.Time
 	for i := range 10 {
-		id := message.ID(strings.Repeat("A", 22) + string(rune('0'+i)))
+		id := envelope.ID(strings.Repeat("A", 22) + string(rune('0'+i)))
 		at, ok := p.admit(id, 1, l, now)
 		if i < 3 {
 			if !ok {
@@ -42,7 +43,7 @@ func TestPacerRate(t *testing.T) {
 	}
 	// A booked message coming back early keeps waiting for its slot; at
 	// its slot it goes without taking another.
-	id := message.ID(strings.Repeat("A", 22) + "3")
+	id := envelope.ID(strings.Repeat("A", 22) + "3")
 	if at, ok := p.admit(id, 1, l, t0.Add(10*time.Second)); ok || !at.Equal(slots[0]) {
 		t.Errorf("early return: %v %v", at, ok)
 	}
@@ -56,7 +57,7 @@ func TestPacerRate(t *testing.T) {
 	q := newPacer()
 	now = t0
 	for i := range 300 {
-		id := message.ID(rune(i))
+		id := envelope.ID(rune(i))
 		at, ok := q.admit(id, 1, l, now)
 		if !ok {
 			now = at
@@ -108,9 +109,9 @@ func TestSchedulerPaces(t *testing.T) {
 	fw := &fake{steps: []step{ok}}
 	f := setup(t, fw)
 	f.s.o.Limits = func(string) Limits { return Limits{Rate: 1} } // burst 1, one per minute
-	ids := []message.ID{f.envID}
+	ids := []envelope.ID{f.envID}
 	for range 2 {
-		env := &message.Envelope{ID: message.NewID(t0), From: "app@example.com", To: []string{"c@example.org"}, Mailbox: "relay@example.com", Received: t0}
+		env := &envelope.Envelope{ID: envelope.NewID(t0), From: "app@example.com", To: []string{"c@example.org"}, Mailbox: "relay@example.com", Received: t0}
 		if err := f.sp.Put(env, bytes.NewReader([]byte("x\r\n"))); err != nil {
 			t.Fatal(err)
 		}
@@ -148,7 +149,7 @@ func TestQuotaPausesUntilWindowFrees(t *testing.T) {
 	if out, err := f.s.attempt(context.Background(), f.envID); err != nil || !out.Removed {
 		t.Fatalf("%+v %v", out, err)
 	}
-	env := &message.Envelope{ID: message.NewID(t0), From: "app@example.com", To: []string{"c@example.org"}, Mailbox: "relay@example.com", Received: t0}
+	env := &envelope.Envelope{ID: envelope.NewID(t0), From: "app@example.com", To: []string{"c@example.org"}, Mailbox: "relay@example.com", Received: t0}
 	if err := f.sp.Put(env, bytes.NewReader([]byte("x\r\n"))); err != nil {
 		t.Fatal(err)
 	}
@@ -185,9 +186,9 @@ func TestContinuousErrorsPauseMailbox(t *testing.T) {
 	t.Parallel()
 	fw := &fake{steps: []step{fails(perm), fails(perm), fails(perm), fails(perm), fails(perm), ok}}
 	f := setup(t, fw)
-	var ids []message.ID
+	var ids []envelope.ID
 	for range 6 {
-		env := &message.Envelope{ID: message.NewID(t0), To: []string{"c@example.org"}, Mailbox: "relay@example.com", Received: t0}
+		env := &envelope.Envelope{ID: envelope.NewID(t0), To: []string{"c@example.org"}, Mailbox: "relay@example.com", Received: t0}
 		if err := f.sp.Put(env, bytes.NewReader([]byte("x\r\n"))); err != nil {
 			t.Fatal(err)
 		}
@@ -221,11 +222,11 @@ func TestRewriteAtDelivery(t *testing.T) {
 	fw := &fake{steps: []step{ok}}
 	f := setup(t, fw)
 	var sentFrom string
-	fw.steps = []step{func(ctx context.Context, env *message.Envelope, b []byte) (*message.Result, error) {
+	fw.steps = []step{func(ctx context.Context, env *envelope.Envelope, b []byte) (*envelope.Result, error) {
 		sentFrom = env.From
 		return ok(ctx, env, b)
 	}}
-	f.s.o.Rewrite = func(*message.Envelope) message.Rewrite { return message.RewriteEnvelopeFrom }
+	f.s.o.Rewrite = func(*envelope.Envelope) rewrite.Mode { return rewrite.EnvelopeFrom }
 	before, err := f.sp.Body(f.envID)
 	if err != nil {
 		t.Fatal(err)
@@ -275,7 +276,7 @@ func TestBusyMailboxDoesNotStarveOthers(t *testing.T) {
 	var mu sync.Mutex
 	inA, maxA := 0, 0
 	var order []string
-	fw := &fake{steps: []step{func(ctx context.Context, env *message.Envelope, b []byte) (*message.Result, error) {
+	fw := &fake{steps: []step{func(ctx context.Context, env *envelope.Envelope, b []byte) (*envelope.Result, error) {
 		if env.Mailbox == "a@example.com" {
 			mu.Lock()
 			inA++
@@ -298,7 +299,7 @@ func TestBusyMailboxDoesNotStarveOthers(t *testing.T) {
 		t.Fatal(err)
 	}
 	put := func(mb string, at time.Time) {
-		env := &message.Envelope{ID: message.NewID(at), From: mb, To: []string{"x@example.org"}, Mailbox: mb, Received: at}
+		env := &envelope.Envelope{ID: envelope.NewID(at), From: mb, To: []string{"x@example.org"}, Mailbox: mb, Received: at}
 		if err := f.sp.Put(env, bytes.NewReader([]byte("x\r\n"))); err != nil {
 			t.Fatal(err)
 		}

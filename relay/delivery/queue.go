@@ -4,7 +4,7 @@ import (
 	"container/heap"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // dueQueue holds the messages waiting for their next attempt, earliest due
@@ -13,16 +13,16 @@ import (
 // pick costs the same with 100,000 queued as with 10.
 type dueQueue struct {
 	items []*dueItem
-	pos   map[message.ID]*dueItem
+	pos   map[envelope.ID]*dueItem
 }
 
 type dueItem struct {
-	id  message.ID
+	id  envelope.ID
 	at  int64 // Unix ns: 8 bytes instead of time.Time's 24, times 100,000
 	idx int
 }
 
-func newDueQueue() *dueQueue { return &dueQueue{pos: map[message.ID]*dueItem{}} }
+func newDueQueue() *dueQueue { return &dueQueue{pos: map[envelope.ID]*dueItem{}} }
 
 func (q *dueQueue) Len() int { return len(q.items) }
 func (q *dueQueue) Less(i, j int) bool {
@@ -50,7 +50,7 @@ func (q *dueQueue) Pop() any {
 }
 
 // set makes id due at at (adding it, or moving it).
-func (q *dueQueue) set(id message.ID, at time.Time) {
+func (q *dueQueue) set(id envelope.ID, at time.Time) {
 	if it := q.pos[id]; it != nil {
 		it.at = at.UnixNano()
 		heap.Fix(q, it.idx)
@@ -62,7 +62,7 @@ func (q *dueQueue) set(id message.ID, at time.Time) {
 }
 
 // when returns id's due time.
-func (q *dueQueue) when(id message.ID) (time.Time, bool) {
+func (q *dueQueue) when(id envelope.ID) (time.Time, bool) {
 	if it := q.pos[id]; it != nil {
 		return time.Unix(0, it.at).In(time.UTC), true
 	}
@@ -70,7 +70,7 @@ func (q *dueQueue) when(id message.ID) (time.Time, bool) {
 }
 
 // peek returns the earliest due message.
-func (q *dueQueue) peek() (message.ID, time.Time, bool) {
+func (q *dueQueue) peek() (envelope.ID, time.Time, bool) {
 	if len(q.items) == 0 {
 		return "", time.Time{}, false
 	}
@@ -78,7 +78,7 @@ func (q *dueQueue) peek() (message.ID, time.Time, bool) {
 }
 
 // remove takes id out; false if it was not queued.
-func (q *dueQueue) remove(id message.ID) bool {
+func (q *dueQueue) remove(id envelope.ID) bool {
 	it := q.pos[id]
 	if it == nil {
 		return false

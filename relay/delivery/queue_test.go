@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // TestDueQueueOrder: the earliest due first, equal times oldest ID first;
@@ -14,9 +14,9 @@ import (
 func TestDueQueueOrder(t *testing.T) {
 	t.Parallel()
 	q := newDueQueue()
-	var ids []message.ID
+	var ids []envelope.ID
 	for i := range 200 {
-		ids = append(ids, message.NewID(t0.Add(time.Duration(i)*time.Millisecond)))
+		ids = append(ids, envelope.NewID(t0.Add(time.Duration(i)*time.Millisecond)))
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	for _, i := range r.Perm(len(ids)) {
@@ -24,13 +24,13 @@ func TestDueQueueOrder(t *testing.T) {
 	}
 	q.set(ids[5], t0.Add(time.Hour)) // deferred
 	q.remove(ids[7])
-	var got []message.ID
+	var got []envelope.ID
 	for q.Len() > 0 {
 		id, _, _ := q.peek()
 		q.remove(id)
 		got = append(got, id)
 	}
-	var want []message.ID
+	var want []envelope.ID
 	for i, id := range ids {
 		if i != 5 && i != 7 {
 			want = append(want, id)
@@ -51,7 +51,7 @@ func BenchmarkPick(b *testing.B) {
 		b.Run(fmt.Sprint("queued=", n), func(b *testing.B) {
 			q := newDueQueue()
 			for i := range n {
-				q.set(message.NewID(t0.Add(time.Duration(i)*time.Millisecond)), t0.Add(time.Duration(i)*time.Millisecond))
+				q.set(envelope.NewID(t0.Add(time.Duration(i)*time.Millisecond)), t0.Add(time.Duration(i)*time.Millisecond))
 			}
 			b.ReportAllocs()
 			b.ResetTimer()

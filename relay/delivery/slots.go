@@ -7,7 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/relay/upstream"
 )
@@ -28,7 +28,7 @@ type slots struct {
 	inflight  int
 	lowered   int // 0: not lowered; else the limit a 432 taught us
 	loweredAt time.Time
-	waiting   []message.ID  // scheduled messages that found every slot busy
+	waiting   []envelope.ID // scheduled messages that found every slot busy
 	freed     chan struct{} // closed and replaced when a slot frees
 }
 
@@ -68,7 +68,7 @@ func (s *Scheduler) restoreLocked(mailbox string, b *slots, max int, now time.Ti
 
 // enter takes one of mailbox's slots for a scheduled attempt, or notes id
 // as waiting for one: a worker never waits on a busy mailbox.
-func (s *Scheduler) enter(id message.ID, mailbox string, max int) bool {
+func (s *Scheduler) enter(id envelope.ID, mailbox string, max int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b := s.slotsLocked(mailbox)
@@ -133,7 +133,7 @@ func (s *Scheduler) wakeWaitingLocked(b *slots) {
 // and it returns true: the message waits for one of them, the attempt not
 // counted (id waits among the mailbox's parked messages). Otherwise the slots are someone else's: the limit drops to one
 // and the 432 is the message's to report (retried soon, per classify).
-func (s *Scheduler) lowerAfter432(id message.ID, mailbox string, re *reply.Error, now time.Time) bool {
+func (s *Scheduler) lowerAfter432(id envelope.ID, mailbox string, re *reply.Error, now time.Time) bool {
 	if re == nil || !upstream.ConcurrencyLimited(re) {
 		return false
 	}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
@@ -26,9 +26,9 @@ func TestConcurrency432LowersLimitAndWaitsForOurs(t *testing.T) {
 	release := make(chan struct{})
 	var mu sync.Mutex
 	refused, stuck := false, 0
-	var refusedID message.ID
+	var refusedID envelope.ID
 	var order []string
-	fw := &fake{steps: []step{func(ctx context.Context, env *message.Envelope, b []byte) (*message.Result, error) {
+	fw := &fake{steps: []step{func(ctx context.Context, env *envelope.Envelope, b []byte) (*envelope.Result, error) {
 		mu.Lock()
 		switch {
 		case env.Mailbox == "a@example.com" && stuck < 2:
@@ -51,9 +51,9 @@ func TestConcurrency432LowersLimitAndWaitsForOurs(t *testing.T) {
 	if err := f.sp.Remove(f.envID); err != nil {
 		t.Fatal(err)
 	}
-	var ids []message.ID
+	var ids []envelope.ID
 	put := func(mb string, at time.Time) {
-		env := &message.Envelope{ID: message.NewID(at), From: mb, To: []string{"x@example.org"}, Mailbox: mb, Received: at}
+		env := &envelope.Envelope{ID: envelope.NewID(at), From: mb, To: []string{"x@example.org"}, Mailbox: mb, Received: at}
 		if err := f.sp.Put(env, bytes.NewReader([]byte("x\r\n"))); err != nil {
 			t.Fatal(err)
 		}

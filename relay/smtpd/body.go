@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/rewrite"
 )
 
 // LineEndings says what to do with a bare CR or bare LF in DATA.
@@ -57,11 +57,11 @@ var errNUL = reply.New(550, reply.EnhancedCode{5, 6, 0},
 
 // errHeaderTooLong refuses a message whose sender rule rewrites From:
 // (rewrite: envelope+from) when its header section is longer than the
-// rewrite reads (message.MaxRewriteHeader): Exchange would refuse the
+// rewrite reads (rewrite.MaxHeader): Exchange would refuse the
 // unrewritten From: after the relay had acknowledged the message.
 var errHeaderTooLong = reply.New(552, reply.EnhancedCode{5, 3, 4},
 	fmt.Sprintf("Header section longer than %d octets: this sender's rule rewrites the From: header (rewrite: envelope+from), "+
-		"which the relay does for header sections up to that size", message.MaxRewriteHeader))
+		"which the relay does for header sections up to that size", rewrite.MaxHeader))
 
 // bodyChecker streams a message's content from dataReader (dot-unstuffed,
 // every byte as the client sent it) to the sink and enforces the

@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // expectClosed fails unless the server closes the connection with nothing
@@ -31,7 +31,7 @@ func (c *client) expectClosed() {
 // value: what must never reach a log line.
 type panicSink struct{ recordSink }
 
-func (k *panicSink) Submit(ctx context.Context, env *message.Envelope, body io.Reader) (string, error) {
+func (k *panicSink) Submit(ctx context.Context, env *envelope.Envelope, body io.Reader) (string, error) {
 	b, _ := io.ReadAll(body)
 	if strings.Contains(string(b), "PANIC") {
 		panic(fmt.Errorf("sink exploded on %q", b))

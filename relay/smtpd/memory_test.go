@@ -10,8 +10,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/internal/memtest"
-	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/spool"
 )
 
@@ -19,7 +19,7 @@ import (
 // from the DATA reader straight into spool.Put.
 type spoolSink struct{ sp *spool.Spool }
 
-func (k spoolSink) Submit(_ context.Context, env *message.Envelope, body io.Reader) (string, error) {
+func (k spoolSink) Submit(_ context.Context, env *envelope.Envelope, body io.Reader) (string, error) {
 	if err := k.sp.Put(env, body); err != nil {
 		return "", err
 	}

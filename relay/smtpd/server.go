@@ -71,8 +71,9 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/rewrite"
 )
 
 // Sink takes responsibility for an accepted message. Submit reads body to
@@ -80,7 +81,7 @@ import (
 // returned text follows "250 2.0.0 " in the reply to the client. An error is
 // turned into the client's reply by ForClient.
 type Sink interface {
-	Submit(ctx context.Context, env *message.Envelope, body io.Reader) (string, error)
+	Submit(ctx context.Context, env *envelope.Envelope, body io.Reader) (string, error)
 }
 
 // Router maps an envelope sender to the mailbox the relay will authenticate
@@ -101,9 +102,9 @@ type Options struct {
 	Sink     Sink
 	Route    Router
 	// Rewrite, if set, says how the sender's rule rewrites a message on
-	// its way out; for RewriteEnvelopeFrom the header section must fit
-	// message.MaxRewriteHeader, or the message is refused at intake.
-	Rewrite func(sender string) message.Rewrite
+	// its way out; for rewrite.EnvelopeFrom the header section must fit
+	// rewrite.MaxHeader, or the message is refused at intake.
+	Rewrite func(sender string) rewrite.Mode
 
 	MaxMessageBytes         int64         // default 35 MiB
 	MaxRecipients           int           // default 500

@@ -10,8 +10,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/o365relay/o365relay/relay/address"
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/rewrite"
 )
 
 // session is one client connection's SMTP state (go-smtp calls Reset between
@@ -221,8 +222,8 @@ func (s *session) Data(r io.Reader) (err error) {
 	content := s.tc.data
 	content.max = srv.opts.MaxMessageBytes
 	now := srv.opts.Clock()
-	env := &message.Envelope{
-		ID:           message.NewID(now),
+	env := &envelope.Envelope{
+		ID:           envelope.NewID(now),
 		From:         s.from,
 		To:           append([]string(nil), s.rcpts...),
 		Mailbox:      s.mailbox,
@@ -234,10 +235,10 @@ func (s *session) Data(r io.Reader) (err error) {
 	}
 	hdr := receivedHeader(env.Helo, env.Client, srv.opts.Hostname, string(env.ID), true, isTLS, s.authUser != "", now)
 	checker := newBodyChecker(content, srv.opts.LineEndings)
-	if rw := srv.opts.Rewrite; rw != nil && rw(s.from) == message.RewriteEnvelopeFrom {
+	if rw := srv.opts.Rewrite; rw != nil && rw(s.from) == rewrite.EnvelopeFrom {
 		// The rewrite reads the header section, ours included, up to
-		// message.MaxRewriteHeader (see errHeaderTooLong).
-		checker.maxHead = int64(message.MaxRewriteHeader - len(hdr))
+		// rewrite.MaxHeader (see errHeaderTooLong).
+		checker.maxHead = int64(rewrite.MaxHeader - len(hdr))
 	}
 	body := io.MultiReader(strings.NewReader(hdr), checker)
 

@@ -15,7 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
@@ -23,10 +23,10 @@ import (
 // so the fuzz target can match every 250 to a stored message.
 type fuzzSink struct {
 	mu     sync.Mutex
-	stored map[message.ID][]byte
+	stored map[envelope.ID][]byte
 }
 
-func (k *fuzzSink) Submit(ctx context.Context, env *message.Envelope, body io.Reader) (string, error) {
+func (k *fuzzSink) Submit(ctx context.Context, env *envelope.Envelope, body io.Reader) (string, error) {
 	b, err := io.ReadAll(body)
 	if err != nil {
 		return "", err
@@ -37,11 +37,11 @@ func (k *fuzzSink) Submit(ctx context.Context, env *message.Envelope, body io.Re
 	return "OK " + string(env.ID) + " queued", nil
 }
 
-func (k *fuzzSink) take() map[message.ID][]byte {
+func (k *fuzzSink) take() map[envelope.ID][]byte {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	s := k.stored
-	k.stored = map[message.ID][]byte{}
+	k.stored = map[envelope.ID][]byte{}
 	return s
 }
 
@@ -54,7 +54,7 @@ type fuzzServer struct {
 // startFuzzServer runs one listener for the whole fuzzing process, with small
 // limits so that fuzzed input reaches them.
 func startFuzzServer(f testing.TB, mode LineEndings, mods ...func(*Options)) *fuzzServer {
-	sink := &fuzzSink{stored: map[message.ID][]byte{}}
+	sink := &fuzzSink{stored: map[envelope.ID][]byte{}}
 	core, logs := observer.New(zap.WarnLevel)
 	opts := Options{
 		Addr:            "127.0.0.1:0",
@@ -176,7 +176,7 @@ func fuzzSessionOnce(t *testing.T, fs *fuzzServer, in []byte) []string {
 			}
 			if m := queuedID.FindStringSubmatch(l); m != nil {
 				queued++
-				if _, ok := stored[message.ID(m[1])]; !ok {
+				if _, ok := stored[envelope.ID(m[1])]; !ok {
 					t.Fatalf("250 for %s, which the sink did not store", m[1])
 				}
 			} else if strings.HasPrefix(l, "250 2.0.0 OK") {

@@ -17,19 +17,20 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
+	"github.com/o365relay/o365relay/relay/rewrite"
 )
 
 // recordSink keeps what it is given, or fails as told.
 type recordSink struct {
 	mu   sync.Mutex
-	envs []*message.Envelope
+	envs []*envelope.Envelope
 	data [][]byte
 	err  error
 }
 
-func (k *recordSink) Submit(ctx context.Context, env *message.Envelope, body io.Reader) (string, error) {
+func (k *recordSink) Submit(ctx context.Context, env *envelope.Envelope, body io.Reader) (string, error) {
 	b, err := io.ReadAll(body)
 	if err != nil {
 		return "", err
@@ -45,7 +46,7 @@ func (k *recordSink) Submit(ctx context.Context, env *message.Envelope, body io.
 	return "OK " + string(env.ID) + " queued", nil
 }
 
-func (k *recordSink) last(t *testing.T) (*message.Envelope, []byte) {
+func (k *recordSink) last(t *testing.T) (*envelope.Envelope, []byte) {
 	t.Helper()
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -298,17 +299,17 @@ func TestBareLineEndings(t *testing.T) {
 }
 
 // A sender whose rule rewrites From: gets 552 5.3.4 at intake for a
-// header section the rewrite would not read (message.MaxRewriteHeader,
+// header section the rewrite would not read (rewrite.MaxHeader,
 // our Received: included), instead of a 250 and Exchange's SendAsDenied
 // later; other senders are not limited.
 func TestRewriteHeaderLimitAtIntake(t *testing.T) {
 	t.Parallel()
 	s, sink, _ := startServer(t, func(o *Options) {
-		o.Rewrite = func(sender string) message.Rewrite {
+		o.Rewrite = func(sender string) rewrite.Mode {
 			if sender == "app@contoso.com" {
-				return message.RewriteEnvelopeFrom
+				return rewrite.EnvelopeFrom
 			}
-			return message.RewriteEnvelope
+			return rewrite.Envelope
 		}
 	})
 	header := func(n int) string { // n octets of X-Pad: fields
@@ -321,9 +322,9 @@ func TestRewriteHeaderLimitAtIntake(t *testing.T) {
 		pad  int
 		want string
 	}{
-		{"app@contoso.com", message.MaxRewriteHeader - 2000, "250 "},
-		{"app@contoso.com", message.MaxRewriteHeader, "552 5.3.4 Header section longer than 262144 octets"},
-		{"other@contoso.com", message.MaxRewriteHeader + 1000, "250 "},
+		{"app@contoso.com", rewrite.MaxHeader - 2000, "250 "},
+		{"app@contoso.com", rewrite.MaxHeader, "552 5.3.4 Header section longer than 262144 octets"},
+		{"other@contoso.com", rewrite.MaxHeader + 1000, "250 "},
 	} {
 		c := dial(t, s.Addr().String())
 		got := c.transaction("EHLO app", tc.from, []string{"a@example.org"}, header(tc.pad))

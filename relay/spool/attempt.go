@@ -7,7 +7,7 @@ import (
 	"io"
 	"os"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // Attempt is a queued message opened once for one delivery attempt: its
@@ -25,7 +25,7 @@ type Attempt struct {
 // Begin opens a queued message for an attempt. Like Get, it re-reads the
 // state (the CLI may have changed it), and the daemon moves a record that
 // does not parse to corrupt/ (the error then wraps ErrNotFound).
-func (s *Spool) Begin(id message.ID) (*Attempt, error) {
+func (s *Spool) Begin(id envelope.ID) (*Attempt, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // BenchmarkPut measures durability's cost: sizes × concurrency × fsync.
@@ -32,7 +32,7 @@ func BenchmarkPut(b *testing.B) {
 						go func() {
 							defer wg.Done()
 							for range next {
-								env := &message.Envelope{ID: message.NewID(time.Now()), To: []string{"a@example.org"}}
+								env := &envelope.Envelope{ID: envelope.NewID(time.Now()), To: []string{"a@example.org"}}
 								start := time.Now()
 								if err := s.Put(env, bytes.NewReader(body)); err != nil {
 									b.Error(err)

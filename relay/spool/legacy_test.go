@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // copyTree copies testdata into a temporary directory.
@@ -43,12 +43,12 @@ func TestReadsVersion1Spool(t *testing.T) {
 	t.Parallel()
 	dir := copyTree(t, "testdata/v1spool")
 	s := open_(t, dir, nil)
-	const fresh, deferred, failed = message.ID("06H241PA022TM2KB1PWHWX8"), message.ID("06H241PA047XVVD5ESM1HMG"), message.ID("06H241PA09W46F919QDZSXG")
+	const fresh, deferred, failed = envelope.ID("06H241PA022TM2KB1PWHWX8"), envelope.ID("06H241PA047XVVD5ESM1HMG"), envelope.ID("06H241PA09W46F919QDZSXG")
 	if items, _, _ := s.Stats(); items != 2 {
 		t.Fatalf("items = %d, want 2", items)
 	}
 	want := "Subject: v1\r\n\r\nmessage from the previous version\r\n"
-	for _, id := range []message.ID{fresh, deferred} {
+	for _, id := range []envelope.ID{fresh, deferred} {
 		if got, err := readBody(t, s, id); err != nil || string(got) != want {
 			t.Errorf("body of %s: %q %v", id, got, err)
 		}
@@ -89,7 +89,7 @@ func TestReadsVersion1Spool(t *testing.T) {
 	if names := names(t, filepath.Join(dir, "failed")); len(names) != 0 {
 		t.Errorf("failed/ after Retry: %v", names)
 	}
-	for _, id := range []message.ID{fresh, deferred, failed} {
+	for _, id := range []envelope.ID{fresh, deferred, failed} {
 		if err := s.Remove(id); err != nil {
 			t.Fatal(err)
 		}

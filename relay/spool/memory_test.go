@@ -7,8 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/internal/memtest"
-	"github.com/o365relay/o365relay/relay/message"
 )
 
 // memoryMessageBytes is the size streamed by the memory tests: far above
@@ -41,7 +41,7 @@ func TestPutAndBodyStream(t *testing.T) {
 	// Fsync off: durability is not what this test is about, and fsyncing
 	// 64 MiB would only slow the suite.
 	s := open_(t, t.TempDir(), func(o *Options) { o.Fsync = false })
-	env := &message.Envelope{ID: message.NewID(time.Now()), From: "app@example.com",
+	env := &envelope.Envelope{ID: envelope.NewID(time.Now()), From: "app@example.com",
 		To: []string{"a@example.org"}, Mailbox: "relay@example.com", Received: time.Now()}
 	var putErr error
 	put := memtest.Allocated(func() { putErr = s.Put(env, memtest.Reader(size)) })

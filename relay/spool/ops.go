@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // appendState appends a state block to dir/<id>.msg; with durable it is
@@ -13,7 +13,7 @@ import (
 // touched. A record written by the previous version keeps its .state file
 // until a durable block supersedes it (removed then, best effort: the
 // block wins over the file either way).
-func (s *Spool) appendState(dir string, id message.ID, st State, durable, legacy bool) error {
+func (s *Spool) appendState(dir string, id envelope.ID, st State, durable, legacy bool) error {
 	rec, err := s.openRecord(dir, id, os.O_RDWR|os.O_APPEND)
 	if err != nil {
 		return err
@@ -57,7 +57,7 @@ func (s *Spool) appendState(dir string, id message.ID, st State, durable, legacy
 
 // SetState durably records the state of a queued message: appended to its
 // record and fsynced.
-func (s *Spool) SetState(id message.ID, st State) error { return s.setState(id, st, true) }
+func (s *Spool) SetState(id envelope.ID, st State) error { return s.setState(id, st, true) }
 
 // NoteAttempt records the state of a queued message without waiting for
 // the disk: it survives the relay's own crash (the page cache keeps it),
@@ -65,9 +65,9 @@ func (s *Spool) SetState(id message.ID, st State) error { return s.setState(id, 
 // again. Delivery notes each attempt before it starts (Attempt.Note does
 // the same on an open record), so a message whose delivery kills the
 // process is not retried in a hot loop.
-func (s *Spool) NoteAttempt(id message.ID, st State) error { return s.setState(id, st, false) }
+func (s *Spool) NoteAttempt(id envelope.ID, st State) error { return s.setState(id, st, false) }
 
-func (s *Spool) setState(id message.ID, st State, durable bool) error {
+func (s *Spool) setState(id envelope.ID, st State, durable bool) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
@@ -86,7 +86,7 @@ func (s *Spool) setState(id message.ID, st State, durable bool) error {
 // commit (a removal lost to a power failure only means the
 // message is delivered again). A message already gone (deleted by the CLI)
 // is not an error.
-func (s *Spool) Remove(id message.ID) error {
+func (s *Spool) Remove(id envelope.ID) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
@@ -109,7 +109,7 @@ func (s *Spool) Remove(id message.ID) error {
 	return nil
 }
 
-func (s *Spool) removeFiles(dir string, id message.ID, legacy bool) error {
+func (s *Spool) removeFiles(dir string, id envelope.ID, legacy bool) error {
 	// The record goes first: a crash in between leaves an orphaned
 	// version-1 .state, which Open discards.
 	if err := s.fs.Remove(s.msgPath(dir, id)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -126,7 +126,7 @@ func (s *Spool) removeFiles(dir string, id message.ID, legacy bool) error {
 // Fail moves a message to failed/ with its final state (st.Final and the
 // per-recipient replies say why): the state is appended and fsynced first,
 // so the record in failed/ always has its reasons.
-func (s *Spool) Fail(id message.ID, st State) error {
+func (s *Spool) Fail(id envelope.ID, st State) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
@@ -158,7 +158,7 @@ func (s *Spool) Fail(id message.ID, st State) error {
 // Retry makes a message due now. A queued message gets NextAttempt = now;
 // a failed one is moved back into queue/ with fresh counters (recipients
 // already delivered stay delivered, failed ones become pending).
-func (s *Spool) Retry(id message.ID) error {
+func (s *Spool) Retry(id envelope.ID) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
@@ -201,14 +201,14 @@ func (s *Spool) Retry(id message.ID) error {
 
 // legacyIn reports whether dir holds a version-1 state file for id (the
 // index knows only queue/, and the CLI may run beside an older daemon).
-func (s *Spool) legacyIn(dir string, id message.ID) bool {
+func (s *Spool) legacyIn(dir string, id envelope.ID) bool {
 	_, err := s.fs.Stat(s.statePath(dir, id))
 	return err == nil
 }
 
 // Delete removes a message from queue/ or failed/. If the daemon is
 // delivering it, its later Remove finds nothing — harmless.
-func (s *Spool) Delete(id message.ID) error {
+func (s *Spool) Delete(id envelope.ID) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
@@ -238,7 +238,7 @@ func (s *Spool) Delete(id message.ID) error {
 // does not parse, or its body failed the checksum during delivery) to
 // corrupt/, where an operator can inspect it: it is never deleted, and
 // never retried as if whole.
-func (s *Spool) Quarantine(id message.ID, why error) error {
+func (s *Spool) Quarantine(id envelope.ID, why error) error {
 	if err := checkID(id); err != nil {
 		return err
 	}

@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
@@ -62,7 +62,7 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 // error is a *reply.Error (452 4.3.1 for full disks and limits, 451 4.3.0
 // for other I/O faults) — or, if the body reader failed, that reader's own
 // error, so the client sees the reply intake chose (e.g. 552 5.3.4).
-func (s *Spool) Put(env *message.Envelope, body io.Reader) (err error) {
+func (s *Spool) Put(env *envelope.Envelope, body io.Reader) (err error) {
 	start := time.Now()
 	if !env.ID.Valid() {
 		return reply.Wrap(fmt.Errorf("invalid id %q", env.ID), 451, enhLocal, "Local error in processing")

@@ -13,14 +13,14 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // record is an open record: envelope, where its parts lie, its state.
 type record struct {
 	f    File
 	size int64
-	env  *message.Envelope
+	env  *envelope.Envelope
 	hl   int64 // header length: the body starts here
 	tail tail
 }
@@ -28,7 +28,7 @@ type record struct {
 // openRecord opens dir/<id>.msg and parses its header and tail (not the
 // body). The caller closes rec.f. A record that does not parse gives an
 // error wrapping ErrCorrupt.
-func (s *Spool) openRecord(dir string, id message.ID, flag int) (*record, error) {
+func (s *Spool) openRecord(dir string, id envelope.ID, flag int) (*record, error) {
 	f, err := s.fs.OpenFile(s.msgPath(dir, id), flag, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -44,7 +44,7 @@ func (s *Spool) openRecord(dir string, id message.ID, flag int) (*record, error)
 	return rec, nil
 }
 
-func parseRecord(f File, id message.ID) (*record, error) {
+func parseRecord(f File, id envelope.ID) (*record, error) {
 	info, err := f.Stat()
 	if err != nil {
 		return nil, err
@@ -72,7 +72,7 @@ func parseRecord(f File, id message.ID) (*record, error) {
 
 // parseHeaderBuf parses the header from buf, reading the rest of a long
 // envelope from r (positioned just after buf).
-func parseHeaderBuf(buf []byte, r io.Reader) (*message.Envelope, int64, error) {
+func parseHeaderBuf(buf []byte, r io.Reader) (*envelope.Envelope, int64, error) {
 	if len(buf) < headerFixed {
 		return nil, 0, corruptf("short header")
 	}
@@ -85,20 +85,20 @@ func parseHeaderBuf(buf []byte, r io.Reader) (*message.Envelope, int64, error) {
 
 // Get returns the envelope and current state of a queued message, reading
 // the record afresh (the CLI may have changed it).
-func (s *Spool) Get(id message.ID) (*Entry, error) {
+func (s *Spool) Get(id envelope.ID) (*Entry, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
 	return s.get(s.queue, id, s.isLegacy(id))
 }
 
-func (s *Spool) isLegacy(id message.ID) bool {
+func (s *Spool) isLegacy(id envelope.ID) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.index[id].legacy
 }
 
-func (s *Spool) get(dir string, id message.ID, legacy bool) (*Entry, error) {
+func (s *Spool) get(dir string, id envelope.ID, legacy bool) (*Entry, error) {
 	rec, err := s.openRecord(dir, id, os.O_RDONLY)
 	if errors.Is(err, ErrCorrupt) && s.lock != nil && dir == s.queue {
 		// The daemon sets aside what it cannot read: kept in corrupt/
@@ -128,7 +128,7 @@ func (s *Spool) stateOf(dir string, rec *record, legacy bool) State {
 }
 
 // readLegacyState reads a version-1 state file.
-func (s *Spool) readLegacyState(dir string, id message.ID) State {
+func (s *Spool) readLegacyState(dir string, id envelope.ID) State {
 	var st State
 	f, err := s.fs.OpenFile(s.statePath(dir, id), os.O_RDONLY, 0)
 	if err != nil {
@@ -154,7 +154,7 @@ func (s *Spool) readLegacyState(dir string, id message.ID) State {
 // Body streams a queued message's body. The reader returns an error wrapping
 // ErrCorrupt instead of io.EOF when length or checksum do not match, so a
 // forwarder aborts the transaction instead of sending the final dot.
-func (s *Spool) Body(id message.ID) (io.ReadCloser, error) {
+func (s *Spool) Body(id envelope.ID) (io.ReadCloser, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
@@ -242,14 +242,14 @@ func (s *Spool) list(dir string) ([]Entry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool: %w", err)
 	}
-	var ids []message.ID
-	legacy := map[message.ID]bool{}
+	var ids []envelope.ID
+	legacy := map[envelope.ID]bool{}
 	for _, de := range des {
-		if id, ok := strings.CutSuffix(de.Name(), ".msg"); ok && message.ID(id).Valid() {
-			ids = append(ids, message.ID(id))
+		if id, ok := strings.CutSuffix(de.Name(), ".msg"); ok && envelope.ID(id).Valid() {
+			ids = append(ids, envelope.ID(id))
 		}
 		if id, ok := strings.CutSuffix(de.Name(), ".state"); ok {
-			legacy[message.ID(id)] = true
+			legacy[envelope.ID(id)] = true
 		}
 	}
 	sortIDs(ids)
@@ -277,33 +277,33 @@ func (s *Spool) list(dir string) ([]Entry, error) {
 // keeps its schedule, nothing is lost.) The listing is read in batches
 // and compared with the index in place: a queue of 100,000 costs one
 // lstat per record and no copy of the listing.
-func (s *Spool) Rescan() (changed, gone []message.ID, err error) {
+func (s *Spool) Rescan() (changed, gone []envelope.ID, err error) {
 	s.mu.Lock()
 	s.gen++
 	gen := s.gen
 	s.mu.Unlock()
-	var states []message.ID
+	var states []envelope.ID
 	err = s.fs.ReadDirBatches(s.queue, func(des []os.DirEntry) {
 		type seen struct {
-			id        message.ID
+			id        envelope.ID
 			size, mod int64
 		}
 		var batch []seen
 		for _, de := range des {
 			name := de.Name()
-			if id, ok := strings.CutSuffix(name, ".state"); ok && message.ID(id).Valid() {
-				states = append(states, message.ID(id))
+			if id, ok := strings.CutSuffix(name, ".state"); ok && envelope.ID(id).Valid() {
+				states = append(states, envelope.ID(id))
 				continue
 			}
 			id, ok := strings.CutSuffix(name, ".msg")
-			if !ok || !message.ID(id).Valid() {
+			if !ok || !envelope.ID(id).Valid() {
 				continue
 			}
 			info, err := de.Info()
 			if err != nil {
 				continue // removed meanwhile
 			}
-			batch = append(batch, seen{message.ID(id), info.Size(), info.ModTime().UnixNano()})
+			batch = append(batch, seen{envelope.ID(id), info.Size(), info.ModTime().UnixNano()})
 		}
 		s.mu.Lock()
 		defer s.mu.Unlock()

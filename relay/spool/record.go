@@ -10,7 +10,7 @@ import (
 	"hash/crc32"
 	"io"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // Record format of queue/<id>.msg, versions 1 and 2 (all integers
@@ -18,7 +18,7 @@ import (
 //
 //	magic   "O365SPL" + version byte (8 bytes)
 //	envlen  uint32, length of the envelope JSON (≤ maxEnvelope)
-//	env     envelope JSON (message.Envelope; Size is authoritative in the trailer)
+//	env     envelope JSON (envelope.Envelope; Size is authoritative in the trailer)
 //	body    the message data as received (CRLF lines, no final dot)
 //	trailer "O365END\n" (8 bytes), uint64 body length, uint32 CRC-32C
 //	        (Castagnoli) of everything from the magic to the end of the body
@@ -52,7 +52,7 @@ func corruptf(format string, a ...any) error {
 }
 
 // encodeHeader returns magic, version, length and envelope JSON.
-func encodeHeader(env *message.Envelope) ([]byte, error) {
+func encodeHeader(env *envelope.Envelope) ([]byte, error) {
 	j, err := json.Marshal(env)
 	if err != nil {
 		return nil, err
@@ -76,7 +76,7 @@ func encodeTrailer(n int64, sum uint32) []byte {
 
 // readHeader reads and parses the header; h receives the header bytes for the
 // checksum (may be nil). It returns the envelope and the header length.
-func readHeader(r io.Reader, h hash.Hash32) (*message.Envelope, int64, error) {
+func readHeader(r io.Reader, h hash.Hash32) (*envelope.Envelope, int64, error) {
 	var fixed [headerFixed]byte
 	if _, err := io.ReadFull(r, fixed[:]); err != nil {
 		return nil, 0, corruptf("short header: %v", err)
@@ -95,7 +95,7 @@ func readHeader(r io.Reader, h hash.Hash32) (*message.Envelope, int64, error) {
 	if _, err := io.ReadFull(r, j); err != nil {
 		return nil, 0, corruptf("short envelope: %v", err)
 	}
-	var env message.Envelope
+	var env envelope.Envelope
 	if err := json.Unmarshal(j, &env); err != nil {
 		return nil, 0, corruptf("envelope: %v", err)
 	}
@@ -123,7 +123,7 @@ func parseTrailer(t []byte) (int64, uint32, error) {
 // Decode checks a whole record of size bytes read from r, streaming: it
 // returns the envelope (with Size from the trailer) if header, length and
 // checksum agree, and copies the body to body when that is not nil.
-func Decode(r io.Reader, size int64, body io.Writer) (*message.Envelope, error) {
+func Decode(r io.Reader, size int64, body io.Writer) (*envelope.Envelope, error) {
 	h := crc32.New(castagnoli)
 	env, hl, err := readHeader(r, h)
 	if err != nil {
@@ -161,7 +161,7 @@ func Decode(r io.Reader, size int64, body io.Writer) (*message.Envelope, error) 
 // DecodeBytes checks a whole record file held in b (its state blocks
 // included) and returns the envelope, the body and the newest state (nil:
 // none yet). Fuzzing and tests use it.
-func DecodeBytes(b []byte) (*message.Envelope, []byte, *State, error) {
+func DecodeBytes(b []byte) (*envelope.Envelope, []byte, *State, error) {
 	_, hl, err := readHeader(bytes.NewReader(b), nil)
 	if err != nil {
 		return nil, nil, nil, err
@@ -179,7 +179,7 @@ func DecodeBytes(b []byte) (*message.Envelope, []byte, *State, error) {
 }
 
 // Encode returns a whole record (tests, fuzz seeds, tools).
-func Encode(env *message.Envelope, body []byte) ([]byte, error) {
+func Encode(env *envelope.Envelope, body []byte) ([]byte, error) {
 	hdr, err := encodeHeader(env)
 	if err != nil {
 		return nil, err

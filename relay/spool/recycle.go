@@ -9,7 +9,7 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // Recycling record files. Creating a file costs more than anything else a
@@ -35,7 +35,7 @@ const (
 
 // newRecordFile returns a file to write a new record into: a free one
 // (reused) or a new one in tmp/.
-func (s *Spool) newRecordFile(id message.ID) (path string, f File, reused bool, err error) {
+func (s *Spool) newRecordFile(id envelope.ID) (path string, f File, reused bool, err error) {
 	for {
 		s.mu.Lock()
 		n := len(s.free)
@@ -65,7 +65,7 @@ func (s *Spool) giveBack(path string) {
 
 // retire takes a delivered record out of dir: into free/ for reuse while
 // there is room and it is small, else unlinked.
-func (s *Spool) retire(dir string, id message.ID, size int64) error {
+func (s *Spool) retire(dir string, id envelope.ID, size int64) error {
 	src := s.msgPath(dir, id)
 	s.mu.Lock()
 	keep := s.lock != nil && dir == s.queue && size <= maxFreeSize && len(s.free)+s.freeing < maxFree

@@ -35,7 +35,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // TmpMaxAge is how old a tmp/ file must be before Open removes it. Only one
@@ -71,7 +71,7 @@ type Spool struct {
 	closeErr         error
 
 	mu       sync.Mutex
-	index    map[message.ID]indexEntry
+	index    map[envelope.ID]indexEntry
 	ages     idHeap // IDs by age, with entries already dropped left in
 	reserved int    // Puts in progress, counted against MaxItems
 	bytes    int64
@@ -126,7 +126,7 @@ func open(opts Options, daemon bool) (*Spool, error) {
 		freeDir: filepath.Join(opts.Dir, "free"),
 		commits: make(chan chan error, 64), later: make(chan struct{}, 1),
 		stop: make(chan struct{}), stopped: make(chan struct{}),
-		index: map[message.ID]indexEntry{},
+		index: map[envelope.ID]indexEntry{},
 	}
 	dirs := []string{s.tmp, s.queue, s.fail, s.corrupt}
 	if daemon {
@@ -196,21 +196,21 @@ func (s *Spool) recover() error {
 // is gone.
 func (s *Spool) scanQueue(daemon bool) error {
 	now := s.opts.Clock()
-	states := map[message.ID]bool{}
+	states := map[envelope.ID]bool{}
 	moved := false
 	err := s.fs.ReadDirBatches(s.queue, func(des []os.DirEntry) {
 		for _, de := range des {
 			name := de.Name()
-			if id, ok := strings.CutSuffix(name, ".msg"); ok && message.ID(id).Valid() {
+			if id, ok := strings.CutSuffix(name, ".msg"); ok && envelope.ID(id).Valid() {
 				info, err := de.Info()
 				if err != nil {
 					continue // removed meanwhile
 				}
-				s.add(message.ID(id), info.Size(), info.ModTime())
+				s.add(envelope.ID(id), info.Size(), info.ModTime())
 				continue
 			}
-			if id, ok := strings.CutSuffix(name, ".state"); ok && message.ID(id).Valid() {
-				states[message.ID(id)] = true
+			if id, ok := strings.CutSuffix(name, ".state"); ok && envelope.ID(id).Valid() {
+				states[envelope.ID(id)] = true
 				continue
 			}
 			if !daemon {
@@ -257,7 +257,7 @@ func (s *Spool) quarantine(name string, why error) {
 
 // add and drop keep Stats incremental. Callers hold mu or are in open.
 // add indexes a record; a zero mod (Put) marks it as written by us.
-func (s *Spool) add(id message.ID, size int64, mod time.Time) {
+func (s *Spool) add(id envelope.ID, size int64, mod time.Time) {
 	if _, ok := s.index[id]; ok {
 		return
 	}
@@ -270,7 +270,7 @@ func (s *Spool) add(id message.ID, size int64, mod time.Time) {
 	s.ages.push(id)
 }
 
-func (s *Spool) drop(id message.ID) {
+func (s *Spool) drop(id envelope.ID) {
 	e, ok := s.index[id]
 	if !ok {
 		return
@@ -290,7 +290,7 @@ func (s *Spool) drop(id message.ID) {
 
 // oldestLocked returns the oldest queued ID ("" when empty), popping IDs
 // that left: amortised O(log n) per removal instead of a scan.
-func (s *Spool) oldestLocked() message.ID {
+func (s *Spool) oldestLocked() envelope.ID {
 	for s.ages.Len() > 0 {
 		if id := s.ages.min(); s.has(id) {
 			return id
@@ -310,7 +310,7 @@ func (s *Spool) publish() {
 	}
 }
 
-func (s *Spool) has(id message.ID) bool {
+func (s *Spool) has(id envelope.ID) bool {
 	_, ok := s.index[id]
 	return ok
 }
@@ -328,10 +328,10 @@ func (s *Spool) Stats() (items int, bytes int64, oldest time.Time) {
 }
 
 // IDs returns the queued IDs from the index, oldest first, without I/O.
-func (s *Spool) IDs() []message.ID {
+func (s *Spool) IDs() []envelope.ID {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]message.ID, 0, len(s.index))
+	out := make([]envelope.ID, 0, len(s.index))
 	for id := range s.index {
 		out = append(out, id)
 	}
@@ -352,17 +352,17 @@ func (s *Spool) Close() error {
 	return s.closeErr
 }
 
-func (s *Spool) msgPath(dir string, id message.ID) string {
+func (s *Spool) msgPath(dir string, id envelope.ID) string {
 	return filepath.Join(dir, string(id)+".msg")
 }
-func (s *Spool) statePath(dir string, id message.ID) string {
+func (s *Spool) statePath(dir string, id envelope.ID) string {
 	return filepath.Join(dir, string(id)+".state")
 }
 
 // ErrNotFound is returned for an ID that is not in the spool (any more).
 var ErrNotFound = errors.New("spool: no such message")
 
-func checkID(id message.ID) error {
+func checkID(id envelope.ID) error {
 	if !id.Valid() {
 		return fmt.Errorf("%w: invalid id %q", ErrNotFound, id)
 	}

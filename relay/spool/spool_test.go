@@ -13,15 +13,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
 var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 
-func newEnv(i int) *message.Envelope {
-	return &message.Envelope{
-		ID: message.NewID(t0.Add(time.Duration(i) * time.Millisecond)), From: "app@example.com",
+func newEnv(i int) *envelope.Envelope {
+	return &envelope.Envelope{
+		ID: envelope.NewID(t0.Add(time.Duration(i) * time.Millisecond)), From: "app@example.com",
 		To: []string{"a@example.org", "b@example.org"}, Mailbox: "relay@example.com",
 		Received: t0.Add(time.Duration(i) * time.Millisecond),
 	}
@@ -219,7 +219,7 @@ func TestPutBodyErrorIsReturnedAsIs(t *testing.T) {
 	}
 }
 
-func readBody(t *testing.T, s *Spool, id message.ID) ([]byte, error) {
+func readBody(t *testing.T, s *Spool, id envelope.ID) ([]byte, error) {
 	t.Helper()
 	rc, err := s.Body(id)
 	if err != nil {
@@ -311,7 +311,7 @@ func TestRecovery(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	s := open_(t, dir, nil)
-	var ids []message.ID
+	var ids []envelope.ID
 	for i := range 7 {
 		env := newEnv(i)
 		if err := s.Put(env, bytes.NewReader([]byte(fmt.Sprintf("message %d\r\n", i)))); err != nil {
@@ -322,8 +322,8 @@ func TestRecovery(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	q := func(id message.ID) string { return filepath.Join(dir, "queue", string(id)+".msg") }
-	mutate := func(id message.ID, f func([]byte) []byte) {
+	q := func(id envelope.ID) string { return filepath.Join(dir, "queue", string(id)+".msg") }
+	mutate := func(id envelope.ID, f func([]byte) []byte) {
 		b, err := os.ReadFile(q(id))
 		if err != nil {
 			t.Fatal(err)
@@ -365,7 +365,7 @@ func TestRecovery(t *testing.T) {
 	if len(list) != 3 || list[0].Envelope.ID != ids[1] || list[1].Envelope.ID != ids[5] || list[2].Envelope.ID != ids[6] {
 		t.Errorf("List = %v", list)
 	}
-	for _, id := range []message.ID{ids[0], ids[2], ids[3], ids[4]} {
+	for _, id := range []envelope.ID{ids[0], ids[2], ids[3], ids[4]} {
 		if _, err := s2.Get(id); !errors.Is(err, ErrNotFound) {
 			t.Errorf("Get(%s) after quarantine: %v", id, err)
 		}

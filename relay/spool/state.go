@@ -3,7 +3,7 @@ package spool
 import (
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // RcptStatus is where one recipient stands.
@@ -55,6 +55,6 @@ func (s *State) Set(rcpt string, st RcptStatus, reply string) {
 
 // Entry is a queued (or failed) message without its body.
 type Entry struct {
-	Envelope *message.Envelope
+	Envelope *envelope.Envelope
 	State    State
 }

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 )
 
 // countFS counts the file-system operations a message's life costs.
@@ -68,7 +68,7 @@ func (c *countFS) SyncDir(name string) error {
 // lifecycle is a delivered message's life as delivery drives it: Put, the
 // record opened for the attempt (state read, attempt noted, body read),
 // removed.
-func lifecycle(tb testing.TB, s *Spool, env *message.Envelope, body []byte) {
+func lifecycle(tb testing.TB, s *Spool, env *envelope.Envelope, body []byte) {
 	tb.Helper()
 	if err := s.Put(env, bytes.NewReader(body)); err != nil {
 		tb.Fatal(err)
@@ -150,7 +150,7 @@ func BenchmarkLifecycle(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		env := &message.Envelope{ID: message.NewID(time.Now()), To: []string{"a@example.org"}, Mailbox: "relay@example.com", Received: time.Now()}
+		env := &envelope.Envelope{ID: envelope.NewID(time.Now()), To: []string{"a@example.org"}, Mailbox: "relay@example.com", Received: time.Now()}
 		_ = i
 		lifecycle(b, s, env, body)
 	}
@@ -169,7 +169,7 @@ func BenchmarkOpen(b *testing.B) {
 			dir := b.TempDir()
 			s := open_(b, dir, func(o *Options) { o.Fsync = false })
 			for i := range n {
-				env := &message.Envelope{ID: message.NewID(t0.Add(time.Duration(i) * time.Millisecond)), To: []string{"a@example.org"}}
+				env := &envelope.Envelope{ID: envelope.NewID(t0.Add(time.Duration(i) * time.Millisecond)), To: []string{"a@example.org"}}
 				if err := s.Put(env, bytes.NewReader([]byte("Subject: x\r\n\r\nbody\r\n"))); err != nil {
 					b.Fatal(err)
 				}

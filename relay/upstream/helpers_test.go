@@ -13,8 +13,8 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/o365relay/o365relay/config/secret"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/exchangetest"
-	"github.com/o365relay/o365relay/relay/message"
 	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/relay/tlstest"
 	"github.com/o365relay/o365relay/token"
@@ -181,11 +181,11 @@ func newEnv(t testing.TB, s setup) *env {
 	return e
 }
 
-func envelope(to ...string) *message.Envelope {
+func testEnv(to ...string) *envelope.Envelope {
 	if len(to) == 0 {
 		to = []string{"someone@example.test"}
 	}
-	return &message.Envelope{ID: message.NewID(time.Now()), From: mailbox, To: to, Mailbox: mailbox}
+	return &envelope.Envelope{ID: envelope.NewID(time.Now()), From: mailbox, To: to, Mailbox: mailbox}
 }
 
 const simpleBody = "From: relay@contoso.test\r\nTo: someone@example.test\r\nSubject: hi\r\n\r\nhello\r\n"

@@ -31,10 +31,10 @@ func TestDeliverStreamsBody(t *testing.T) {
 	e := newEnv(t, setup{fake: func(o *exchangetest.Options) { o.Discard = true }})
 	ctx := ctxT(t)
 	// Connect and authenticate first, so the count below is the message's.
-	if _, err := e.client.Deliver(ctx, envelope(), bytes.NewReader([]byte(simpleBody))); err != nil {
+	if _, err := e.client.Deliver(ctx, testEnv(), bytes.NewReader([]byte(simpleBody))); err != nil {
 		t.Fatal(err)
 	}
-	env := envelope()
+	env := testEnv()
 	env.Size = size
 	var err error
 	got := memtest.HeapPeak(func() { _, err = e.client.Deliver(ctx, env, memtest.Reader(size)) })

@@ -50,7 +50,7 @@ func TestPoolConcurrentDeliveries(t *testing.T) {
 			defer wg.Done()
 			for i := range work {
 				body := fmt.Sprintf("From: relay@contoso.test\r\nSubject: %d\r\n\r\nmessage %d\r\n", i, i)
-				_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(body))
+				_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(body))
 				errs <- err
 			}
 		}()
@@ -85,7 +85,7 @@ func TestPoolIdleExpiry(t *testing.T) {
 	e := newEnv(t, setup{clock: clk.Now})
 	deliver := func() {
 		t.Helper()
-		if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+		if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -117,7 +117,7 @@ func TestPoolRetiresOldConnections(t *testing.T) {
 	e := newEnv(t, setup{clock: clk.Now, client: func(o *Options) { o.IdleTimeout = time.Hour }})
 	deliver := func() {
 		t.Helper()
-		if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+		if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -141,7 +141,7 @@ func TestPoolRetiresBeforeTokenExpiry(t *testing.T) {
 	e.tokens.life = 5 * time.Minute
 	deliver := func() {
 		t.Helper()
-		if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+		if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -166,7 +166,7 @@ func TestPoolReplacesBrokenConnections(t *testing.T) {
 	e := newEnv(t, setup{})
 	deliver := func() {
 		t.Helper()
-		if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+		if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -187,7 +187,7 @@ func TestPoolReplacesBrokenConnections(t *testing.T) {
 	}
 	// A fresh connection is not retried: the failure is reported.
 	e.fake.Inject(exchangetest.Fault{Stage: "mail", Drop: true, Times: 2})
-	_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+	_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 	wantReply(t, err, 451, smtp.EnhancedCode{4, 4, 2}, reply.StageMail)
 	checkClean(t, e)
 }
@@ -211,13 +211,13 @@ func TestPoolReusesSessionAfterRefusal(t *testing.T) {
 	}
 	for _, f := range faults {
 		e.fake.Inject(f.f)
-		_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+		_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 		wantReply(t, err, f.code, f.enh, f.st)
 		if st := e.client.Stats(); st.Open != 1 || st.Dials != 1 {
 			t.Errorf("after %d: %+v, want the one session kept", f.code, st)
 		}
 	}
-	if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+	if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 		t.Fatal(err)
 	}
 	if st := e.client.Stats(); st.Dials != 1 || st.Auths != 1 {
@@ -246,7 +246,7 @@ func TestPoolDisabled(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{client: func(o *Options) { o.PoolDisabled = true }})
 	for range 3 {
-		if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+		if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -258,7 +258,7 @@ func TestPoolDisabled(t *testing.T) {
 func TestCloseClosesIdle(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+	if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.client.Close(); err != nil {
@@ -267,7 +267,7 @@ func TestCloseClosesIdle(t *testing.T) {
 	if st := e.client.Stats(); st.Open != 0 {
 		t.Errorf("stats %+v", st)
 	}
-	_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+	_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 	var re *reply.Error
 	if !errors.As(err, &re) || !re.Temporary() {
 		t.Errorf("Deliver after Close = %v", err)
@@ -287,7 +287,7 @@ func BenchmarkDeliver(b *testing.B) {
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					if _, err := e.client.Deliver(context.Background(), envelope(), strings.NewReader(simpleBody)); err != nil {
+					if _, err := e.client.Deliver(context.Background(), testEnv(), strings.NewReader(simpleBody)); err != nil {
 						b.Error(err)
 						return
 					}
@@ -309,7 +309,7 @@ func TestTokenExpiredReconnects(t *testing.T) {
 	e := newEnv(t, setup{})
 	deliver := func() {
 		t.Helper()
-		if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+		if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -334,7 +334,7 @@ func TestConcurrencyLimitReported(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
 	e.fake.Inject(exchangetest.Fault{Stage: "auth", Reply: smtpErr(432, smtp.EnhancedCode{4, 3, 2}, "Concurrent connections limit exceeded")})
-	_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+	_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 	re := wantReply(t, err, 432, smtp.EnhancedCode{4, 3, 2}, reply.StageAuth)
 	if re == nil || !ConcurrencyLimited(re) {
 		t.Errorf("ConcurrencyLimited(%v) = false", err)

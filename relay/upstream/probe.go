@@ -8,7 +8,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/token"
 )
@@ -46,7 +46,7 @@ type ProbeResult struct {
 
 	// Result is the transaction's outcome (ProbeSend only); Result.Reply
 	// is Exchange's final reply text.
-	Result *message.Result
+	Result *envelope.Result
 }
 
 // Failed returns the failed step, or nil.
@@ -88,7 +88,7 @@ func (c *Client) ProbeTLS(ctx context.Context) (*ProbeResult, error) {
 // reply as is (no token refresh, no retry on another connection). A
 // rejection at RCPT TO of some recipients is not an error when others were
 // accepted; see Result.Rejected.
-func (c *Client) ProbeSend(ctx context.Context, env *message.Envelope, body io.Reader) (*ProbeResult, error) {
+func (c *Client) ProbeSend(ctx context.Context, env *envelope.Envelope, body io.Reader) (*ProbeResult, error) {
 	return c.probe(ctx, env.Mailbox, true, func(cn *conn, res *ProbeResult) *reply.Error {
 		r, txe, _ := c.transact(ctx, cn, env, body)
 		res.Result = r

@@ -43,7 +43,7 @@ func TestProbeTLS(t *testing.T) {
 func TestProbeSend(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	pr, err := e.client.ProbeSend(ctxT(t), envelope(), strings.NewReader(simpleBody))
+	pr, err := e.client.ProbeSend(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 	if err != nil {
 		t.Fatalf("ProbeSend: %v (%+v)", err, pr)
 	}
@@ -57,7 +57,7 @@ func TestProbeSend(t *testing.T) {
 		t.Errorf("messages %+v", m)
 	}
 
-	env := envelope()
+	env := testEnv()
 	env.From = "ceo@contoso.test"
 	pr, err = e.client.ProbeSend(ctxT(t), env, strings.NewReader(simpleBody))
 	wantReply(t, err, 550, smtp.EnhancedCode{5, 7, 60}, reply.StageMail)

@@ -27,11 +27,11 @@ func TestNoSecretsInLogs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+	if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 		t.Fatal(err)
 	}
 	e.fake.Inject(exchangetest.Fault{Stage: "mail", Drop: true})
-	if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+	if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 		t.Fatal(err)
 	}
 	if logs.Len() == 0 {

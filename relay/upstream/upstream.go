@@ -50,7 +50,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/o365relay/o365relay/relay/address"
-	"github.com/o365relay/o365relay/relay/message"
+	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/token"
 )
@@ -499,7 +499,7 @@ type txError struct {
 
 // transact runs MAIL, RCPT, DATA on an authenticated session. reusable
 // reports whether the session may carry another transaction.
-func (c *Client) transact(ctx context.Context, cn *conn, env *message.Envelope, body io.Reader) (res *message.Result, txe *txError, reusable bool) {
+func (c *Client) transact(ctx context.Context, cn *conn, env *envelope.Envelope, body io.Reader) (res *envelope.Result, txe *txError, reusable bool) {
 	stop := context.AfterFunc(ctx, func() { _ = cn.raw.Close() })
 	defer func() {
 		if !stop() {
@@ -531,7 +531,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *message.Envelope, 
 		return nil, mailFail(err, reply.StageMail), resettable(cn, err)
 	}
 	countReply(reply.StageMail, 250)
-	res = &message.Result{Rejected: map[string]*reply.Error{}}
+	res = &envelope.Result{Rejected: map[string]*reply.Error{}}
 	for _, rcpt := range env.To {
 		err := cn.smtp.Rcpt(rcpt, nil)
 		var se *smtp.SMTPError
@@ -602,10 +602,10 @@ func resettable(cn *conn, err error) bool {
 	return cn.smtp.Reset() == nil
 }
 
-// Deliver sends one message as env.Mailbox. See message.Result for how the
+// Deliver sends one message as env.Mailbox. See envelope.Result for how the
 // result and the error divide the recipients. Every error is a
 // *reply.Error.
-func (c *Client) Deliver(ctx context.Context, env *message.Envelope, body io.Reader) (*message.Result, error) {
+func (c *Client) Deliver(ctx context.Context, env *envelope.Envelope, body io.Reader) (*envelope.Result, error) {
 	if err := CheckUser(env.Mailbox); err != nil {
 		return nil, &reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 7, 0}, Stage: reply.StageAuth,
 			Text: "invalid sending mailbox name", Err: err}

@@ -50,7 +50,7 @@ func BenchmarkDeliverLatency(b *testing.B) {
 					go func() {
 						defer wg.Done()
 						for range next {
-							env := envelope()
+							env := testEnv()
 							env.Size = int64(len(msg))
 							start := time.Now()
 							if _, err := e.client.Deliver(ctx, env, bytes.NewReader(msg)); err != nil {

@@ -39,7 +39,7 @@ func TestDeliverByteIdentical(t *testing.T) {
 		".leading dot\r\n..two dots\r\n.\r\n" + // the dot line alone must not end the data
 		"8-bit: gr\xc3\xbc\xc3\x9fe \xff\xfe\r\n" + long + "\r\n" +
 		"last line without dot\r\n"
-	env := envelope("a@example.test", "b@example.test")
+	env := testEnv("a@example.test", "b@example.test")
 	res, err := e.client.Deliver(ctxT(t), env, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
@@ -69,7 +69,7 @@ func TestDeliverByteIdentical(t *testing.T) {
 func TestDeliverSMTPUTF8(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	env := envelope("jörg@bücher.example")
+	env := testEnv("jörg@bücher.example")
 	env.SMTPUTF8 = true
 	if _, err := e.client.Deliver(ctxT(t), env, strings.NewReader(simpleBody)); err != nil {
 		t.Fatal(err)
@@ -130,7 +130,7 @@ func TestDeliverLarge(t *testing.T) {
 	if err != nil || n < size {
 		t.Fatal(n, err)
 	}
-	if _, err := e.client.Deliver(ctxT(t), envelope(), &genBody{size: size}); err != nil {
+	if _, err := e.client.Deliver(ctxT(t), testEnv(), &genBody{size: size}); err != nil {
 		t.Fatal(err)
 	}
 	m := e.fake.Messages()
@@ -147,7 +147,7 @@ func TestDeliverLarge(t *testing.T) {
 func TestNoSTARTTLS(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{fake: func(o *exchangetest.Options) { o.NoSTARTTLS = true }})
-	_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+	_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 	re := wantReply(t, err, 554, smtp.EnhancedCode{5, 7, 10}, reply.StageTLS)
 	if !strings.Contains(re.Text, "STARTTLS") {
 		t.Errorf("text %q does not say why", re.Text)
@@ -166,7 +166,7 @@ func TestUntrustedCertificate(t *testing.T) {
 		t.Fatal(err)
 	}
 	e := newEnv(t, setup{client: func(o *Options) { o.RootCAs = other.Pool() }})
-	_, err = e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+	_, err = e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 	re := wantReply(t, err, 451, smtp.EnhancedCode{4, 7, 5}, reply.StageTLS)
 	if !strings.Contains(re.Text, "localhost") || !strings.Contains(re.Text, "not trusted") {
 		t.Errorf("text %q should name the host and say the certificate is not trusted", re.Text)
@@ -189,7 +189,7 @@ func TestUntrustedCertificate(t *testing.T) {
 func TestWrongServerName(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{client: func(o *Options) { o.ServerName = "smtp.office365.com" }})
-	_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+	_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 	re := wantReply(t, err, 451, smtp.EnhancedCode{4, 7, 5}, reply.StageTLS)
 	if !strings.Contains(re.Text, "smtp.office365.com") || !strings.Contains(re.Text, "not trusted") {
 		t.Errorf("text %q", re.Text)
@@ -199,7 +199,7 @@ func TestWrongServerName(t *testing.T) {
 func TestRefreshOnceThenSuccess(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{badToks: 1})
-	if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+	if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 		t.Fatal(err)
 	}
 	if r := e.tokens.refreshes(); r != 1 {
@@ -214,7 +214,7 @@ func TestRefreshOnceThenSuccess(t *testing.T) {
 func TestRefreshOnceThenFail(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{badToks: 2})
-	_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+	_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 	wantReply(t, err, 535, smtp.EnhancedCode{5, 7, 3}, reply.StageAuth, e.tokens.current())
 	if r := e.tokens.refreshes(); r != 1 {
 		t.Errorf("refreshes = %d, want exactly 1", r)
@@ -228,7 +228,7 @@ func TestRefreshOnceThenFail(t *testing.T) {
 func TestJSONErrorChallenge(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{badToks: 2, fake: func(o *exchangetest.Options) { o.JSONErrorChallenge = true }})
-	_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+	_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 	wantReply(t, err, 535, smtp.EnhancedCode{5, 7, 3}, reply.StageAuth, e.tokens.current())
 	checkClean(t, e)
 }
@@ -237,7 +237,7 @@ func TestTokenSourceError(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
 	e.tokens.err = errors.New("AADSTS700027: assertion failed")
-	_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+	_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 	wantReply(t, err, 451, smtp.EnhancedCode{4, 7, 0}, reply.StageToken)
 	if st := e.fake.Stats(); st.Sessions != 0 {
 		t.Errorf("connected without a token: %+v", st)
@@ -283,7 +283,7 @@ func TestFaults(t *testing.T) {
 			for _, f := range tc.faults {
 				e.fake.Inject(f)
 			}
-			_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+			_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 			wantReply(t, err, tc.code, tc.enh, tc.stage, e.tokens.current())
 			if n := len(e.fake.Messages()); n != 0 {
 				t.Errorf("fake recorded %d messages", n)
@@ -297,10 +297,10 @@ func TestOutage(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
 	e.fake.SetDown(true)
-	_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody))
+	_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody))
 	wantReply(t, err, 451, smtp.EnhancedCode{4, 4, 1}, reply.StageConnect)
 	e.fake.SetDown(false)
-	if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+	if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 		t.Fatalf("after outage: %v", err)
 	}
 }
@@ -310,7 +310,7 @@ func TestPartialRcptRejection(t *testing.T) {
 	e := newEnv(t, setup{})
 	e.fake.Inject(exchangetest.Fault{Stage: "rcpt", Rcpt: "gone@example.test", Reply: smtpErr(550, smtp.EnhancedCode{5, 1, 10}, "RESOLVER.ADR.RecipientNotFound")})
 	e.fake.Inject(exchangetest.Fault{Stage: "rcpt", Rcpt: "busy@example.test", Reply: smtpErr(452, smtp.EnhancedCode{4, 5, 3}, "Too many recipients")})
-	res, err := e.client.Deliver(ctxT(t), envelope("a@example.test", "gone@example.test", "busy@example.test", "b@example.test"), strings.NewReader(simpleBody))
+	res, err := e.client.Deliver(ctxT(t), testEnv("a@example.test", "gone@example.test", "busy@example.test", "b@example.test"), strings.NewReader(simpleBody))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +329,7 @@ func TestAllRcptRejectedPrefersTemporary(t *testing.T) {
 	e := newEnv(t, setup{})
 	e.fake.Inject(exchangetest.Fault{Stage: "rcpt", Rcpt: "a@example.test", Reply: smtpErr(550, smtp.EnhancedCode{5, 1, 1}, "unknown")})
 	e.fake.Inject(exchangetest.Fault{Stage: "rcpt", Rcpt: "b@example.test", Reply: smtpErr(452, smtp.EnhancedCode{4, 5, 3}, "later")})
-	res, err := e.client.Deliver(ctxT(t), envelope("a@example.test", "b@example.test"), strings.NewReader(simpleBody))
+	res, err := e.client.Deliver(ctxT(t), testEnv("a@example.test", "b@example.test"), strings.NewReader(simpleBody))
 	wantReply(t, err, 452, smtp.EnhancedCode{4, 5, 3}, reply.StageRcpt)
 	if res == nil || len(res.Rejected) != 2 || len(res.Accepted) != 0 {
 		t.Errorf("result %+v", res)
@@ -361,7 +361,7 @@ func TestBodyErrorAbortsWithoutDot(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
 	bodyErr := errors.New("spool: checksum mismatch")
-	_, err := e.client.Deliver(ctxT(t), envelope(), io.MultiReader(strings.NewReader("From: relay@contoso.test\r\n\r\n"), &failingBody{n: 256 << 10, err: bodyErr}))
+	_, err := e.client.Deliver(ctxT(t), testEnv(), io.MultiReader(strings.NewReader("From: relay@contoso.test\r\n\r\n"), &failingBody{n: 256 << 10, err: bodyErr}))
 	wantReply(t, err, 451, smtp.EnhancedCode{4, 3, 0}, reply.StageData)
 	if !errors.Is(err, bodyErr) {
 		t.Errorf("error %v does not wrap the body error", err)
@@ -373,7 +373,7 @@ func TestBodyErrorAbortsWithoutDot(t *testing.T) {
 		t.Errorf("connection left open: %+v", st)
 	}
 	// The next message goes through on a new connection.
-	if _, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(simpleBody)); err != nil {
+	if _, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(simpleBody)); err != nil {
 		t.Fatal(err)
 	}
 	if st := e.client.Stats(); st.Dials != 2 {
@@ -385,13 +385,13 @@ func TestSendAsDeniedIsPermanent(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
 	body := "From: ceo@contoso.test\r\nSubject: x\r\n\r\nhi\r\n"
-	_, err := e.client.Deliver(ctxT(t), envelope(), strings.NewReader(body))
+	_, err := e.client.Deliver(ctxT(t), testEnv(), strings.NewReader(body))
 	re := wantReply(t, err, 554, smtp.EnhancedCode{5, 2, 252}, reply.StageData)
 	if !strings.Contains(re.Text, "SendAsDenied") {
 		t.Errorf("text %q", re.Text)
 	}
 	// The envelope sender is checked at MAIL.
-	env := envelope()
+	env := testEnv()
 	env.From = "ceo@contoso.test"
 	_, err = e.client.Deliver(ctxT(t), env, strings.NewReader(simpleBody))
 	wantReply(t, err, 550, smtp.EnhancedCode{5, 7, 60}, reply.StageMail)
@@ -400,7 +400,7 @@ func TestSendAsDeniedIsPermanent(t *testing.T) {
 func TestBadMailbox(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	env := envelope()
+	env := testEnv()
 	env.Mailbox = "relay@contoso.test\r\nRCPT TO:<x@y>"
 	_, err := e.client.Deliver(ctxT(t), env, strings.NewReader(simpleBody))
 	wantReply(t, err, 554, smtp.EnhancedCode{5, 7, 0}, reply.StageAuth)
@@ -414,7 +414,7 @@ func TestContextCancelled(t *testing.T) {
 	e := newEnv(t, setup{})
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := e.client.Deliver(ctx, envelope(), strings.NewReader(simpleBody))
+	_, err := e.client.Deliver(ctx, testEnv(), strings.NewReader(simpleBody))
 	var re *reply.Error
 	if !errors.As(err, &re) || !re.Temporary() {
 		t.Errorf("err = %v", err)
@@ -459,7 +459,7 @@ func TestProbe(t *testing.T) {
 func TestOversizedRefusedAtMail(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
-	env := envelope()
+	env := testEnv()
 	env.Size = 200 << 20
 	_, err := e.client.Deliver(ctxT(t), env, strings.NewReader(simpleBody))
 	wantReply(t, err, 552, smtp.EnhancedCode{5, 3, 4}, reply.StageMail)
@@ -473,11 +473,11 @@ func TestBadAddresses(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, setup{})
 	for _, to := range []string{"a@example.test\r\nDATA", "john smith@example.test", "a@b> NOTIFY=NEVER", `"a@b"@c.example`, ""} {
-		_, err := e.client.Deliver(ctxT(t), envelope(to), strings.NewReader(simpleBody))
+		_, err := e.client.Deliver(ctxT(t), testEnv(to), strings.NewReader(simpleBody))
 		wantReply(t, err, 553, smtp.EnhancedCode{5, 1, 3}, reply.StageLocal)
 	}
 	for _, from := range []string{"x@y\nRSET", "billing@app.example> AUTH=<x@trusted.example", `"billing"@app.example`} {
-		env := envelope()
+		env := testEnv()
 		env.From = from
 		_, err := e.client.Deliver(ctxT(t), env, strings.NewReader(simpleBody))
 		wantReply(t, err, 553, smtp.EnhancedCode{5, 1, 7}, reply.StageLocal)

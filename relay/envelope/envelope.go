@@ -1,20 +1,24 @@
-// Package message owns the envelope of one relayed message and its queue ID.
+// Package envelope owns the envelope of one relayed message and its queue
+// ID: the shared vocabulary of the listener, the spool, delivery and the
+// Exchange client (chasquid's internal/envelope is the model).
 //
 // The envelope is what the SMTP transaction said about a message (RFC 5321
 // §2.3.1: originator, recipients) plus what the relay decided at intake (the
 // mailbox it will authenticate as). The body is never held here: it streams
-// from the client into the spool and from the spool to Exchange; the one
-// transform applied on the way out, a sender rule's From: rewrite
-// (RewriteFrom), holds only the header section.
-package message
+// from the client into the spool and from the spool to Exchange.
+//
+// It is a leaf: it imports relay/reply (for a recipient's refusal in
+// Result) and nothing else from the module, and no SMTP library
+// (docs/architecture.md).
+package envelope
 
 import (
-	"github.com/o365relay/o365relay/relay/reply"
-
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/binary"
 	"time"
+
+	"github.com/o365relay/o365relay/relay/reply"
 )
 
 // ID names a message in logs, the spool and replies to clients. It sorts by

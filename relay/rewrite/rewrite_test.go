@@ -1,4 +1,4 @@
-package message
+package rewrite
 
 import (
 	"bytes"
@@ -11,7 +11,7 @@ import (
 
 func rewrite(t *testing.T, msg string) string {
 	t.Helper()
-	out, err := io.ReadAll(RewriteFrom(strings.NewReader(msg), "relay@contoso.example"))
+	out, err := io.ReadAll(From(strings.NewReader(msg), "relay@contoso.example"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +58,7 @@ func TestRewriteFromBodyByteIdentical(t *testing.T) {
 		iotest.HalfReader,
 	} {
 		src := wrap(io.MultiReader(strings.NewReader(hdr), bytes.NewReader(body)))
-		out, err := io.ReadAll(RewriteFrom(src, "relay@contoso.example"))
+		out, err := io.ReadAll(From(src, "relay@contoso.example"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -76,40 +76,40 @@ func TestRewriteFromBodyByteIdentical(t *testing.T) {
 // unchanged; a read error of the source is returned.
 func TestRewriteFromBounds(t *testing.T) {
 	t.Parallel()
-	long := "From: a@b\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("p", 990)+"\r\n", MaxRewriteHeader/990+2) + "\r\nbody"
+	long := "From: a@b\r\n" + strings.Repeat("X-Pad: "+strings.Repeat("p", 990)+"\r\n", MaxHeader/990+2) + "\r\nbody"
 	if got := rewrite(t, long); got != long {
 		t.Error("oversized header changed")
 	}
-	_, err := io.ReadAll(RewriteFrom(iotest.ErrReader(io.ErrUnexpectedEOF), "m@x"))
+	_, err := io.ReadAll(From(iotest.ErrReader(io.ErrUnexpectedEOF), "m@x"))
 	if err != io.ErrUnexpectedEOF {
 		t.Errorf("err %v", err)
 	}
 }
 
-// The bound is exact: a header section of MaxRewriteHeader octets, its
+// The bound is exact: a header section of MaxHeader octets, its
 // empty line included, is rewritten; one octet more is not. The intake
 // refuses the longer one for a rewriting sender (smtpd), relying on this.
 func TestRewriteFromBoundIsExact(t *testing.T) {
 	t.Parallel()
 	for _, extra := range []int{-1, 0, 1} {
 		head := "From: a@b\r\nX-Pad: "
-		pad := MaxRewriteHeader + extra - len(head) - len("\r\n\r\n")
+		pad := MaxHeader + extra - len(head) - len("\r\n\r\n")
 		msg := head + strings.Repeat("p", pad) + "\r\n\r\nbody"
 		rewritten := strings.HasPrefix(rewrite(t, msg), "From: <relay@contoso.example>")
 		if rewritten != (extra <= 0) {
-			t.Errorf("header section of MaxRewriteHeader%+d octets: rewritten %v", extra, rewritten)
+			t.Errorf("header section of MaxHeader%+d octets: rewritten %v", extra, rewritten)
 		}
 	}
 }
 
 func TestParseRewrite(t *testing.T) {
 	t.Parallel()
-	for in, want := range map[string]Rewrite{"": RewriteNone, "none": RewriteNone, "Envelope": RewriteEnvelope, "envelope+from": RewriteEnvelopeFrom} {
-		if got, err := ParseRewrite(in); err != nil || got != want || (in != "" && !strings.EqualFold(got.String(), in)) {
+	for in, want := range map[string]Mode{"": None, "none": None, "Envelope": Envelope, "envelope+from": EnvelopeFrom} {
+		if got, err := Parse(in); err != nil || got != want || (in != "" && !strings.EqualFold(got.String(), in)) {
 			t.Errorf("%q: %v %v", in, got, err)
 		}
 	}
-	if _, err := ParseRewrite("from"); err == nil {
+	if _, err := Parse("from"); err == nil {
 		t.Error("accepted from")
 	}
 }
@@ -118,7 +118,7 @@ func FuzzRewriteFrom(f *testing.F) {
 	f.Add([]byte("From: \"a\" <b@c>\r\n\r\nbody"))
 	f.Add([]byte("From: (x\\) <y@z>\r\n\tq\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, msg []byte) {
-		out, err := io.ReadAll(RewriteFrom(bytes.NewReader(msg), "m@x"))
+		out, err := io.ReadAll(From(bytes.NewReader(msg), "m@x"))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,10 @@
-package message
+// Package rewrite owns the one change a sender rule may make to a message
+// on its way to Exchange: the envelope sender, and with it the address in
+// the From: header, replaced by the mailbox the relay sends as (config:
+// senders[].rewrite; relay maps the config value to a Mode). The spool keeps
+// the message as the application sent it; From is applied as the message
+// streams out of the spool, holding only the header section.
+package rewrite
 
 import (
 	"bufio"
@@ -8,67 +14,68 @@ import (
 	"strings"
 )
 
-// Rewrite says how a sender rule changes a message on its way to Exchange
-// (config: senders[].rewrite). Exchange refuses an envelope sender the
-// mailbox may not send as (550 5.7.60 at MAIL) and a From: header it may not
-// send as (554 5.2.252 SendAsDenied after DATA, exchange-online.md §2.2,
-// §2.4); an application with a hard-coded address that no mailbox can send
-// as needs one or both rewritten to the mailbox.
-type Rewrite int
+// Mode says how a sender rule changes a message on its way to Exchange.
+// Exchange refuses an envelope sender the mailbox may not send as (550
+// 5.7.60 at MAIL, docs/exchange.md#550-5760-sender-not-permitted) and a
+// From: header it may not send as (554 5.2.252 SendAsDenied after DATA,
+// docs/exchange.md#554-52252-sendasdenied); an application with a
+// hard-coded address that no mailbox can send as needs one or both
+// rewritten to the mailbox.
+type Mode int
 
 const (
-	// RewriteNone sends the message as the application gave it.
-	RewriteNone Rewrite = iota
-	// RewriteEnvelope replaces the MAIL FROM address with the mailbox.
-	RewriteEnvelope
-	// RewriteEnvelopeFrom also replaces the address in the From: header
-	// (see RewriteFrom).
-	RewriteEnvelopeFrom
+	// None sends the message as the application gave it.
+	None Mode = iota
+	// Envelope replaces the MAIL FROM address with the mailbox.
+	Envelope
+	// EnvelopeFrom also replaces the address in the From: header
+	// (the function From).
+	EnvelopeFrom
 )
 
-// ParseRewrite reads the config spelling: "" or "none", "envelope",
+// Parse reads the config spelling: "" or "none", "envelope",
 // "envelope+from".
-func ParseRewrite(s string) (Rewrite, error) {
+func Parse(s string) (Mode, error) {
 	switch strings.ToLower(strings.TrimSpace(s)) {
 	case "", "none":
-		return RewriteNone, nil
+		return None, nil
 	case "envelope":
-		return RewriteEnvelope, nil
+		return Envelope, nil
 	case "envelope+from":
-		return RewriteEnvelopeFrom, nil
+		return EnvelopeFrom, nil
 	}
-	return RewriteNone, fmt.Errorf("%q is not none, envelope or envelope+from", s)
+	return None, fmt.Errorf("%q is not none, envelope or envelope+from", s)
 }
 
-func (r Rewrite) String() string {
+func (r Mode) String() string {
 	switch r {
-	case RewriteEnvelope:
+	case Envelope:
 		return "envelope"
-	case RewriteEnvelopeFrom:
+	case EnvelopeFrom:
 		return "envelope+from"
 	}
 	return "none"
 }
 
-// MaxRewriteHeader bounds how much of a message RewriteFrom holds in memory
-// to find the end of the header section: a header section (its ending
+// MaxHeader bounds how much of a message From holds in memory to find
+// the end of the header section: a header section (its ending
 // empty line included) of at most this many octets is rewritten; a longer
 // one is passed through unchanged. The intake refuses such a message from
 // a sender whose rule rewrites From: (smtpd's errHeaderTooLong), so a
 // message the relay acknowledged is never left unrewritten.
-const MaxRewriteHeader = 256 << 10
+const MaxHeader = 256 << 10
 
-// RewriteSlack is how many bytes RewriteFrom can add to a message whose
-// From: field is at most MaxFromField long, for the SIZE= estimate.
-const RewriteSlack = 3*maxFromField + 256
+// Slack is how many bytes From can add to a message whose From: field is
+// at most maxFromField long, for the SIZE= estimate.
+const Slack = 3*maxFromField + 256
 
 // maxFromField: a From: field longer than this (folded lines included) is
 // not copied into Reply-To / X-Original-From; it is replaced all the same.
 const maxFromField = 2000
 
-// RewriteFrom returns a reader that yields msg with the address in every
+// From returns a reader that yields msg with the address in every
 // From: header field replaced by mailbox, streaming: only the header section
-// (up to MaxRewriteHeader) is held in memory, and everything after the empty
+// (up to MaxHeader) is held in memory, and everything after the empty
 // line that ends it passes through byte for byte.
 //
 // What it writes, and why:
@@ -85,7 +92,7 @@ const maxFromField = 2000
 //
 // The spool keeps the message as the application sent it; the rewrite is
 // applied each time it is read for delivery.
-func RewriteFrom(msg io.Reader, mailbox string) io.Reader {
+func From(msg io.Reader, mailbox string) io.Reader {
 	return &fromRewriter{src: msg, mailbox: mailbox}
 }
 
@@ -110,7 +117,7 @@ func (f *fromRewriter) prepare() error {
 	br := bufio.NewReaderSize(f.src, 32<<10)
 	var hdr []byte
 	ended := false // saw the empty line (or EOF) that ends the header
-	for len(hdr) <= MaxRewriteHeader {
+	for len(hdr) <= MaxHeader {
 		line, err := br.ReadSlice('\n')
 		hdr = append(hdr, line...)
 		if err == bufio.ErrBufferFull {
@@ -128,7 +135,7 @@ func (f *fromRewriter) prepare() error {
 			break
 		}
 	}
-	if !ended || len(hdr) > MaxRewriteHeader {
+	if !ended || len(hdr) > MaxHeader {
 		// Too long to be a real header section: leave it alone.
 		f.out = io.MultiReader(bytes.NewReader(hdr), br)
 		return nil
@@ -137,7 +144,7 @@ func (f *fromRewriter) prepare() error {
 	return nil
 }
 
-// rewriteHeader applies RewriteFrom's rules to a complete header section
+// rewriteHeader applies From's rules to a complete header section
 // (ending with its empty line, or at EOF).
 func rewriteHeader(hdr []byte, mailbox string) []byte {
 	fields := splitFields(hdr)
@@ -148,7 +155,7 @@ func rewriteHeader(hdr []byte, mailbox string) []byte {
 		}
 	}
 	var out bytes.Buffer
-	out.Grow(len(hdr) + RewriteSlack)
+	out.Grow(len(hdr) + Slack)
 	for _, fl := range fields {
 		if !fl.is("From") {
 			out.Write(fl.raw)
