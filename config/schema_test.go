@@ -7,8 +7,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-
-	"github.com/o365relay/o365relay/relay/rewrite"
 )
 
 // The shipped schema and example config are generated from Settings; these
@@ -121,7 +119,7 @@ func TestSchemaPatternsAgreeWithParsers(t *testing.T) {
 		}
 	}
 	for _, rw := range []string{"none", "envelope", "envelope+from"} {
-		if _, err := rewrite.Parse(rw); err != nil {
+		if _, err := parseRewrite(rw); err != nil {
 			t.Errorf("the schema's rewrite %q does not parse: %v", rw, err)
 		}
 	}

@@ -8,9 +8,6 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/o365relay/o365relay/relay/address"
-	"github.com/o365relay/o365relay/relay/envelope"
-	"github.com/o365relay/o365relay/relay/reply"
-	"github.com/o365relay/o365relay/relay/rewrite"
 )
 
 // SenderRule maps envelope senders to the mailbox the relay authenticates
@@ -32,8 +29,44 @@ import (
 type SenderRule struct {
 	Sender  string
 	Mailbox string
-	Rewrite rewrite.Mode
+	Rewrite Rewrite
 	Line    int // in the config file, for messages
+}
+
+// Rewrite is a sender rule's rewrite setting (senders[].rewrite): which of a
+// message's sender addresses the relay replaces with the mailbox on the way
+// to Exchange. It is a value; relay maps it to what relay/rewrite applies.
+type Rewrite int
+
+const (
+	RewriteNone         Rewrite = iota // "none" (the default): as the application gave it
+	RewriteEnvelope                    // "envelope": the MAIL FROM address
+	RewriteEnvelopeFrom                // "envelope+from": MAIL FROM and the From: header
+)
+
+// parseRewrite reads the config spelling: "" or "none", "envelope",
+// "envelope+from".
+func parseRewrite(s string) (Rewrite, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", "none":
+		return RewriteNone, nil
+	case "envelope":
+		return RewriteEnvelope, nil
+	case "envelope+from":
+		return RewriteEnvelopeFrom, nil
+	}
+	return RewriteNone, fmt.Errorf("%q is not none, envelope or envelope+from", s)
+}
+
+// String is the config spelling.
+func (r Rewrite) String() string {
+	switch r {
+	case RewriteEnvelope:
+		return "envelope"
+	case RewriteEnvelopeFrom:
+		return "envelope+from"
+	}
+	return "none"
 }
 
 // MailboxLimits are one mailbox's limits; 0 disables Rate or
@@ -116,7 +149,7 @@ func parseStructured(path string, k, v *yaml.Node, fr *fileRules) []error {
 					}
 					r.Mailbox = m
 				case "rewrite":
-					rw, err := rewrite.Parse(fv.Value)
+					rw, err := parseRewrite(fv.Value)
 					if err != nil {
 						bad(fk, "rewrite %v", err)
 					}
@@ -274,33 +307,22 @@ func (c *Config) matchSender(sender string) (SenderRule, bool) {
 }
 
 // Route maps an envelope sender to its mailbox, for the intake's MAIL FROM.
-// A sender no rule matches gets 550 5.7.1 (RFC 3463 X.7.1: delivery not
-// authorized) naming the setting to change.
-func (c *Config) Route(sender string) (string, error) {
+// ok is false when no rule matches the sender: the listener then refuses it
+// (550 5.7.1, naming the senders setting).
+func (c *Config) Route(sender string) (mailbox string, ok bool) {
 	r, ok := c.matchSender(sender)
-	if !ok {
-		shown := sender
-		if shown == "" {
-			shown = "<> (null sender)"
-		}
-		return "", reply.New(550, reply.EnhancedCode{5, 7, 1},
-			fmt.Sprintf("Sender %s is not allowed to relay: no rule in the config file's senders list matches it; add a rule for the address, its \"*@domain\", or a catch-all \"*\"", shown))
-	}
-	return r.Mailbox, nil
+	return r.Mailbox, ok
 }
 
 // RewriteFor is how the rule matching sender rewrites its messages
 // (RewriteNone when no rule matches).
-func (c *Config) RewriteFor(sender string) rewrite.Mode {
+func (c *Config) RewriteFor(sender string) Rewrite {
 	r, ok := c.matchSender(sender)
 	if !ok {
-		return rewrite.None
+		return RewriteNone
 	}
 	return r.Rewrite
 }
-
-// RewriteOf is RewriteFor the envelope's sender, in the form delivery asks.
-func (c *Config) RewriteOf(env *envelope.Envelope) rewrite.Mode { return c.RewriteFor(env.From) }
 
 // rulesSummary renders the sender rules and mailbox overrides for
 // Effective (and so for reload's "what changed").

@@ -33,6 +33,8 @@ import (
 	"github.com/o365relay/o365relay/relay/admin"
 	"github.com/o365relay/o365relay/relay/control"
 	"github.com/o365relay/o365relay/relay/delivery"
+	"github.com/o365relay/o365relay/relay/envelope"
+	"github.com/o365relay/o365relay/relay/rewrite"
 	"github.com/o365relay/o365relay/relay/smtpd"
 	"github.com/o365relay/o365relay/relay/spool"
 	"github.com/o365relay/o365relay/relay/status"
@@ -186,7 +188,7 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 			l := cfg.Limits(mb)
 			return delivery.Limits{Rate: l.Rate, DailyRecipients: l.DailyRecipients, Connections: l.Connections}
 		},
-		Rewrite: cfg.RewriteOf,
+		Rewrite: func(env *envelope.Envelope) rewrite.Mode { return rewriteMode(cfg.RewriteFor(env.From)) },
 		Backoff: delivery.Backoff{Min: cfg.RetryMin, Max: cfg.RetryMax, Factor: 2, Jitter: 0.2},
 		Clock:   clock,
 		Logger:  log.Named("delivery"),
@@ -215,7 +217,7 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 		Route: cfg.Route,
 		// A From: rewrite must be able to read the header section:
 		// refused at intake otherwise.
-		Rewrite:                 cfg.RewriteFor,
+		Rewrite:                 func(sender string) rewrite.Mode { return rewriteMode(cfg.RewriteFor(sender)) },
 		MaxMessageBytes:         cfg.MaxMessageBytes,
 		MaxRecipients:           cfg.MaxRecipients,
 		MaxConnections:          cfg.MaxConnections,

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/relay/relaytest"
 	"github.com/o365relay/o365relay/relay/rewrite"
 )
@@ -46,5 +47,15 @@ func TestRewriteLimitRefusedAtIntake(t *testing.T) {
 	}
 	if failed, err := p.r.Spool().ListFailed(); err != nil || len(failed) != 0 {
 		t.Errorf("failed/ holds %d (%v)", len(failed), err)
+	}
+}
+
+// Every rewrite setting the config can hold reaches the listener and
+// delivery as the mode of the same name.
+func TestRewriteModeMapsEverySetting(t *testing.T) {
+	for _, r := range []config.Rewrite{config.RewriteNone, config.RewriteEnvelope, config.RewriteEnvelopeFrom} {
+		if got := rewriteMode(r); got.String() != r.String() {
+			t.Errorf("config rewrite %q maps to %q", r, got)
+		}
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/relay/rewrite"
+	"github.com/o365relay/o365relay/relay/smtpd"
 	"github.com/o365relay/o365relay/relay/upstream"
 	"github.com/o365relay/o365relay/token"
 )
@@ -62,10 +63,11 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	// The daemon's routing and rewriting, so the test goes the way the
-	// application's mail would (config.Route, rewrite.Mode).
-	mailbox, err := cfg.Route(sender)
-	if err != nil {
-		fmt.Fprintf(stdout, "✘ route: %v\n", err)
+	// application's mail would (config.Route, the listener's refusal,
+	// rewrite.From).
+	mailbox, ok := cfg.Route(sender)
+	if !ok {
+		fmt.Fprintf(stdout, "✘ route: %v\n", smtpd.SenderRefused(sender))
 		return 1
 	}
 	rw := cfg.RewriteFor(sender)
@@ -75,10 +77,10 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	msg := sendMessage(sender, rcpts, *subject, body)
 	envFrom := sender
-	if rw != rewrite.None {
+	if rw != config.RewriteNone {
 		envFrom = mailbox
 	}
-	if rw == rewrite.EnvelopeFrom {
+	if rw == config.RewriteEnvelopeFrom {
 		if msg, err = io.ReadAll(rewrite.From(bytes.NewReader(msg), mailbox)); err != nil {
 			return exitErr(stderr, err)
 		}

@@ -52,11 +52,11 @@ func checkNoPanicValue(t *testing.T, logsText string, secret string) {
 func TestPanicInRouteIsContained(t *testing.T) {
 	t.Parallel()
 	s, sink, logs := startServer(t, func(o *Options) {
-		o.Route = func(sender string) (string, error) {
+		o.Route = func(sender string) (string, bool) {
 			if strings.HasPrefix(sender, "boom") {
 				panic("token=eyJsecret-route " + sender)
 			}
-			return "relay@contoso.com", nil
+			return "relay@contoso.com", true
 		}
 	})
 	// A session that is open while another one panics.

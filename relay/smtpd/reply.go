@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/emersion/go-smtp"
 
@@ -34,4 +35,16 @@ func ForClient(err error) *smtp.SMTPError {
 	// RFC 3463 X.3.0 "Other or undefined mail system status".
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0},
 		Message: "Local error, message not accepted; try again later"}
+}
+
+// SenderRefused is the reply to a sender no sender rule matches (Router's
+// ok is false): 550 5.7.1 (RFC 3463 X.7.1, delivery not authorized), naming
+// the config file's senders setting to change.
+func SenderRefused(sender string) *reply.Error {
+	shown := sender
+	if shown == "" {
+		shown = "<> (null sender)"
+	}
+	return reply.New(550, reply.EnhancedCode{5, 7, 1},
+		fmt.Sprintf("Sender %s is not allowed to relay: no rule in the config file's senders list matches it; add a rule for the address, its \"*@domain\", or a catch-all \"*\"", shown))
 }

@@ -85,9 +85,9 @@ type Sink interface {
 }
 
 // Router maps an envelope sender to the mailbox the relay will authenticate
-// as. A sender no rule covers gets a *reply.Error (550 5.7.1 naming the
-// config key to change).
-type Router func(sender string) (mailbox string, err error)
+// as; ok is false for a sender no rule covers, which gets SenderRefused's
+// 550 5.7.1 naming the config key to change.
+type Router func(sender string) (mailbox string, ok bool)
 
 // Options configure a Server. Zero values take the documented defaults.
 type Options struct {

@@ -122,8 +122,9 @@ func (s *session) Mail(_ string, _ *smtp.MailOptions) (err error) {
 			zap.String("user", s.authUser), zap.String("from", from))
 		return ForClient(errSenderNotAllowed)
 	}
-	mailbox, rerr2 := s.srv.opts.Route(from)
-	if rerr2 != nil {
+	mailbox, routed := s.srv.opts.Route(from)
+	if !routed {
+		rerr2 := SenderRefused(from)
 		s.srv.log.Info("sender refused", zap.String("client", s.clientIP.String()),
 			zap.String("from", from), zap.Error(rerr2))
 		return ForClient(rerr2)

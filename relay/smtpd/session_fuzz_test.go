@@ -16,7 +16,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/o365relay/o365relay/relay/envelope"
-	"github.com/o365relay/o365relay/relay/reply"
 )
 
 // fuzzSink stores what it is given, like the spool, and remembers the IDs
@@ -61,11 +60,8 @@ func startFuzzServer(f testing.TB, mode LineEndings, mods ...func(*Options)) *fu
 		AllowedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 		Hostname:        "relay.fuzz",
 		Sink:            sink,
-		Route: func(sender string) (string, error) {
-			if strings.HasPrefix(sender, "refused") {
-				return "", reply.New(550, reply.EnhancedCode{5, 7, 1}, "Sender not allowed")
-			}
-			return "relay@contoso.com", nil
+		Route: func(sender string) (string, bool) {
+			return "relay@contoso.com", !strings.HasPrefix(sender, "refused")
 		},
 		MaxMessageBytes:    4096,
 		MaxRecipients:      5,

@@ -56,7 +56,7 @@ func (k *recordSink) last(t *testing.T) (*envelope.Envelope, []byte) {
 	return k.envs[len(k.envs)-1], k.data[len(k.data)-1]
 }
 
-func allowAll(string) (string, error) { return "relay@contoso.com", nil }
+func allowAll(string) (string, bool) { return "relay@contoso.com", true }
 
 func startServer(t *testing.T, mod func(*Options)) (*Server, *recordSink, *observer.ObservedLogs) {
 	t.Helper()
@@ -376,17 +376,18 @@ func TestSinkErrorsKeepTheirCodes(t *testing.T) {
 func TestSenderPolicyAndAddressChecks(t *testing.T) {
 	t.Parallel()
 	s, _, _ := startServer(t, func(o *Options) {
-		o.Route = func(sender string) (string, error) {
+		o.Route = func(sender string) (string, bool) {
 			if strings.HasSuffix(sender, "@contoso.com") {
-				return "relay@contoso.com", nil
+				return "relay@contoso.com", true
 			}
-			return "", reply.New(550, reply.EnhancedCode{5, 7, 1}, "Sender not allowed: add a rule under senders:")
+			return "", false
 		}
 	})
 	c := dial(t, s.Addr().String())
 	c.reply()
 	c.cmd("EHLO app", "250")
-	c.cmd("MAIL FROM:<evil@example.net>", "550 5.7.1 Sender not allowed")
+	c.cmd("MAIL FROM:<evil@example.net>", `550 5.7.1 Sender evil@example.net is not allowed to relay: no rule in the config file's senders list matches it; add a rule for the address, its "*@domain", or a catch-all "*"`)
+	c.cmd("MAIL FROM:<>", "550 5.7.1 Sender <> (null sender) is not allowed to relay: ")
 	c.cmd("MAIL FROM:<jos\u00e9@contoso.com>", "553 5.6.7 ")
 	c.cmd("MAIL FROM:<jos\u00e9@contoso.com> SMTPUTF8", "250")
 	c.cmd("RCPT TO:<noatsign>", "501 ")
