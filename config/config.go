@@ -28,8 +28,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/o365relay/o365relay/config/address"
 	"github.com/o365relay/o365relay/config/secret"
-	"github.com/o365relay/o365relay/relay/address"
 )
 
 // Source says where a setting's value came from.

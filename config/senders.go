@@ -7,7 +7,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/o365relay/o365relay/relay/address"
+	"github.com/o365relay/o365relay/config/address"
 )
 
 // SenderRule maps envelope senders to the mailbox the relay authenticates

@@ -6,6 +6,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/o365relay/o365relay/config/address"
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
@@ -16,8 +17,8 @@ import (
 // permanent failure for what may be a transient fault. ForClient is the one
 // place where the relay's errors become go-smtp replies.
 //
-// A *reply.Error keeps its code, enhanced code and text; go-smtp's own
-// replies pass as they are. An error that carries no reply is a local fault
+// A *reply.Error and the address parser's *address.Error keep their code,
+// enhanced code and text; go-smtp's own replies pass as they are. An error that carries no reply is a local fault
 // we do not understand: it becomes "451 4.3.0", transient, because telling a
 // client to give up on a message because of our bug would lose it. The cause
 // never reaches the client.
@@ -27,6 +28,10 @@ func ForClient(err error) *smtp.SMTPError {
 	}
 	if re := reply.As(err); re != nil {
 		return &smtp.SMTPError{Code: re.Code, EnhancedCode: smtp.EnhancedCode(re.Enhanced), Message: re.Text}
+	}
+	var ae *address.Error
+	if errors.As(err, &ae) {
+		return &smtp.SMTPError{Code: ae.Code, EnhancedCode: smtp.EnhancedCode(ae.Enhanced), Message: ae.Text}
 	}
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {

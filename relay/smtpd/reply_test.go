@@ -8,6 +8,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/o365relay/o365relay/config/address"
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
@@ -45,5 +46,16 @@ func TestEnhancedCodeSentinelsAreGoSMTPs(t *testing.T) {
 	if smtp.EnhancedCode(reply.NoEnhancedCode) != smtp.NoEnhancedCode || smtp.EnhancedCode(reply.EnhancedCodeNotSet) != smtp.EnhancedCodeNotSet {
 		t.Fatalf("reply's NoEnhancedCode %v / EnhancedCodeNotSet %v differ from go-smtp's %v / %v",
 			reply.NoEnhancedCode, reply.EnhancedCodeNotSet, smtp.NoEnhancedCode, smtp.EnhancedCodeNotSet)
+	}
+}
+
+func TestForClientKeepsAddressRefusals(t *testing.T) {
+	_, err := address.ParseRcpt("RCPT TO:<a@b> NOTIFY=NEVER", false)
+	if err == nil {
+		t.Fatal("RCPT parameter accepted")
+	}
+	got := ForClient(err)
+	if got.Code != err.Code || got.EnhancedCode != smtp.EnhancedCode(err.Enhanced) || got.Message != err.Text || got.Code != 555 {
+		t.Fatalf("ForClient(%v) = %+v", err, got)
 	}
 }

@@ -8,7 +8,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/o365relay/o365relay/relay/address"
+	"github.com/o365relay/o365relay/config/address"
 )
 
 // User is one local AUTH account: a bcrypt hash of its password and the

@@ -49,7 +49,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.uber.org/zap"
 
-	"github.com/o365relay/o365relay/relay/address"
+	"github.com/o365relay/o365relay/config/address"
 	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/token"

@@ -5,6 +5,14 @@
 // line written to Exchange all see Mailbox.String(); nothing parses the
 // client's text a second time.
 //
+// It sits under config, not relay, because config needs it too: the
+// mailbox setting and the sender-rule and auth_users patterns are checked
+// and compared with the same grammar and the same ASCII case folding (Fold)
+// as the wire, and config imports nothing under relay/. Like config/secret
+// it is a leaf: no SMTP library, nothing else from the module; a refusal
+// is its own Error, which the listener turns into the reply
+// (docs/architecture.md).
+//
 // The policy (docs/intake.md has the reasoning):
 //   - A Dot-string local part passes as it came. A Quoted-string local part
 //     is forwarded only if its content is printable ASCII without '"', '\'
@@ -36,8 +44,6 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
-
-	"github.com/o365relay/o365relay/relay/reply"
 )
 
 // MaxLength is the longest mailbox accepted, in octets, without the angle
@@ -100,6 +106,25 @@ type Mail struct {
 	SMTPUTF8 bool    // RFC 6531 §3.4
 }
 
+// Error is a refused command line or address: the reply the listener
+// sends for it (smtpd turns it into an SMTP reply). It is the package's own
+// type, not relay/reply's, so that config can use the same parser without
+// depending on the relay.
+type Error struct {
+	Code     int    // basic reply code: 500, 501, 553 or 555
+	Enhanced [3]int // RFC 3463 enhanced status code, e.g. {5, 1, 7}
+	Text     string // what is wrong, safe to show the client and to log
+}
+
+func newError(code int, enh [3]int, text string) *Error {
+	return &Error{Code: code, Enhanced: enh, Text: text}
+}
+
+// Error reads "501 5.1.7 Bad address syntax: …".
+func (e *Error) Error() string {
+	return fmt.Sprintf("%d %d.%d.%d %s", e.Code, e.Enhanced[0], e.Enhanced[1], e.Enhanced[2], e.Text)
+}
+
 // kind says which command an address belongs to, for the enhanced codes:
 // RFC 3463 X.1.7 (sender syntax) or X.1.3 (recipient syntax).
 type kind int
@@ -109,28 +134,28 @@ const (
 	recipient
 )
 
-func (k kind) code() reply.EnhancedCode {
+func (k kind) code() [3]int {
 	if k == sender {
-		return reply.EnhancedCode{5, 1, 7}
+		return [3]int{5, 1, 7}
 	}
-	return reply.EnhancedCode{5, 1, 3}
+	return [3]int{5, 1, 3}
 }
 
 // syntaxErr is a path that is not RFC 5321 (501); refused is one that is,
 // but that the relay does not forward (553, "mailbox name not allowed").
-func (k kind) syntaxErr(format string, a ...any) *reply.Error {
-	return reply.New(501, k.code(), "Bad address syntax: "+fmt.Sprintf(format, a...)+" (RFC 5321 section 4.1.2)")
+func (k kind) syntaxErr(format string, a ...any) *Error {
+	return newError(501, k.code(), "Bad address syntax: "+fmt.Sprintf(format, a...)+" (RFC 5321 section 4.1.2)")
 }
 
-func (k kind) refused(format string, a ...any) *reply.Error {
-	return reply.New(553, k.code(), "Address not accepted: "+fmt.Sprintf(format, a...))
+func (k kind) refused(format string, a ...any) *Error {
+	return newError(553, k.code(), "Address not accepted: "+fmt.Sprintf(format, a...))
 }
 
-var errNeedUTF8 = reply.New(553, reply.EnhancedCode{5, 6, 7}, "Non-ASCII address requires the SMTPUTF8 parameter on MAIL FROM (RFC 6531)")
+var errNeedUTF8 = newError(553, [3]int{5, 6, 7}, "Non-ASCII address requires the SMTPUTF8 parameter on MAIL FROM (RFC 6531)")
 
 // ParseMail parses a whole MAIL command line as the client sent it (CRLF
 // removed).
-func ParseMail(line string) (Mail, *reply.Error) {
+func ParseMail(line string) (Mail, *Error) {
 	arg, rerr := commandArg(line, "MAIL", "FROM:", sender)
 	if rerr != nil {
 		return Mail{}, rerr
@@ -154,7 +179,7 @@ func ParseMail(line string) (Mail, *reply.Error) {
 		case "SIZE":
 			n, err := strconv.ParseInt(pr.value, 10, 64)
 			if !pr.hasValue || err != nil || n < 0 || strings.TrimLeft(pr.value, "0123456789") != "" {
-				return Mail{}, reply.New(501, reply.EnhancedCode{5, 5, 4}, "SIZE= needs a number of octets (RFC 1870)")
+				return Mail{}, newError(501, [3]int{5, 5, 4}, "SIZE= needs a number of octets (RFC 1870)")
 			}
 			m.Size = n
 		case "BODY":
@@ -162,11 +187,11 @@ func ParseMail(line string) (Mail, *reply.Error) {
 			case "7BIT", "8BITMIME":
 				m.Body = strings.ToUpper(pr.value)
 			default:
-				return Mail{}, reply.New(501, reply.EnhancedCode{5, 5, 4}, "BODY= must be 7BIT or 8BITMIME (RFC 6152)")
+				return Mail{}, newError(501, [3]int{5, 5, 4}, "BODY= must be 7BIT or 8BITMIME (RFC 6152)")
 			}
 		case "SMTPUTF8":
 			if pr.hasValue {
-				return Mail{}, reply.New(501, reply.EnhancedCode{5, 5, 4}, "SMTPUTF8 takes no value (RFC 6531)")
+				return Mail{}, newError(501, [3]int{5, 5, 4}, "SMTPUTF8 takes no value (RFC 6531)")
 			}
 			m.SMTPUTF8 = true
 		case "AUTH":
@@ -174,10 +199,10 @@ func ParseMail(line string) (Mail, *reply.Error) {
 			// client this relay does not trust to assert it. Dropped;
 			// never passed on.
 			if !pr.hasValue {
-				return Mail{}, reply.New(501, reply.EnhancedCode{5, 5, 4}, "AUTH= needs a value (RFC 4954 section 5)")
+				return Mail{}, newError(501, [3]int{5, 5, 4}, "AUTH= needs a value (RFC 4954 section 5)")
 			}
 		default:
-			return Mail{}, reply.New(555, reply.EnhancedCode{5, 5, 4}, fmt.Sprintf("MAIL parameter %s is not supported here", pr.key))
+			return Mail{}, newError(555, [3]int{5, 5, 4}, fmt.Sprintf("MAIL parameter %s is not supported here", pr.key))
 		}
 	}
 	if !m.SMTPUTF8 && !isASCII(m.From.String()) {
@@ -188,7 +213,7 @@ func ParseMail(line string) (Mail, *reply.Error) {
 
 // ParseRcpt parses a whole RCPT command line (CRLF removed); smtputf8 says
 // whether the transaction's MAIL had SMTPUTF8.
-func ParseRcpt(line string, smtputf8 bool) (Mailbox, *reply.Error) {
+func ParseRcpt(line string, smtputf8 bool) (Mailbox, *Error) {
 	arg, rerr := commandArg(line, "RCPT", "TO:", recipient)
 	if rerr != nil {
 		return Mailbox{}, rerr
@@ -206,7 +231,7 @@ func ParseRcpt(line string, smtputf8 bool) (Mailbox, *reply.Error) {
 		return Mailbox{}, rerr
 	}
 	if len(params) > 0 {
-		return Mailbox{}, reply.New(555, reply.EnhancedCode{5, 5, 4}, fmt.Sprintf("RCPT parameter %s is not supported here", params[0].key))
+		return Mailbox{}, newError(555, [3]int{5, 5, 4}, fmt.Sprintf("RCPT parameter %s is not supported here", params[0].key))
 	}
 	if !smtputf8 && !isASCII(to.String()) {
 		return Mailbox{}, errNeedUTF8
@@ -227,7 +252,7 @@ func Parse(s string, smtputf8 bool) (Mailbox, error) {
 	case p.s != "":
 		return Mailbox{}, sender.syntaxErr("unexpected %q after the address", cut(p.s))
 	case len(m.String()) > MaxLength:
-		return Mailbox{}, reply.New(501, sender.code(), "Address too long (RFC 5321 section 4.5.3.1.3)")
+		return Mailbox{}, newError(501, sender.code(), "Address too long (RFC 5321 section 4.5.3.1.3)")
 	case !smtputf8 && !isASCII(s):
 		return Mailbox{}, errNeedUTF8
 	}
@@ -237,13 +262,13 @@ func Parse(s string, smtputf8 bool) (Mailbox, error) {
 // commandArg checks the verb and keyword the way go-smtp frames them (four
 // letters, one space) and returns what follows the keyword, leading spaces
 // removed.
-func commandArg(line, verb, keyword string, k kind) (string, *reply.Error) {
+func commandArg(line, verb, keyword string, k kind) (string, *Error) {
 	if len(line) < 5 || !strings.EqualFold(line[:4], verb) || line[4] != ' ' {
-		return "", reply.New(500, reply.EnhancedCode{5, 5, 2}, "Command not recognized")
+		return "", newError(500, [3]int{5, 5, 2}, "Command not recognized")
 	}
 	rest := strings.TrimLeft(line[5:], " ")
 	if len(rest) < len(keyword) || !strings.EqualFold(rest[:len(keyword)], keyword) {
-		return "", reply.New(501, reply.EnhancedCode{5, 5, 2}, fmt.Sprintf("Syntax: %s %s<address>", verb, keyword))
+		return "", newError(501, [3]int{5, 5, 2}, fmt.Sprintf("Syntax: %s %s<address>", verb, keyword))
 	}
 	return strings.TrimLeft(rest[len(keyword):], " "), nil
 }
@@ -257,7 +282,7 @@ type parser struct {
 }
 
 // path reads "<" [A-d-l ":"] Mailbox ">", or a bare Mailbox.
-func (p *parser) path() (Mailbox, *reply.Error) {
+func (p *parser) path() (Mailbox, *Error) {
 	if p.s == "" {
 		return Mailbox{}, p.k.syntaxErr("no address")
 	}
@@ -284,13 +309,13 @@ func (p *parser) path() (Mailbox, *reply.Error) {
 		return Mailbox{}, p.k.syntaxErr("unexpected %q after the address", cut(p.s))
 	}
 	if len(m.String()) > MaxLength {
-		return Mailbox{}, reply.New(501, p.k.code(), "Address too long (RFC 5321 section 4.5.3.1.3)")
+		return Mailbox{}, newError(501, p.k.code(), "Address too long (RFC 5321 section 4.5.3.1.3)")
 	}
 	return m, nil
 }
 
 // route reads and drops A-d-l ":" (At-domain *( "," At-domain )).
-func (p *parser) route() *reply.Error {
+func (p *parser) route() *Error {
 	for {
 		p.s = p.s[1:] // '@'
 		if _, rerr := p.domainName(); rerr != nil {
@@ -309,9 +334,9 @@ func (p *parser) route() *reply.Error {
 }
 
 // mailbox reads Local-part "@" ( Domain / address-literal ).
-func (p *parser) mailbox() (Mailbox, *reply.Error) {
+func (p *parser) mailbox() (Mailbox, *Error) {
 	var local string
-	var rerr *reply.Error
+	var rerr *Error
 	if strings.HasPrefix(p.s, `"`) {
 		local, rerr = p.quoted()
 	} else {
@@ -355,7 +380,7 @@ func safeRune(r rune) bool {
 
 // letter checks the non-ASCII character at p.s[i] (in the part named
 // where) and returns its length.
-func (p *parser) letter(i int, where string) (int, *reply.Error) {
+func (p *parser) letter(i int, where string) (int, *Error) {
 	r, n := utf8.DecodeRuneInString(p.s[i:])
 	if r == utf8.RuneError && n <= 1 {
 		return 0, p.k.syntaxErr("the address is not valid UTF-8")
@@ -367,7 +392,7 @@ func (p *parser) letter(i int, where string) (int, *reply.Error) {
 }
 
 // dotString reads Atom *("." Atom).
-func (p *parser) dotString() (string, *reply.Error) {
+func (p *parser) dotString() (string, *Error) {
 	i, atomLen := 0, 0
 	for i < len(p.s) {
 		c := p.s[i]
@@ -413,7 +438,7 @@ const refusedInQuotes = `<>@,;:()[]`
 
 // quoted reads a Quoted-string and applies the policy in the package
 // comment. It returns the canonical local part.
-func (p *parser) quoted() (string, *reply.Error) {
+func (p *parser) quoted() (string, *Error) {
 	var b strings.Builder
 	escaped := false
 	i := 1
@@ -476,7 +501,7 @@ func isDotString(s string) bool {
 
 // domainName reads sub-domain *("." sub-domain); sub-domain = Let-dig
 // [Ldh-str], or a U-label (letters, marks, digits, '-') with SMTPUTF8.
-func (p *parser) domainName() (string, *reply.Error) {
+func (p *parser) domainName() (string, *Error) {
 	i, label, last := 0, 0, byte(0)
 	for i < len(p.s) {
 		c := p.s[i]
@@ -532,7 +557,7 @@ func (p *parser) domainName() (string, *reply.Error) {
 // literal reads an address literal: IPv4 or "IPv6:" IPv6. A General
 // address literal (tag ":" content) is refused: it names no host Exchange
 // can reach, and its content may hold '@'.
-func (p *parser) literal() (string, *reply.Error) {
+func (p *parser) literal() (string, *Error) {
 	end := strings.IndexByte(p.s, ']')
 	if end < 0 {
 		return "", p.k.syntaxErr("the address literal has no closing ']'")
@@ -579,7 +604,7 @@ type param struct {
 
 // parseParams reads SP esmtp-param *(SP esmtp-param) (RFC 5321 §4.1.2),
 // tolerating runs of spaces and trailing spaces.
-func parseParams(s string) ([]param, *reply.Error) {
+func parseParams(s string) ([]param, *Error) {
 	var out []param
 	seen := map[string]bool{}
 	for _, f := range strings.Split(s, " ") {
@@ -588,11 +613,11 @@ func parseParams(s string) ([]param, *reply.Error) {
 		}
 		key, value, hasValue := strings.Cut(f, "=")
 		if !isKeyword(key) || (hasValue && !isValue(value)) {
-			return nil, reply.New(501, reply.EnhancedCode{5, 5, 4}, fmt.Sprintf("Malformed parameter %q (RFC 5321 section 4.1.2)", cut(f)))
+			return nil, newError(501, [3]int{5, 5, 4}, fmt.Sprintf("Malformed parameter %q (RFC 5321 section 4.1.2)", cut(f)))
 		}
 		key = strings.ToUpper(key)
 		if seen[key] {
-			return nil, reply.New(501, reply.EnhancedCode{5, 5, 4}, fmt.Sprintf("Parameter %s given twice", key))
+			return nil, newError(501, [3]int{5, 5, 4}, fmt.Sprintf("Parameter %s given twice", key))
 		}
 		seen[key] = true
 		out = append(out, param{key: key, value: value, hasValue: hasValue})
