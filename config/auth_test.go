@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/o365relay/o365relay/relay/tlstest"
+	"github.com/o365relay/o365relay/config/tlstest"
 )
 
 // listenerPair writes a server certificate (with its chain) and key from a

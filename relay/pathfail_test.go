@@ -10,8 +10,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/relay/exchangetest"
-	"github.com/o365relay/o365relay/relay/tlstest"
 )
 
 // Everything before MAIL FROM is the relay's path to Exchange, never a

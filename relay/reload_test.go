@@ -13,8 +13,8 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/o365relay/o365relay/config"
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/relay/relaytest"
-	"github.com/o365relay/o365relay/relay/tlstest"
 )
 
 // fakeClock is a settable clock, for the reload's retry and expiry rules.

@@ -23,7 +23,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/o365relay/o365relay/relay/tlstest"
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/token/entratest"
 )
 
@@ -72,7 +72,7 @@ type fixture struct {
 	guard  *hostGuard
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	ca, err := sharedCA()
 	if err != nil {
@@ -107,7 +107,7 @@ func newFixture(t *testing.T) *fixture {
 	return &fixture{srv: srv, client: client, guard: g}
 }
 
-func hostOf(t *testing.T, u string) string {
+func hostOf(t testing.TB, u string) string {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, u, nil)
 	if err != nil {
@@ -156,7 +156,7 @@ func (g *hostGuard) seen() []string {
 }
 
 // source builds an EntraSource against the fixture and closes it at cleanup.
-func (f *fixture) source(t *testing.T, cred Credential, mod ...func(*Options)) *EntraSource {
+func (f *fixture) source(t testing.TB, cred Credential, mod ...func(*Options)) *EntraSource {
 	t.Helper()
 	o := Options{
 		AuthorityHost: f.srv.URL(),
@@ -180,7 +180,7 @@ func (f *fixture) source(t *testing.T, cred Credential, mod ...func(*Options)) *
 	return s
 }
 
-func (f *fixture) certCred(t *testing.T, i int) Credential {
+func (f *fixture) certCred(t testing.TB, i int) Credential {
 	t.Helper()
 	tc := certs(t)[i]
 	c, err := NewCertificate(tc.cert, nil, tc.key)

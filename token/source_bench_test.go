@@ -1,12 +1,9 @@
-package token_test
+package token
 
 import (
 	"context"
 	"testing"
 	"time"
-
-	"github.com/o365relay/o365relay/relay/relaytest"
-	"github.com/o365relay/o365relay/token"
 )
 
 // BenchmarkTokenCachedAfterFetch is the message path's token cost in steady state:
@@ -16,34 +13,8 @@ import (
 // asks at once. Unlike BenchmarkTokenCached (a hand-filled cache) the token
 // here came from a real fetch against the fake Entra ID.
 func BenchmarkTokenCachedAfterFetch(b *testing.B) {
-	cloud, err := relaytest.New(relaytest.Options{Dir: b.TempDir()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		if err := cloud.Close(); err != nil {
-			b.Error(err)
-		}
-	})
-	cert, err := token.LoadCertificate(cloud.CertFile, "")
-	if err != nil {
-		b.Fatal(err)
-	}
-	src, err := token.NewSource(token.Options{
-		AuthorityHost: cloud.Entra.URL(),
-		TenantID:      cloud.Entra.Tenant(),
-		ClientID:      relaytest.ClientID,
-		Credential:    token.Credential{Certificate: cert},
-		HTTPClient:    cloud.HTTPClient(),
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() {
-		if err := src.Close(); err != nil {
-			b.Error(err)
-		}
-	})
+	f := newFixture(b)
+	src := f.source(b, f.certCred(b, 0))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := src.Token(ctx); err != nil {
@@ -60,7 +31,7 @@ func BenchmarkTokenCachedAfterFetch(b *testing.B) {
 		}
 	})
 	b.StopTimer()
-	if n := cloud.Entra.TokenRequests(); n != 1 {
+	if n := f.srv.TokenRequests(); n != 1 {
 		b.Errorf("%d token requests to Entra ID; a cached token must cost none", n)
 	}
 }

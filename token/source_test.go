@@ -22,7 +22,7 @@ import (
 	"software.sslmate.com/src/go-pkcs12"
 
 	"github.com/o365relay/o365relay/config/secret"
-	"github.com/o365relay/o365relay/relay/tlstest"
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/token/entratest"
 )
 

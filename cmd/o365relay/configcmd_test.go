@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/o365relay/o365relay/config"
-	"github.com/o365relay/o365relay/relay/tlstest"
+	"github.com/o365relay/o365relay/config/tlstest"
 )
 
 // config check fails with exit 2 and exactly the text serve prints for the

@@ -15,10 +15,10 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/relaytest"
 	"github.com/o365relay/o365relay/relay/status"
-	"github.com/o365relay/o365relay/relay/tlstest"
 	"github.com/o365relay/o365relay/token/entratest"
 )
 

@@ -6,10 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/relay/doctor"
 	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/relaytest"
-	"github.com/o365relay/o365relay/relay/tlstest"
 )
 
 // The built binary against the fakes: the checklist a user sees. The

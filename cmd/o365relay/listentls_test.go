@@ -16,8 +16,8 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/relay/relaytest"
-	"github.com/o365relay/o365relay/relay/tlstest"
 )
 
 // Issue 7, listener TLS and local AUTH, end to end: the built binary with

@@ -16,8 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/relay/relaytest"
-	"github.com/o365relay/o365relay/relay/tlstest"
 )
 
 // secretDir is a directory laid out the way the kubelet mounts a Secret:

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/relay/relaytest"
-	"github.com/o365relay/o365relay/relay/tlstest"
 	"github.com/o365relay/o365relay/token/entratest"
 )
 

@@ -24,8 +24,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/relay/exchangetest"
-	"github.com/o365relay/o365relay/relay/tlstest"
 	"github.com/o365relay/o365relay/token/entratest"
 )
 

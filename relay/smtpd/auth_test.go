@@ -14,8 +14,8 @@ import (
 	"github.com/emersion/go-smtp"
 	"golang.org/x/crypto/bcrypt"
 
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/relay/exchangetest"
-	"github.com/o365relay/o365relay/relay/tlstest"
 )
 
 // fakeAuth knows two users; alice may send as alice@ and anyone@ at

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/o365relay/o365relay/relay/tlstest"
+	"github.com/o365relay/o365relay/config/tlstest"
 )
 
 // FuzzSessionSTARTTLS is FuzzSession on a listener that offers STARTTLS,

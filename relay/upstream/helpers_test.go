@@ -13,10 +13,10 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/o365relay/o365relay/config/secret"
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/reply"
-	"github.com/o365relay/o365relay/relay/tlstest"
 	"github.com/o365relay/o365relay/token"
 )
 

@@ -13,9 +13,9 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/reply"
-	"github.com/o365relay/o365relay/relay/tlstest"
 )
 
 // checkClean asserts the fake saw only correct client behaviour: every

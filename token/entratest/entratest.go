@@ -40,7 +40,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/o365relay/o365relay/relay/tlstest"
+	"github.com/o365relay/o365relay/config/tlstest"
 )
 
 // Scope is the only resource the fake issues tokens for (exchange-online.md

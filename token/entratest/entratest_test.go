@@ -21,7 +21,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/o365relay/o365relay/relay/tlstest"
+	"github.com/o365relay/o365relay/config/tlstest"
 )
 
 var shared = sync.OnceValues(func() (*fixtureKeys, error) {

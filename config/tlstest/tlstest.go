@@ -7,6 +7,12 @@
 // through CA.Pool; child processes trust it through SSL_CERT_FILE pointing at
 // the file CA.WriteFile writes, which is how Go's crypto/x509 extends the
 // system roots on Linux.
+//
+// It sits under config, the lowest layer, because every layer's tests need
+// it — config's checks of the listener's certificate files, token's
+// credentials and its imitation of Entra ID, the relay's TLS — and none may
+// import a layer above its own (docs/architecture.md). It imports only the
+// standard library.
 package tlstest
 
 import (
