@@ -120,7 +120,7 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 		}
 	}()
 
-	cred, err := Credential(cfg, log)
+	cred, err := token.CredentialFromConfig(cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -276,42 +276,6 @@ func New(cfg *config.Config, d Deps) (r *Relay, err error) {
 		}
 	}
 	return r, nil
-}
-
-// Credential builds the token credential the configuration names. A
-// certificate is loaded and checked here, so a key that does not match its
-// certificate stops the daemon at start.
-func Credential(cfg *config.Config, log *zap.Logger) (token.Credential, error) {
-	switch cfg.Credential() {
-	case "certificate":
-		cert, err := token.LoadCertificate(cfg.CertificatePath, cfg.CertificatePassword)
-		if err != nil {
-			return token.Credential{}, fmt.Errorf("client_certificate_path (AZURE_CLIENT_CERTIFICATE_PATH): %w", err)
-		}
-		warnKeyPermissions(cfg.CertificatePath, log)
-		return token.Credential{Certificate: cert, Algorithm: token.Algorithm(cfg.AssertionAlgorithm)}, nil
-	case "federated":
-		return token.Credential{FederatedTokenFile: cfg.FederatedTokenFile}, nil
-	case "secret":
-		return token.Credential{ClientSecret: cfg.ClientSecret}, nil
-	case config.CredManagedIdentity:
-		// AZURE_CLIENT_ID names a user-assigned identity here.
-		return token.Credential{ManagedIdentity: &token.ManagedIdentity{ClientID: cfg.ClientID, ResourceID: cfg.ManagedIdentityResourceID}}, nil
-	}
-	return token.Credential{}, errors.New("no credential configured")
-}
-
-// warnKeyPermissions warns when the private key is readable by others than
-// its owner (and the group, where Kubernetes' fsGroup makes 0440 normal).
-func warnKeyPermissions(path string, log *zap.Logger) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return
-	}
-	if fi.Mode().Perm()&0o004 != 0 {
-		log.Warn("the certificate's private key file is world-readable; chmod 600 it (or 0440 with a dedicated group)",
-			zap.String("path", path), zap.String("mode", fi.Mode().Perm().String()))
-	}
 }
 
 // SMTPAddr is the bound SMTP address.

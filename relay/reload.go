@@ -200,7 +200,7 @@ func (r *Relay) reloadCertificate(ctx context.Context, path string, password sec
 		return false, r.refuse(path, sum, false, forced,
 			fmt.Errorf("client_certificate_path %s: the certificate is not valid before %s (%s)", path, cert.NotBefore().Format(time.RFC3339), cert))
 	}
-	warnKeyPermissions(path, r.log)
+	token.WarnKeyPermissions(path, r.log)
 	prev := r.tokens.Certificate()
 	if err := r.tokens.RotateCertificate(ctx, cert); err != nil {
 		return false, r.refuse(path, sum, true, forced,

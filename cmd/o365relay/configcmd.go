@@ -13,7 +13,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/o365relay/o365relay/config"
-	"github.com/o365relay/o365relay/relay"
+	"github.com/o365relay/o365relay/token"
 )
 
 const configSynopsis = `config check [FILE] | show [--json] | schema | example   [--config FILE] [--env-file FILE] [--SETTING VALUE ...]
@@ -116,7 +116,7 @@ func checkConfig(stdout, stderr io.Writer, cfg *config.Config) int {
 		printConfigError(stderr, err)
 		return 2
 	}
-	if _, err := relay.Credential(cfg, nil); err != nil {
+	if _, err := token.CredentialFromConfig(cfg, nil); err != nil {
 		fmt.Fprintln(stderr, "o365relay:", err)
 		return 1
 	}

@@ -12,7 +12,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/o365relay/o365relay/config"
-	"github.com/o365relay/o365relay/relay"
 	"github.com/o365relay/o365relay/token"
 )
 
@@ -98,13 +97,13 @@ func runToken(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 }
 
 // newTokenSource builds the daemon's token source from cfg: the credential
-// via relay.Credential, so `token` and `send` authenticate exactly as
+// via token.CredentialFromConfig, so `token` and `send` authenticate exactly as
 // `serve` does. It needs the identity settings, not a mailbox.
 func newTokenSource(cfg *config.Config, log *zap.Logger) (*token.EntraSource, error) {
 	if err := checkIdentity(cfg); err != nil {
 		return nil, err
 	}
-	cred, err := relay.Credential(cfg, log)
+	cred, err := token.CredentialFromConfig(cfg, log)
 	if err != nil {
 		return nil, err
 	}

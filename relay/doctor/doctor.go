@@ -46,7 +46,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/o365relay/o365relay/config"
-	"github.com/o365relay/o365relay/relay"
 	"github.com/o365relay/o365relay/relay/upstream"
 	"github.com/o365relay/o365relay/token"
 )
@@ -355,7 +354,7 @@ func (d *doctor) checkCredential() {
 	case config.CredManagedIdentity:
 		d.checkManagedIdentity()
 	case "secret":
-		cred, err := relay.Credential(cfg, d.o.Logger)
+		cred, err := token.CredentialFromConfig(cfg, d.o.Logger)
 		if err != nil {
 			d.add(Check{Step: 2, Name: "credential", Status: Fail, Message: oneLine(err.Error())})
 			return
@@ -448,7 +447,7 @@ func (d *doctor) checkFederated() {
 		d.add(c)
 		return
 	}
-	cred, err := relay.Credential(d.cfg, d.o.Logger)
+	cred, err := token.CredentialFromConfig(d.cfg, d.o.Logger)
 	if err != nil {
 		c.Status, c.Message = Fail, oneLine(err.Error())
 		d.add(c)

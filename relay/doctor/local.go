@@ -27,13 +27,13 @@ func thumbprintSHA256Hex(c *token.Certificate) string {
 }
 
 // keyPermissionWarning is the daemon's warning about a world-readable key
-// file (relay.warnKeyPermissions), as text.
+// file (token.KeyFileExposed), as text.
 func keyPermissionWarning(path string) string {
-	fi, err := os.Stat(path)
-	if err != nil || fi.Mode().Perm()&0o004 == 0 {
+	mode, exposed := token.KeyFileExposed(path)
+	if !exposed {
 		return ""
 	}
-	return fmt.Sprintf("the private key file %s is world-readable (mode %s)", path, fi.Mode().Perm())
+	return fmt.Sprintf("the private key file %s is world-readable (mode %s)", path, mode)
 }
 
 // federatedInfo reads a workload-identity token file and describes it from
