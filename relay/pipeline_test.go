@@ -29,7 +29,7 @@ type pipeline struct {
 	cloud *relaytest.Cloud
 	r     *Relay
 	addr  string
-	logs  *observer.ObservedLogs // warnings and errors, for failure reports
+	logs  *observer.ObservedLogs // warnings and errors (everything with debugLogs), for failure reports
 }
 
 // problems returns the relay's warnings and errors so far, for a failure
@@ -51,6 +51,8 @@ type pipelineOptions struct {
 	// sendAsOwn keeps the fake mailbox to its own address, as Exchange
 	// does without Send-As grants.
 	sendAsOwn bool
+	// debugLogs records every log entry, not only warnings and errors.
+	debugLogs bool
 }
 
 // startPipeline starts one relay for tb. The fake mailbox may send as
@@ -96,7 +98,11 @@ func startPipeline(tb testing.TB, po pipelineOptions) *pipeline {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	core, logs := observer.New(zap.WarnLevel)
+	level := zap.WarnLevel
+	if po.debugLogs {
+		level = zap.DebugLevel
+	}
+	core, logs := observer.New(level)
 	r, err := New(cfg, Deps{Logger: zap.New(core), HTTPClient: cloud.HTTPClient(), RootCAs: cloud.CA.Pool(), WatchInterval: time.Hour})
 	if err != nil {
 		tb.Fatal(err)

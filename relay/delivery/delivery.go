@@ -90,7 +90,7 @@ type Options struct {
 	// After returns a channel that fires after d (default time.After); tests
 	// inject one driven by their clock.
 	After  func(d time.Duration) <-chan time.Time
-	Logger *zap.Logger
+	Logger *zap.Logger    // used as given; the caller names it (relay.New: "delivery")
 	Rand   func() float64 // in [0,1); default math/rand/v2
 	// RescanEvery is how often queue/ is rescanned for CLI changes (default 30s).
 	RescanEvery time.Duration
@@ -178,7 +178,7 @@ func New(opts Options) (*Scheduler, error) {
 		opts.ContinuousErrors = 5
 	}
 	return &Scheduler{
-		o: opts, sp: opts.Spool, log: opts.Logger.Named("delivery"),
+		o: opts, sp: opts.Spool, log: opts.Logger,
 		due: newDueQueue(), running: map[envelope.ID]*run{}, parked: map[envelope.ID]time.Time{},
 		boxes: map[string]*mailbox{}, pacers: map[string]*pacer{}, panics: map[envelope.ID]int{},
 		slots: map[string]*slots{}, early: map[envelope.ID]bool{},

@@ -52,8 +52,8 @@ type Options struct {
 	MaxItems int   // 0 = unlimited
 	MaxBytes int64 // 0 = unlimited
 	Clock    func() time.Time
-	Logger   *zap.Logger
-	FS       FS // nil = OSFS
+	Logger   *zap.Logger // used as given; the caller names it (relay.New: "spool")
+	FS       FS          // nil = OSFS
 }
 
 // Spool is an open spool directory. Its methods are safe for concurrent use.
@@ -120,7 +120,7 @@ func open(opts Options, daemon bool) (*Spool, error) {
 		opts.FS = OSFS{}
 	}
 	s := &Spool{
-		opts: opts, fs: opts.FS, log: opts.Logger.Named("spool"),
+		opts: opts, fs: opts.FS, log: opts.Logger,
 		tmp: filepath.Join(opts.Dir, "tmp"), queue: filepath.Join(opts.Dir, "queue"),
 		fail: filepath.Join(opts.Dir, "failed"), corrupt: filepath.Join(opts.Dir, "corrupt"),
 		freeDir: filepath.Join(opts.Dir, "free"),
