@@ -8,6 +8,11 @@
 // a systemd EnvironmentFile can override a file baked into an image, and a
 // flag typed by a person overrides everything.
 //
+// Layering. config is the bottom layer: it returns values (the mailbox for
+// a sender, a rule's rewrite setting), never SMTP replies, and imports
+// nothing under relay/ or token/. Its leaf sub-packages — secret, address,
+// tlstest — are shared by every layer above (docs/architecture.md).
+//
 // Names. Each setting has one YAML key (lower case, e.g. allowed_networks),
 // one environment variable (O365RELAY_ALLOWED_NETWORKS, or the Azure SDK's
 // own AZURE_* name for the identity settings, so Azure users and the

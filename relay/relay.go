@@ -1,7 +1,9 @@
 // Package relay owns the running daemon: it assembles the intake listener,
 // the spool, the delivery scheduler, the Exchange Online client, the token
 // source and the admin endpoint from a config.Config, and starts and stops
-// them in the order that keeps every acknowledged message safe.
+// them in the order that keeps every acknowledged message safe. It is the top
+// of the library: only the programs under cmd/ import it, and it names each
+// part's logger, once (docs/architecture.md).
 //
 // Start order: the spool is opened (recovery, quarantine) before the listener
 // binds, so no 250 can be given before the queue is usable; both ports are

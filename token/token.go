@@ -2,6 +2,12 @@
 // Online: the credential that proves the app's identity to Entra ID (a
 // certificate-signed client assertion, a client secret, or a Kubernetes
 // federated token), the token request, its cache and its refresh.
+//
+// token sits between config and the relay: it imports config (the
+// credential a configuration names, CredentialFromConfig) and nothing under
+// relay/, and knows nothing of SMTP. A failure is an *EntraError; the
+// Exchange client turns it into the reply a waiting message gets
+// (docs/architecture.md).
 package token
 
 import (
