@@ -113,3 +113,15 @@ func TestSenderRuleErrors(t *testing.T) {
 		t.Errorf("unused override: %v %v", err, c.Warnings)
 	}
 }
+
+func TestParseRewrite(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]Rewrite{"": RewriteNone, "none": RewriteNone, "Envelope": RewriteEnvelope, "envelope+from": RewriteEnvelopeFrom} {
+		if got, err := parseRewrite(in); err != nil || got != want || (in != "" && !strings.EqualFold(got.String(), in)) {
+			t.Errorf("%q: %v %v", in, got, err)
+		}
+	}
+	if _, err := parseRewrite("from"); err == nil {
+		t.Error("accepted from")
+	}
+}

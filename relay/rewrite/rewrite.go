@@ -9,7 +9,6 @@ package rewrite
 import (
 	"bufio"
 	"bytes"
-	"fmt"
 	"io"
 	"strings"
 )
@@ -33,20 +32,8 @@ const (
 	EnvelopeFrom
 )
 
-// Parse reads the config spelling: "" or "none", "envelope",
-// "envelope+from".
-func Parse(s string) (Mode, error) {
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "", "none":
-		return None, nil
-	case "envelope":
-		return Envelope, nil
-	case "envelope+from":
-		return EnvelopeFrom, nil
-	}
-	return None, fmt.Errorf("%q is not none, envelope or envelope+from", s)
-}
-
+// String is the mode's name, the config spelling of the setting it comes
+// from.
 func (r Mode) String() string {
 	switch r {
 	case Envelope:

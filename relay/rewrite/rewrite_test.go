@@ -102,18 +102,6 @@ func TestRewriteFromBoundIsExact(t *testing.T) {
 	}
 }
 
-func TestParseRewrite(t *testing.T) {
-	t.Parallel()
-	for in, want := range map[string]Mode{"": None, "none": None, "Envelope": Envelope, "envelope+from": EnvelopeFrom} {
-		if got, err := Parse(in); err != nil || got != want || (in != "" && !strings.EqualFold(got.String(), in)) {
-			t.Errorf("%q: %v %v", in, got, err)
-		}
-	}
-	if _, err := Parse("from"); err == nil {
-		t.Error("accepted from")
-	}
-}
-
 func FuzzRewriteFrom(f *testing.F) {
 	f.Add([]byte("From: \"a\" <b@c>\r\n\r\nbody"))
 	f.Add([]byte("From: (x\\) <y@z>\r\n\tq\r\n\r\n"))
