@@ -69,14 +69,21 @@ cmd_boot() {
 		</dev/null >"$stage/.nspawn.log" 2>&1 &
 	npid=$!
 	echo "$npid" >"$stage/.nspawn.pid"
+	# systemd-nspawn forks an intermediate child that clones the container's
+	# init and exits: the first child seen may be that one. Wait for a child
+	# that has exec'd systemd (the init, reparented to systemd-nspawn).
 	pid=""
 	for i in $(seq 1 300); do
-		pid="$(pgrep -P "$npid" 2>/dev/null | head -n1 || true)"
+		for c in $(pgrep -P "$npid" 2>/dev/null || true); do
+			if [ "$(cat "/proc/$c/comm" 2>/dev/null || true)" = systemd ]; then
+				pid="$c"
+			fi
+		done
 		[ -n "$pid" ] && break
 		kill -0 "$npid" 2>/dev/null || die "systemd-nspawn exited: $(tail -n 20 "$stage/.nspawn.log")"
 		sleep 0.1
 	done
-	[ -n "$pid" ] || die "no container init after 30 s"
+	[ -n "$pid" ] || die "no container init after 30 s: $(tail -n 20 "$stage/.nspawn.log")"
 	# `is-system-running --wait` returns once boot finished (running or
 	# degraded); until systemd has its socket it fails, so retry briefly.
 	for i in $(seq 1 60); do
@@ -87,6 +94,7 @@ cmd_boot() {
 		kill -0 "$npid" 2>/dev/null || die "container stopped while booting: $(tail -n 20 "$stage/.nspawn.log")"
 		sleep 0.5
 	done
+	nsenter -t "$pid" -m -u -i -p -- true || die "cannot enter the container's init $pid"
 	echo "$pid"
 }
 
