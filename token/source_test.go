@@ -488,7 +488,7 @@ func TestCustomAuthorityHostStaysOnHost(t *testing.T) {
 }
 
 // With Microsoft's host, instance discovery stays on and goes to that same
-// host (exchange-online.md §4.4); the fake answers it via a rewrite.
+// host (docs/entra.md#endpoint-discovery); the fake answers it via a rewrite.
 func TestMicrosoftAuthorityHostUsesDiscoveryOnSameHost(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
