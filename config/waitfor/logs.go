@@ -37,30 +37,30 @@ func NewLogs(level zapcore.LevelEnabler) (*zap.Logger, *Logs) {
 // the entries seen.
 func (l *Logs) Wait(t testing.TB, what string, match func(observer.LoggedEntry) bool) observer.LoggedEntry {
 	t.Helper()
-	return l.WaitWithin(t, Timeout, what, match)
+	return l.WaitN(t, what, 1, match)[0]
 }
 
-// WaitWithin is Wait with its own timeout.
-func (l *Logs) WaitWithin(t testing.TB, timeout time.Duration, what string, match func(observer.LoggedEntry) bool) observer.LoggedEntry {
+// WaitN returns the first n entries that match accepts, waiting up to
+// Timeout for them to be logged.
+func (l *Logs) WaitN(t testing.TB, what string, n int, match func(observer.LoggedEntry) bool) []observer.LoggedEntry {
 	t.Helper()
-	var found *observer.LoggedEntry
-	timer := time.NewTimer(timeout)
+	timer := time.NewTimer(Timeout)
 	defer timer.Stop()
 	for {
 		changed := l.changes.next()
+		var found []observer.LoggedEntry
 		for _, e := range l.All() {
 			if match(e) {
-				found = &e
-				break
+				found = append(found, e)
 			}
 		}
-		if found != nil {
-			return *found
+		if len(found) >= n {
+			return found[:n]
 		}
 		select {
 		case <-changed:
 		case <-timer.C:
-			t.Fatalf("waited %v for %s; logged:\n%s", timeout, what, l.dump())
+			t.Fatalf("waited %v for %s (%d of %d entries); logged:\n%s", Timeout, what, len(found), n, l.dump())
 		}
 	}
 }
@@ -82,6 +82,12 @@ func (l *Logs) dump() string {
 		fmt.Fprintf(&b, "  %s %q %v\n", e.Level, e.Message, e.ContextMap())
 	}
 	return b.String()
+}
+
+// Message matches an entry by its message: for an entry that has no field
+// telling it apart.
+func Message(msg string) func(observer.LoggedEntry) bool {
+	return func(e observer.LoggedEntry) bool { return e.Message == msg }
 }
 
 // Fields matches an entry whose context has each of the given fields with

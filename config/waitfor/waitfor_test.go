@@ -150,13 +150,16 @@ func TestLogsWaitMatchesFields(t *testing.T) {
 		if e.Message != "refused" {
 			t.Errorf("entry %+v", e)
 		}
+		if both := logs.WaitN(t, "both refusals", 2, Message("refused")); both[1].ContextMap()["client"] != "127.0.0.3" {
+			t.Errorf("second refusal %+v", both[1])
+		}
 		if n := logs.Count(Fields(map[string]any{"code": 554})); n != 2 {
 			t.Errorf("%d entries with code 554", n)
 		}
 		msg := run(t, func(tb testing.TB) {
 			logs.Wait(tb, "an entry for 127.0.0.4", Fields(map[string]any{"client": "127.0.0.4"}))
 		})
-		if !strings.HasPrefix(msg, "waited 1m0s for an entry for 127.0.0.4; logged:\n") || !strings.Contains(msg, "127.0.0.3") {
+		if !strings.HasPrefix(msg, "waited 1m0s for an entry for 127.0.0.4 (0 of 1 entries); logged:\n") || !strings.Contains(msg, "127.0.0.3") {
 			t.Errorf("failure %q", msg)
 		}
 	})
