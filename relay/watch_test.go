@@ -131,5 +131,16 @@ func TestListenerCertificateWatcherInterval(t *testing.T) {
 		if got := loaded(c.Leaf.SerialNumber.String()); len(got) != 1 || !got[0].Time.Equal(start.Add(6*every)) || serving() != c.Leaf.SerialNumber.String() {
 			t.Errorf("completed rotation: loaded %v, serving %s; want %s loaded at +%v", got, serving(), c.Leaf.SerialNumber, 6*every)
 		}
+
+		// A key file that goes missing: reported once, not at every tick;
+		// the pair in use stays.
+		if err := os.Remove(keyPath); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(4 * every)
+		synctest.Wait()
+		if n := refusals(); n != 2 || serving() != c.Leaf.SerialNumber.String() {
+			t.Errorf("four ticks without the key file: %d refusals in all, serving %s; want one more refusal and %s still served", n, serving(), c.Leaf.SerialNumber)
+		}
 	})
 }
