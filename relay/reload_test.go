@@ -211,7 +211,14 @@ func TestExpiryWarningDailyFrom30Days(t *testing.T) {
 	f.r.checkExpiry()
 	f.clock.Add(25 * time.Hour)
 	f.r.checkExpiry()
-	if n := f.logs.FilterMessageSnippet("expires soon").Len(); n != 2 {
-		t.Errorf("%d expiry warnings over two days, want 2", n)
+	// The warnings are the entries that say how long is left.
+	var lefts []time.Duration
+	for _, e := range f.logs.FilterLevelExact(zap.WarnLevel).All() {
+		if d, ok := e.ContextMap()["left"].(time.Duration); ok {
+			lefts = append(lefts, d)
+		}
+	}
+	if len(lefts) != 2 || lefts[0] != 29*24*time.Hour || lefts[1] != 28*24*time.Hour-time.Hour {
+		t.Errorf("expiry warnings with time left %v over two days, want one at 29 days and one 25 h later", lefts)
 	}
 }

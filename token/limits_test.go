@@ -14,6 +14,8 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/o365relay/o365relay/config/waitfor"
 )
 
 type roundTripFunc func(*http.Request) (*http.Response, error)
@@ -144,22 +146,20 @@ func TestHostileTokenAnswersAreTokenFailures(t *testing.T) {
 					}
 				}
 			}
-			if logs.FilterMessage("token request failed").Len() != 1 {
-				t.Errorf("no log line for the refused answer")
+			// One failed request, logged with the limit it broke.
+			failed := logs.FilterField(zap.Bool("temporary", true)).All()
+			if len(failed) != 1 || !strings.Contains(fmt.Sprint(failed[0].ContextMap()["error"]), tc.want) {
+				t.Errorf("log lines for the refused answer: %v, want one naming %q", failed, tc.want)
 			}
 			f.srv.SetTokenAnswer(nil)
-			deadline := time.Now().Add(20 * time.Second)
-			for {
-				tok, err := s.Token(ctxT(t))
-				if err == nil {
-					f.verifyAccessToken(t, tok)
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatalf("no token after the answer was fixed: %v", err)
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			// Polled: Token answers with the last error, without a
+			// request, until the 10–20 ms backoff has run out.
+			var tok Token
+			waitfor.Check(t, "a token once the answer is fixed", func() (err error) {
+				tok, err = s.Token(ctxT(t))
+				return err
+			})
+			f.verifyAccessToken(t, tok)
 		})
 	}
 }

@@ -8,7 +8,7 @@ import (
 
 // BenchmarkTokenCachedAfterFetch is the message path's token cost in steady state:
 // EntraSource.Token when a token is held. It must not touch the network
-// (issue 8: zero token requests on the message path); the benchmark fails if
+// (docs/design.md#no-token-request-on-the-message-path); the benchmark fails if
 // the fake Entra ID sees a second request. Parallel: every delivery worker
 // asks at once. Unlike BenchmarkTokenCached (a hand-filled cache) the token
 // here came from a real fetch against the fake Entra ID.

@@ -14,7 +14,7 @@ import (
 // TestSmallRun runs the tool end to end as its default mode does (relay
 // built and run as a child process between the in-process fakes) with 50
 // messages from 2 clients, and checks what the report must show — not how
-// fast anything was (house rule 5).
+// fast anything was (docs/design.md#speed-is-measured-not-asserted).
 func TestSmallRun(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
@@ -46,9 +46,10 @@ func TestSmallRun(t *testing.T) {
 	if rep.idleOpen != 3 {
 		t.Errorf("idle connections open: %d of 3 (%v)", rep.idleOpen, rep.idleErrors)
 	}
-	// Steady state (issue 8): the warm-up got the token and opened the
-	// pool; the message path must not ask Entra ID again, and may open at
-	// most the pool's three connections.
+	// Steady state (docs/design.md#no-token-request-on-the-message-path):
+	// the warm-up got the token and opened the pool; the message path must
+	// not ask Entra ID again, and may open at most the pool's three
+	// connections.
 	if d := rep.tokens1 - rep.tokens0; d != 0 || rep.tokens1 < 1 {
 		t.Errorf("token requests: %d total, %d during the run", rep.tokens1, d)
 	}

@@ -16,6 +16,7 @@ import (
 	pkcs12 "software.sslmate.com/src/go-pkcs12"
 
 	"github.com/o365relay/o365relay/config/tlstest"
+	"github.com/o365relay/o365relay/config/waitfor"
 	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/relaytest"
 	"github.com/o365relay/o365relay/relay/status"
@@ -164,10 +165,9 @@ func TestE2EUnregisteredCertificate(t *testing.T) {
 	env = withEnv(env, "AZURE_CLIENT_CERTIFICATE_PATH="+path)
 	p := startRelay(t, env, smtpAddr, "serve")
 
-	waitFor(t, p, "AADSTS700027")
-	out := p.out.String()
-	if !strings.Contains(out, "Certificates & secrets") {
-		t.Errorf("no explanation with the AADSTS700027 error:\n%s", out)
+	failed := p.waitLog("Entra ID's refusal", fields{"msg": "token request failed", "credential": "certificate"})
+	if e := failed.str("error"); !strings.Contains(e, "AADSTS700027") || !strings.Contains(e, "Certificates & secrets") {
+		t.Errorf("the refusal does not say AADSTS700027 with the setup step to revisit: %s", failed)
 	}
 	if code, body := readyz(t, adminAddr); code != http.StatusOK {
 		t.Errorf("/readyz %d without a token, want 200 (mail is safe in the spool): %s", code, body)
@@ -187,7 +187,7 @@ func TestE2EUnregisteredCertificate(t *testing.T) {
 	if err := cloud.Entra.RegisterCert(relaytest.ClientID, other); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, p, "token acquired")
+	p.waitLog("a token for the uploaded certificate", fields{"msg": "token acquired"})
 	if o, code := runTool(t, nil, binPath, "queue", "--spool-dir", spoolDir, "retry", "all"); code != 0 {
 		t.Fatalf("queue retry all: exit %d\n%s", code, o)
 	}
@@ -211,14 +211,10 @@ func TestE2EKeyMismatchExitsAtStart(t *testing.T) {
 	path := writeFile(t, t.TempDir(), "mismatch.pem", append(tlstest.CertPEM(cloud.Cert), tlstest.PKCS1PEM(otherKey)...))
 	env, _, _ := relayEnv(t, cloud, t.TempDir())
 	p := startRelay(t, withEnv(env, "AZURE_CLIENT_CERTIFICATE_PATH="+path), "", "serve")
-	select {
-	case err := <-p.done:
-		p.done <- err
-		if err == nil {
-			t.Fatal("relay exited 0")
-		}
-	case <-time.After(60 * time.Second):
-		t.Fatal("relay still running with a mismatched key")
+	err = waitfor.Recv(t, p.done, "the relay to exit at start with a mismatched key")
+	p.done <- err
+	if err == nil {
+		t.Fatal("relay exited 0")
 	}
 	if out := p.out.String(); !strings.Contains(out, "key does not match the certificate") || !strings.Contains(out, "AZURE_CLIENT_CERTIFICATE_PATH") {
 		t.Errorf("exit message does not explain:\n%s", out)
@@ -269,16 +265,4 @@ func writeFile(t *testing.T, dir, name string, data []byte) string {
 		t.Fatal(err)
 	}
 	return p
-}
-
-// waitFor waits until the relay's output contains s.
-func waitFor(t *testing.T, p *proc, s string) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !strings.Contains(p.out.String(), s) {
-		if time.Now().After(deadline) {
-			t.Fatalf("relay output never contained %q:\n%s", s, p.out.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }

@@ -10,12 +10,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/o365relay/o365relay/config"
+	"github.com/o365relay/o365relay/config/waitfor"
 )
 
 // The end-to-end tests drive the built binary, as a user would, with real
@@ -72,36 +72,19 @@ func freePort(t *testing.T) string {
 	return addr
 }
 
-// syncBuffer collects a child's output; tests read it while it runs.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // proc is a running o365relay.
 type proc struct {
 	t    *testing.T
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *output
 	done chan error
 	env  []string
 }
 
 // startRelay runs `o365relay args...` with env (on top of a minimal
 // environment: no O365RELAY_/AZURE_ variables leak in from the developer's
-// shell) and waits until addr accepts connections.
+// shell) and, unless waitAddr is "", waits until the relay logs that it
+// listens there.
 func startRelay(t *testing.T, env []string, waitAddr string, args ...string) *proc {
 	t.Helper()
 	return startRelayArgv(t, env, waitAddr, append([]string{binPath}, args...))
@@ -122,44 +105,43 @@ func startRelayArgv(t *testing.T, env []string, waitAddr string, argv []string) 
 	}
 	cmd.Env = append(base, env...)
 	secrets := knownSecrets(t, cmd.Env)
-	out := &syncBuffer{}
+	out := &output{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	p := &proc{t: t, cmd: cmd, out: out, done: make(chan error, 1), env: env}
-	go func() { p.done <- cmd.Wait() }()
+	go func() {
+		p.done <- cmd.Wait()
+		out.changes.Notify() // a wait for a line that will never come ends now
+	}()
 	t.Cleanup(func() {
 		if cmd.ProcessState == nil {
 			_ = cmd.Process.Kill()
 			<-p.done
 		}
 		// Every relay's output, whatever the test was about, is searched
-		// for the secrets it was given and the ones it made (issue 7).
+		// for the secrets it was given and the ones it made
+		// (docs/design.md#secrets-never-leave-their-box).
 		scanForSecrets(t, out.String(), secrets)
 		if t.Failed() {
 			t.Logf("relay output:\n%s", out.String())
 		}
 	})
 	if waitAddr != "" {
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			c, err := net.DialTimeout("tcp", waitAddr, time.Second)
-			if err == nil {
-				_ = c.Close()
-				break
-			}
+		// The "listening" line is written once every listener is bound
+		// (connections wait in the backlog until they are accepted).
+		// Waiting for it, rather than dialling, leaves the relay's
+		// connection counts untouched for the test.
+		waitfor.On(t, &out.changes, "the relay to listen on "+waitAddr, func() bool {
 			select {
 			case err := <-p.done:
 				p.done <- err
-				t.Fatalf("relay exited before listening: %v\n%s", err, out.String())
+				t.Fatalf("relay exited before listening: %v", err)
 			default:
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("relay not listening on %s after 30s:\n%s", waitAddr, out.String())
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return len(p.logged(fields{"msg": "listening", "smtp": waitAddr})) > 0
+		})
 	}
 	return p
 }
@@ -170,14 +152,10 @@ func (p *proc) stop() {
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		p.t.Fatal(err)
 	}
-	select {
-	case err := <-p.done:
-		p.done <- err
-		if err != nil {
-			p.t.Fatalf("relay exit after SIGTERM: %v\n%s", err, p.out.String())
-		}
-	case <-time.After(60 * time.Second):
-		p.t.Fatalf("relay did not stop within 60s of SIGTERM:\n%s", p.out.String())
+	err := waitfor.Recv(p.t, p.done, "the relay to stop after SIGTERM")
+	p.done <- err
+	if err != nil {
+		p.t.Fatalf("relay exit after SIGTERM: %v", err)
 	}
 }
 

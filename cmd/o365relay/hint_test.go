@@ -30,18 +30,15 @@ func TestE2EDaemonLogsTheDoctorsHintFor535(t *testing.T) {
 	if out, ok := swaksSend(t, e.smtp, "not granted"); !ok {
 		t.Fatalf("swaks: %s", out)
 	}
-	waitFor(t, e.relay, "mailbox held: delivery paused")
-	var held string
-	for _, l := range strings.Split(e.relay.out.String(), "\n") {
-		if strings.Contains(l, "mailbox held: delivery paused") {
-			held = l
+	held := e.relay.waitLog("the mailbox held at AUTH", fields{"msg": "mailbox held: delivery paused", "reason": "5.7.3", "cause": "auth"})
+	for _, want := range []string{"Add-MailboxPermission", "New-ServicePrincipal", "o365relay doctor"} {
+		if !strings.Contains(held.str("hint"), want) {
+			t.Errorf("held line's hint lacks %q: %s", want, held)
 		}
 	}
-	for _, want := range []string{`"hint":`, "Add-MailboxPermission", "New-ServicePrincipal", "o365relay doctor"} {
-		if !strings.Contains(held, want) {
-			t.Errorf("held line lacks %q:\n%s", want, held)
-		}
+	refused := e.relay.waitLog("the 535 with a fresh token", fields{"msg": "Exchange refused AUTH with a fresh token", "mailbox": relaytest.Mailbox})
+	if refused.str("hint") != held.str("hint") || !strings.HasPrefix(refused.str("reply"), "535 5.7.3 ") {
+		t.Errorf("the AUTH refusal does not carry Exchange's 535 and the same hint: %s", refused)
 	}
-	waitFor(t, e.relay, "Exchange refused AUTH with a fresh token")
 	e.relay.stop()
 }

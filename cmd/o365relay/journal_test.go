@@ -1,16 +1,18 @@
 package main
 
 import (
-	"bufio"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/o365relay/o365relay/config"
+	"github.com/o365relay/o365relay/config/waitfor"
 	"github.com/o365relay/o365relay/token/entratest"
 )
 
@@ -105,37 +107,36 @@ func TestE2EJournalPriority(t *testing.T) {
 			t.Fatal(err)
 		}
 		_ = w.Close() // the child has it
-		lines := make(chan string, 1000)
+		out := &output{}
+		var eof atomic.Bool
+		copied := make(chan struct{})
 		go func() {
-			defer close(lines)
-			sc := bufio.NewScanner(r)
-			for sc.Scan() {
-				lines <- sc.Text()
-			}
+			defer close(copied)
+			_, _ = io.Copy(out, r)
+			eof.Store(true)
+			out.changes.Notify()
 		}()
+		// The first line of each kind, by its "msg" field once a priority
+		// prefix ("<6>") is taken off.
 		var info, warn string
-		deadline := time.After(60 * time.Second)
-	read:
-		for info == "" || warn == "" {
-			select {
-			case l, ok := <-lines:
-				if !ok {
-					break read
+		waitfor.On(t, &out.changes, "a listening line and a token warning", func() bool {
+			for l := range strings.Lines(out.String()) {
+				var e entry
+				if i := strings.IndexByte(l, '{'); i < 0 || json.Unmarshal([]byte(l[i:]), &e) != nil {
+					continue
 				}
 				switch {
-				case strings.Contains(l, `"msg":"listening"`):
+				case info == "" && e.has(fields{"msg": "listening"}):
 					info = l
-				case strings.Contains(l, `"msg":"token request failed"`):
+				case warn == "" && e.has(fields{"msg": "token request failed", "level": "warn"}):
 					warn = l
 				}
-			case <-deadline:
-				break read
 			}
-		}
+			return (info != "" && warn != "") || eof.Load()
+		})
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
-		for range lines { // to EOF: the child is gone
-		}
+		<-copied // to EOF: the child is gone
 		_ = r.Close()
 		if info == "" || warn == "" {
 			t.Fatalf("match=%v: no listening/token warning lines (info %q, warn %q)", match, info, warn)

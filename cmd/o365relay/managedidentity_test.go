@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,30 +79,6 @@ func checkMIDelivery(t *testing.T, cloud *relaytest.Cloud) {
 	}
 }
 
-// tokenLines are the relay's "token acquired" log lines.
-func tokenLines(out string) []struct {
-	TS      time.Time `json:"ts"`
-	Expires time.Time `json:"expires"`
-} {
-	var got []struct {
-		TS      time.Time `json:"ts"`
-		Expires time.Time `json:"expires"`
-	}
-	for _, l := range strings.Split(out, "\n") {
-		if !strings.Contains(l, `"token acquired"`) {
-			continue
-		}
-		var v struct {
-			TS      time.Time `json:"ts"`
-			Expires time.Time `json:"expires"`
-		}
-		if json.Unmarshal([]byte(l), &v) == nil {
-			got = append(got, v)
-		}
-	}
-	return got
-}
-
 // The whole path through the built binary with the App Service source
 // (its documented IDENTITY_ENDPOINT and IDENTITY_HEADER, pointing at
 // loopback): one token at start, served from the cache for every message,
@@ -120,9 +95,9 @@ func TestE2EManagedIdentityAppService(t *testing.T) {
 	cloud, mi := miCloud(t, mitest.AppService, func(o *mitest.Options) { o.Lifetime = 24 * time.Second })
 	env, smtpAddr, adminAddr, _ := miEnv(t, cloud, mi, "O365RELAY_RETRY_MIN=1s", "O365RELAY_RETRY_MAX=2s")
 	p := startRelay(t, env, smtpAddr, "serve")
-	waitFor(t, p, "token acquired")
-	if out := p.out.String(); !strings.Contains(out, `"source":"App Service"`) || !strings.Contains(out, `"identity":"system-assigned"`) {
-		t.Fatalf("the relay does not say which managed identity it uses:\n%s", out)
+	first := p.waitLog("the first token", fields{"msg": "token acquired", "credential": "managed identity"})
+	if len(p.logged(fields{"msg": "managed identity", "source": "App Service", "identity": "system-assigned"})) != 1 {
+		t.Fatal("the relay does not say which managed identity it uses")
 	}
 
 	sendN(t, smtpAddr, 3, "managed identity")
@@ -141,28 +116,26 @@ func TestE2EManagedIdentityAppService(t *testing.T) {
 			t.Fatalf("no refresh: %v\n%s", err, p.out.String())
 		}
 	}
-	waitFor(t, p, `"token acquired"`)
-	for deadline := time.Now().Add(10 * time.Second); len(tokenLines(p.out.String())) < 2; time.Sleep(20 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("second token not logged:\n%s", p.out.String())
-		}
-	}
-	toks := tokenLines(p.out.String())
-	if !toks[1].TS.Before(toks[0].Expires) {
-		t.Errorf("refreshed at %v, after the first token expired at %v", toks[1].TS, toks[0].Expires)
+	second := p.waitLogged("the refreshed token", 2, fields{"msg": "token acquired", "credential": "managed identity"})[1]
+	if at, expired := second.time(t, "ts"), first.time(t, "expires"); !at.Before(expired) {
+		t.Errorf("refreshed at %v, after the first token expired at %v", at, expired)
 	}
 
 	// Down: the held token serves until it is too close to its end, then
 	// mail waits in the spool.
 	mi.SetOutage(503)
-	waitStatus(t, p, adminAddr, "the held token expired", func(st status.Status) bool { return st.Token.State == status.TokenNone })
+	waitStatus(t, adminAddr, "the held token expired", func(st status.Status) bool { return st.Token.State == status.TokenNone })
 	sendN(t, smtpAddr, 2, "while the endpoint is down")
-	waitFor(t, p, `"upstream":"4.7.0"`)
+	p.waitLog("a message held for want of a token", fields{"msg": "deferred", "upstream": "4.7.0"})
 	if n := len(cloud.Exchange.Messages()); n != 3 {
 		t.Fatalf("%d messages delivered without a token", n)
 	}
-	if out := p.out.String(); !strings.Contains(out, "managed identity endpoint (App Service") {
-		t.Errorf("the failed token request is not explained:\n%s", out)
+	explained := false
+	for _, e := range p.logged(fields{"msg": "token request failed", "credential": "managed identity"}) {
+		explained = explained || strings.Contains(e.str("error"), "managed identity endpoint (App Service")
+	}
+	if !explained {
+		t.Error("the failed token request is not explained")
 	}
 	mi.SetOutage(0)
 	e.waitMessages(5)
@@ -236,7 +209,7 @@ func TestE2EManagedIdentityArc(t *testing.T) {
 			env = append(env, "ARC_VAR_OPT="+varOpt, "RELAY_BIN="+binPath)
 			p := startRelayArgv(t, env, smtpAddr, []string{"unshare", "--mount", "--propagation", "private", "sh", "-c",
 				`mount --bind "$ARC_VAR_OPT" /var/opt && exec "$RELAY_BIN" serve`})
-			waitFor(t, p, `"source":"Azure Arc"`)
+			p.waitLog("the relay to name its managed identity", fields{"msg": "managed identity", "source": "Azure Arc"})
 			sendN(t, smtpAddr, 1, "arc")
 			e := &e2e{t: t, cloud: cloud, relay: p}
 			e.waitMessages(1)

@@ -2,14 +2,15 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
+	"github.com/o365relay/o365relay/config/waitfor"
 	"github.com/o365relay/o365relay/relay/status"
 )
 
@@ -20,12 +21,12 @@ type notifySocket struct {
 	conn    *net.UnixConn
 	mu      sync.Mutex
 	msgs    []string
-	changed chan struct{}
+	changes waitfor.Changes // a datagram arrived
 }
 
 func newNotifySocket(t *testing.T) *notifySocket {
 	t.Helper()
-	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify"), changed: make(chan struct{})}
+	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify")}
 	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
@@ -42,9 +43,8 @@ func newNotifySocket(t *testing.T) *notifySocket {
 			}
 			n.mu.Lock()
 			n.msgs = append(n.msgs, string(buf[:k]))
-			close(n.changed)
-			n.changed = make(chan struct{})
 			n.mu.Unlock()
+			n.changes.Notify()
 		}
 	}()
 	t.Cleanup(func() {
@@ -54,27 +54,22 @@ func newNotifySocket(t *testing.T) *notifySocket {
 	return n
 }
 
-// wait returns the first datagram containing s, waiting up to timeout.
-func (n *notifySocket) wait(t *testing.T, s string, timeout time.Duration) string {
+// wait returns the first datagram containing s.
+func (n *notifySocket) wait(t *testing.T, s string) string {
 	t.Helper()
-	deadline := time.After(timeout)
-	for {
+	var found string
+	waitfor.On(t, &n.changes, fmt.Sprintf("a notification containing %q", s), func() bool {
 		n.mu.Lock()
+		defer n.mu.Unlock()
 		for _, m := range n.msgs {
 			if strings.Contains(m, s) {
-				n.mu.Unlock()
-				return m
+				found = m
+				return true
 			}
 		}
-		ch := n.changed
-		got := append([]string(nil), n.msgs...)
-		n.mu.Unlock()
-		select {
-		case <-ch:
-		case <-deadline:
-			t.Fatalf("no notification containing %q within %v; got %q", s, timeout, got)
-		}
-	}
+		return false
+	})
+	return found
 }
 
 // getStatus reads the relay's /status.
@@ -96,21 +91,19 @@ func getStatus(t *testing.T, adminAddr string) status.Status {
 }
 
 // waitStatus polls /status until cond holds (a state the relay reaches by
-// itself; the deadline only bounds a failure).
-func waitStatus(t *testing.T, p *proc, adminAddr, what string, cond func(status.Status) bool) status.Status {
+// itself; polled, as the relay's HTTP endpoints are all a test sees of it).
+func waitStatus(t *testing.T, adminAddr, what string, cond func(status.Status) bool) status.Status {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		st := getStatus(t, adminAddr)
-		if cond(st) {
-			return st
-		}
-		if time.Now().After(deadline) {
+	var st status.Status
+	waitfor.Check(t, "/status to show "+what, func() error {
+		st = getStatus(t, adminAddr)
+		if !cond(st) {
 			b, _ := json.MarshalIndent(st, "", "  ")
-			t.Fatalf("/status never showed %s; last:\n%s\nrelay output:\n%s", what, b, p.out.String())
+			return fmt.Errorf("/status:\n%s", b)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return nil
+	})
+	return st
 }
 
 // readyz returns /readyz's HTTP status and body.

@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +15,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/o365relay/o365relay/config/waitfor"
 	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/relaytest"
 	"github.com/o365relay/o365relay/relay/status"
@@ -25,20 +23,18 @@ import (
 
 // deferral is one "deferred" log line of the relay.
 type deferral struct {
-	ID      string    `json:"id"`
-	TS      time.Time `json:"ts"`
-	Next    time.Time `json:"next_attempt"`
-	Msg     string    `json:"msg"`
-	Attempt int       `json:"attempt"`
+	ID      string
+	TS      time.Time
+	Next    time.Time // next_attempt
+	Attempt int
 }
 
-func deferrals(out string) map[string][]deferral {
+// deferrals are the relay's "deferred" lines so far, by message.
+func deferrals(p *proc) map[string][]deferral {
 	m := map[string][]deferral{}
-	for _, line := range strings.Split(out, "\n") {
-		var d deferral
-		if json.Unmarshal([]byte(line), &d) == nil && d.Msg == "deferred" {
-			m[d.ID] = append(m[d.ID], d)
-		}
+	for _, e := range p.logged(fields{"msg": "deferred"}) {
+		d := deferral{ID: e.str("id"), TS: e.time(p.t, "ts"), Next: e.time(p.t, "next_attempt"), Attempt: int(e.num("attempt"))}
+		m[d.ID] = append(m[d.ID], d)
 	}
 	return m
 }
@@ -72,7 +68,7 @@ func TestE2EExchangeOutage(t *testing.T) {
 	// hold it starts covers; after that, one probe at a time.
 	probes := func() (wave, ps []deferral) {
 		var all []deferral
-		for _, ds := range deferrals(e.relay.out.String()) {
+		for _, ds := range deferrals(e.relay) {
 			all = append(all, ds...)
 		}
 		sort.Slice(all, func(i, j int) bool { return all[i].TS.Before(all[j].TS) })
@@ -85,21 +81,12 @@ func TestE2EExchangeOutage(t *testing.T) {
 		}
 		return wave, ps
 	}
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, ps := probes(); len(ps) >= 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("mailbox not probed:\n%s", e.relay.out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	e.relay.waitUntil("three probes of the held mailbox", func() bool { _, ps := probes(); return len(ps) >= 3 })
 	if n := len(cloud.Exchange.Messages()); n != 0 {
 		t.Fatalf("%d messages delivered while Exchange was down", n)
 	}
-	if !strings.Contains(e.relay.out.String(), `"msg":"mailbox held: delivery paused"`) || !strings.Contains(e.relay.out.String(), `"cause":"connect"`) {
-		t.Errorf("no hold with cause connect logged:\n%s", e.relay.out.String())
+	if len(e.relay.logged(fields{"msg": "mailbox held: delivery paused", "cause": "connect"})) == 0 {
+		t.Error("no hold with cause connect logged")
 	}
 	out, code := runTool(t, nil, binPath, "queue", "--spool-dir", e.spool, "list")
 	if code != 0 || !strings.Contains(out, "3 message(s)") || !strings.Contains(out, "451 4.4.") {
@@ -143,13 +130,6 @@ func TestE2EExchangeOutage(t *testing.T) {
 	e.relay.stop()
 }
 
-func firstKey(m map[string][]deferral) string {
-	for k := range m {
-		return k
-	}
-	return ""
-}
-
 // Entra ID is down for longer than the held token lives: messages keep
 // being accepted, wait in the spool once the token has expired, and are
 // delivered when Entra answers again.
@@ -163,19 +143,19 @@ func TestE2EEntraOutage(t *testing.T) {
 	// left, so this one is usable for ~10 s after it is issued.
 	cloud.Entra.SetLifetime(40 * time.Second)
 	e := startE2E(t, cloud, "O365RELAY_RETRY_MIN=1s", "O365RELAY_RETRY_MAX=2s")
-	waitFor(t, e.relay, "token acquired")
+	e.relay.waitLog("the first token", fields{"msg": "token acquired"})
 	cloud.Entra.SetOutage(503)
 	sendN(t, e.smtp, 1, "held token")
 	e.waitMessages(1) // the held token still works
 
 	// Wait until the held token has expired (/status says so), then send
 	// more: they wait in the spool. The relay stays ready throughout.
-	waitStatus(t, e.relay, e.admin, "the token expired", func(st status.Status) bool { return st.Token.State == status.TokenNone })
+	waitStatus(t, e.admin, "the token expired", func(st status.Status) bool { return st.Token.State == status.TokenNone })
 	if code := runCode(t, "healthcheck", "--admin-listen", e.admin); code != 0 {
 		t.Errorf("healthcheck exit %d once the token expired, want 0: readiness never depends on Entra ID", code)
 	}
 	sendN(t, e.smtp, 2, "after expiry")
-	waitFor(t, e.relay, `"upstream":"4.7.0"`)
+	e.relay.waitLog("a message held for want of a token", fields{"msg": "deferred", "upstream": "4.7.0"})
 	if n := len(cloud.Exchange.Messages()); n != 1 {
 		t.Fatalf("%d messages delivered without a valid token", n)
 	}
@@ -221,7 +201,9 @@ func TestE2ERestartWithCorruptSpool(t *testing.T) {
 	p := startRelay(t, e.env, e.smtp, "serve")
 	e.relay = p
 	got := e.waitMessages(1)
-	time.Sleep(2 * time.Second) // nothing else may arrive
+	// Settled: nothing is left in the queue to deliver (the damaged
+	// records are in corrupt/, the intact one is delivered and removed).
+	waitStatus(t, e.admin, "an empty queue", func(st status.Status) bool { return st.Queue.Messages == 0 })
 	if n := len(cloud.Exchange.Messages()); n != 1 {
 		t.Errorf("%d messages delivered, want only the intact one", n)
 	}
@@ -286,70 +268,59 @@ func TestE2EAckUpstream(t *testing.T) {
 }
 
 // SIGTERM drains: a session inside DATA holds the shutdown (it has no 250
-// yet) until shutdown_timeout; a second SIGTERM ends the process at once.
-// Nothing acknowledged is at stake: the half-sent message never got a 250.
+// yet) until shutdown_timeout, and is served to its end; a second SIGTERM
+// ends the process at once. Nothing acknowledged is at stake: the
+// half-sent message never got a 250, the finished one is on disk or at
+// Exchange.
 func TestE2ESecondSignalExitsAtOnce(t *testing.T) {
 	t.Parallel()
 	e := startE2E(t, nil, "O365RELAY_SHUTDOWN_TIMEOUT=10m")
-	c, err := net.DialTimeout("tcp", e.smtp, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
-	r := bufio.NewReader(c)
-	expect := func(cmd, code string) {
-		t.Helper()
-		if cmd != "" {
-			if _, err := c.Write([]byte(cmd + "\r\n")); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				t.Fatalf("after %q: %v", cmd, err)
-			}
-			if !strings.HasPrefix(line, code) {
-				t.Fatalf("after %q: %q, want %s", cmd, line, code)
-			}
-			if len(line) < 4 || line[3] != '-' {
-				return
-			}
-		}
-	}
-	expect("", "220")
-	expect("EHLO slow.test", "250")
-	expect("MAIL FROM:<"+relaytest.Mailbox+">", "250")
-	expect("RCPT TO:<x@fabrikam.example>", "250")
-	expect("DATA", "354")
-	if _, err := c.Write([]byte("Subject: half\r\n\r\nstill typing")); err != nil {
-		t.Fatal(err)
-	}
+	// Two sessions in DATA: the first finishes during the drain, the
+	// second keeps the relay draining until the second signal.
+	finished, half := inData(t, e.smtp, "finished"), inData(t, e.smtp, "half")
 
 	if err := e.relay.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, e.relay, "shutting down")
-	select {
-	case err := <-e.relay.done:
-		t.Fatalf("exited during the drain with a session in DATA: %v", err)
-	case <-time.After(time.Second):
-	}
+	e.relay.waitLog("the drain", fields{"msg": "shutting down", "timeout": 600}) // shutdown_timeout in seconds
+	// The relay is still serving the sessions it waits for: the first
+	// one's message is taken. (Had the relay not waited, the connection
+	// would be closed and this would fail.)
+	finished.cmd("\r\n.", "250")
 	if err := e.relay.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-e.relay.done:
-		e.relay.done <- err
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
-			t.Errorf("after the second SIGTERM: %v, want death by SIGTERM", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("a second SIGTERM did not end the process")
+	err := waitfor.Recv(t, e.relay.done, "the process to end at the second SIGTERM")
+	e.relay.done <- err
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+		t.Errorf("after the second SIGTERM: %v, want death by SIGTERM", err)
 	}
-	if n := len(e.cloud.Exchange.Messages()); n != 0 {
-		t.Errorf("%d messages delivered; the half-sent one never got a 250", n)
+	_ = half.c.Close()
+	// What got its 250 is safe; the half-sent message is nowhere.
+	var subjects []string
+	for _, m := range e.cloud.Exchange.Messages() {
+		subjects = append(subjects, string(m.Data))
 	}
+	out, code := runTool(t, nil, binPath, "queue", "--spool-dir", e.spool, "list")
+	if code != 0 {
+		t.Fatalf("queue list after the exit: %d\n%s", code, out)
+	}
+	atExchange := strings.Contains(strings.Join(subjects, ""), "Subject: finished")
+	if spooled := strings.Contains(out, "1 message(s)"); atExchange == spooled {
+		t.Errorf("the message that got its 250 is at Exchange: %v, in the spool: %v\n%s", atExchange, spooled, out)
+	}
+	if strings.Contains(strings.Join(subjects, ""), "Subject: half") {
+		t.Error("the half-sent message, which never got a 250, was delivered")
+	}
+}
+
+// inData opens a session and leaves it inside DATA, a header and part of
+// the body sent.
+func inData(t *testing.T, addr, subject string) *hardConn {
+	t.Helper()
+	h := hardDial(t, addr, "")
+	h.start("x@fabrikam.example")
+	h.send("Subject: " + subject + "\r\n\r\nstill typing")
+	return h
 }

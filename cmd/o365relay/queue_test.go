@@ -6,7 +6,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/o365relay/o365relay/relay/control"
 	"github.com/o365relay/o365relay/relay/status"
@@ -40,12 +39,7 @@ func TestE2EQueueThroughDaemon(t *testing.T) {
 	sendN(t, e.smtp, 3, "queued")
 	// Each message had its first attempt (against a dead Exchange) and now
 	// waits an hour.
-	for deadline := time.Now().Add(60 * time.Second); len(deferrals(e.relay.out.String())) < 3; {
-		if time.Now().After(deadline) {
-			t.Fatalf("not every message was attempted:\n%s", e.relay.out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	e.relay.waitUntil("a first attempt of every message", func() bool { return len(deferrals(e.relay)) == 3 })
 	ids := queueIDs(t, e.spool)
 	if len(ids) != 3 {
 		t.Fatalf("queue list shows %v, want 3 messages", ids)
@@ -58,9 +52,7 @@ func TestE2EQueueThroughDaemon(t *testing.T) {
 	if st := getStatus(t, e.admin); st.Queue.Messages != 2 {
 		t.Errorf("after queue delete the daemon counts %d messages, want 2", st.Queue.Messages)
 	}
-	if !strings.Contains(e.relay.out.String(), `"msg":"control: delete","id":"`+ids[0]) {
-		t.Errorf("the daemon did not make the deletion:\n%s", e.relay.out.String())
-	}
+	e.relay.waitLog("the daemon's own record of the deletion", fields{"msg": "control: delete", "id": ids[0]})
 	if o, code := runTool(t, nil, binPath, "queue", "--spool-dir", e.spool, "show", ids[0]); code != 1 || !strings.Contains(o, "no such message") {
 		t.Errorf("queue show of a deleted message: exit %d\n%s", code, o)
 	}
@@ -70,18 +62,17 @@ func TestE2EQueueThroughDaemon(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("queue retry: exit %d\n%s", code, out)
 	}
-	if !strings.Contains(e.relay.out.String(), `"msg":"control: retry","id":"`+ids[1]) {
-		t.Errorf("the daemon did not make the retry:\n%s", e.relay.out.String())
-	}
-	got := e.waitMessages(1)
-	if !strings.Contains(e.relay.out.String(), `"msg":"delivered","id":"`+ids[1]) {
-		t.Errorf("delivered %d messages, not the retried %s:\n%s", len(got), ids[1], e.relay.out.String())
+	e.relay.waitLog("the daemon's own record of the retry", fields{"msg": "control: retry", "id": ids[1]})
+	e.waitMessages(1)
+	e.relay.waitLog("the retried message delivered", fields{"msg": "delivered", "id": ids[1]})
+	if n := len(e.relay.logged(fields{"msg": "delivered"})); n != 1 {
+		t.Errorf("%d messages delivered after the retry of one (the others wait an hour)", n)
 	}
 	if o, code := runTool(t, nil, binPath, "queue", "--spool-dir", e.spool, "retry", "all"); code != 0 || !strings.Contains(o, "1 messages due now") {
 		t.Fatalf("queue retry all: exit %d\n%s", code, o)
 	}
 	e.waitMessages(2)
-	waitStatus(t, e.relay, e.admin, "an empty queue", func(st status.Status) bool { return st.Queue.Messages == 0 })
+	waitStatus(t, e.admin, "an empty queue", func(st status.Status) bool { return st.Queue.Messages == 0 })
 	if n := len(cloud.Exchange.Messages()); n != 2 {
 		t.Errorf("%d messages delivered, want 2 (one was deleted)", n)
 	}

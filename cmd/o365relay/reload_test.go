@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/o365relay/o365relay/config/tlstest"
+	"github.com/o365relay/o365relay/config/waitfor"
 	"github.com/o365relay/o365relay/relay/relaytest"
 )
 
@@ -127,7 +128,7 @@ func TestE2ECertificateRotationOnDisk(t *testing.T) {
 	// Pacing off: it sends as fast as it can, not Exchange's 30 a minute.
 	env, smtpAddr, adminAddr := relayEnv(t, cloud, spool, "AZURE_CLIENT_CERTIFICATE_PATH="+sd.path(), "O365RELAY_MAILBOX_RATE=0")
 	p := startRelay(t, env, smtpAddr, "serve")
-	waitFor(t, p, "token acquired")
+	p.waitLog("the first token", fields{"msg": "token acquired", "credential": "certificate"})
 
 	// An application sending all along.
 	var (
@@ -167,7 +168,10 @@ func TestE2ECertificateRotationOnDisk(t *testing.T) {
 	}
 	n0 := cloud.Entra.TokenRequests()
 	sd.update(append(tlstest.CertPEM(next), tlstest.PKCS1PEM(nextKey)...))
-	waitFor(t, p, "certificate reloaded: new certificate in use")
+	rotated := p.waitLog("the rotation", fields{"msg": "certificate reloaded: new certificate in use"})
+	if !strings.Contains(rotated.str("certificate"), "CN=o365relay app (next)") {
+		t.Errorf("the rotation does not name the new certificate: %s", rotated)
+	}
 	if err := cloud.Entra.RemoveCert(relaytest.ClientID, cloud.Cert); err != nil {
 		t.Fatal(err)
 	}
@@ -182,11 +186,11 @@ func TestE2ECertificateRotationOnDisk(t *testing.T) {
 	// A corrupt update: refused by the watcher, and again on SIGHUP; the
 	// new certificate stays in use.
 	sd.update([]byte("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"))
-	waitFor(t, p, "certificate reload refused")
+	p.waitLog("the watcher's refusal", fields{"msg": "certificate reload refused; the certificate in use stays in use", "path": sd.path()})
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, p, "reload refused; the running configuration stays in use")
+	p.waitLog("SIGHUP's refusal", fields{"msg": "reload refused; the running configuration stays in use"})
 	// Another refresh on the certificate in use, with the broken file on disk.
 	if err := cloud.Entra.WaitTokenRequests(ctx, cloud.Entra.TokenRequests()+1); err != nil {
 		t.Fatalf("no token refresh with a corrupt file on disk: %v", err)
@@ -241,22 +245,21 @@ func TestE2EReloadOnSIGHUP(t *testing.T) {
 	env = without(env, "O365RELAY_LOG_LEVEL", "O365RELAY_LISTEN")
 	cfgFile := writeFile(t, dir, "o365relay.yaml", []byte("log_level: info\nlisten: "+smtpAddr+"\n"))
 	p := startRelay(t, env, smtpAddr, "serve", "--config", cfgFile)
-	waitFor(t, p, "token acquired")
+	p.waitLog("the first token", fields{"msg": "token acquired"})
 	sendAndWait(t, cloud, p, smtpAddr)
-	waitFor(t, p, `"msg":"delivered"`)
+	p.waitLog("the delivery", fields{"msg": "delivered"})
 
 	writeFile(t, dir, "o365relay.yaml", []byte("log_level: warn\nlisten: 127.0.0.1:1\n"))
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, p, "configuration reloaded")
-	out := p.out.String()
-	if !strings.Contains(out, `"takes_effect_at_next_restart":["listen"]`) {
-		t.Errorf("the changed listener is not reported as needing a restart:\n%s", out)
+	reloaded := p.waitLog("the reload", fields{"msg": "configuration reloaded"})
+	if got := fmt.Sprint(reloaded["takes_effect_at_next_restart"]); got != "[listen]" {
+		t.Errorf("the changed listener is not reported as needing a restart: %s", reloaded)
 	}
 	// Still serving on the old address, now without info lines (checked
 	// once the process has exited and written everything).
-	mark := len(out)
+	mark := len(p.out.Entries())
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	send := func(want int) {
@@ -275,14 +278,16 @@ func TestE2EReloadOnSIGHUP(t *testing.T) {
 	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, p, "reload refused; the running configuration stays in use")
-	if !strings.Contains(p.out.String(), "log_levle") {
-		t.Errorf("the refusal does not name the bad key:\n%s", p.out.String())
+	refused := p.waitLog("the refusal of the broken file", fields{"msg": "reload refused; the running configuration stays in use"})
+	if !strings.Contains(refused.str("error"), "log_levle") {
+		t.Errorf("the refusal does not name the bad key: %s", refused)
 	}
 	send(3)
 	p.stop()
-	if rest := p.out.String()[mark:]; strings.Contains(rest, `"level":"info"`) {
-		t.Errorf("info lines after the reload to log_level warn:\n%s", rest)
+	for _, e := range p.out.Entries()[mark:] {
+		if e.has(fields{"level": "info"}) {
+			t.Errorf("info line after the reload to log_level warn: %s", e)
+		}
 	}
 }
 
@@ -293,7 +298,7 @@ func TestE2EMetricsMoveWithTraffic(t *testing.T) {
 	t.Parallel()
 	requireTool(t, "swaks")
 	e := startE2E(t, nil)
-	waitFor(t, e.relay, "token acquired")
+	e.relay.waitLog("the first token", fields{"msg": "token acquired"})
 	before := scrape(t, e.admin)
 	const n = 3
 	for i := range n {
@@ -303,18 +308,13 @@ func TestE2EMetricsMoveWithTraffic(t *testing.T) {
 	}
 	e.waitMessages(n)
 	// Delivery is recorded, and the spool file removed, just after
-	// Exchange's 250; give it a moment.
+	// Exchange's 250: the relay's own lines say when.
+	e.relay.waitLogged("every delivery recorded", n, fields{"msg": "delivered"})
 	var after map[string]float64
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	waitfor.Cond(t, "the spool's depth metric back to 0", func() bool {
 		after = scrape(t, e.admin)
-		done := after[`o365relay_delivery_messages_total{class="250",mailbox="`+relaytest.Mailbox+`",outcome="delivered"}`] >= n &&
-			after["o365relay_spool_items"] == 0
-		if done || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return after["o365relay_spool_items"] == 0
+	})
 	moved := func(key string, want float64) {
 		t.Helper()
 		if d := after[key] - before[key]; d != want {

@@ -11,8 +11,8 @@ import (
 	"github.com/o365relay/o365relay/relay/relaytest"
 )
 
-// Issue 4 end to end: sender rules from the config file, through the built
-// binary, with real clients.
+// Sender rules (README.md, Sender rules) end to end: from the config file,
+// through the built binary, with real clients.
 
 const secondMailbox = "billing@contoso.example"
 

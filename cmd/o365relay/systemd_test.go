@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/o365relay/o365relay/config/tlstest"
+	"github.com/o365relay/o365relay/config/waitfor"
 	"github.com/o365relay/o365relay/relay/relaytest"
 	"github.com/o365relay/o365relay/token/entratest"
 )
@@ -88,20 +89,19 @@ func (c *container) run(args ...string) string {
 	return out
 }
 
-// until re-runs a command inside until its output contains want.
+// until re-runs a command inside until its output contains want (polled:
+// systemd's state is seen only through its commands).
 func (c *container) until(want string, args ...string) string {
 	c.t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		out, _ := c.exec(args...)
-		if strings.Contains(out, want) {
-			return out
+	var out string
+	waitfor.Check(c.t, fmt.Sprintf("%v to print %q", args, want), func() error {
+		out, _ = c.exec(args...)
+		if !strings.Contains(out, want) {
+			return fmt.Errorf("printed:\n%s", out)
 		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("%v never printed %q; last:\n%s", args, want, out)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return nil
+	})
+	return out
 }
 
 // The unit under a real systemd 252, installed as deploy/systemd/README.md

@@ -33,6 +33,7 @@ type fake struct {
 type call struct {
 	to   []string
 	body []byte
+	at   time.Time // time.Now() at the call: the bubble's clock in a synctest test
 }
 
 func (f *fake) Deliver(ctx context.Context, env *envelope.Envelope, body io.Reader) (*envelope.Result, error) {
@@ -42,7 +43,7 @@ func (f *fake) Deliver(ctx context.Context, env *envelope.Envelope, body io.Read
 	}
 	f.mu.Lock()
 	n := len(f.calls)
-	f.calls = append(f.calls, call{to: env.To, body: b})
+	f.calls = append(f.calls, call{to: env.To, body: b, at: time.Now()})
 	step := f.steps[min(n, len(f.steps)-1)]
 	f.mu.Unlock()
 	return step(ctx, env, b)
@@ -108,19 +109,6 @@ func (f *fixture) work(t *testing.T) envelope.ID {
 	return id
 }
 
-// waitFor polls cond until it holds (a positive signal, not a sleep), at
-// most 10 s; on timeout it fails with what it waited for and say().
-func waitFor(t *testing.T, what string, cond func() bool, say func() string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s (%s)", what, say())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func (f *fixture) state(t *testing.T) spool.State {
 	t.Helper()
 	e, err := f.sp.Get(f.envID)
@@ -135,24 +123,6 @@ var (
 	auth535 = &reply.Error{Code: 535, Enhanced: reply.EnhancedCode{5, 7, 3}, Text: "Authentication unsuccessful", Stage: reply.StageAuth}
 	perm    = &reply.Error{Code: 550, Enhanced: reply.EnhancedCode{5, 7, 60}, Text: "not permitted to send as", Stage: reply.StageMail}
 )
-
-func TestTransientRetriedWithBackoff(t *testing.T) {
-	t.Parallel()
-	f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){fails(temp)}})
-	want := []time.Duration{time.Minute, 2 * time.Minute, 4 * time.Minute, 8 * time.Minute, 16 * time.Minute, 30 * time.Minute, 30 * time.Minute}
-	for i, d := range want {
-		now := f.clk.Now()
-		out, err := f.s.attempt(context.Background(), f.envID)
-		if err != nil || out.Removed || len(out.Pending) != 2 {
-			t.Fatalf("attempt %d: %+v %v", i+1, out, err)
-		}
-		st := f.state(t)
-		if st.Attempts != i+1 || !st.NextAttempt.Equal(now.Add(d)) {
-			t.Fatalf("attempt %d: attempts %d next %v, want %v", i+1, st.Attempts, st.NextAttempt.Sub(now), d)
-		}
-		f.clk.Set(st.NextAttempt)
-	}
-}
 
 func TestJitterBounds(t *testing.T) {
 	t.Parallel()
@@ -208,43 +178,6 @@ func TestRcpt4xxRetriedForThatRecipientOnly(t *testing.T) {
 	}
 	if items, _, _ := f.sp.Stats(); items != 0 {
 		t.Errorf("items = %d", items)
-	}
-}
-
-func TestAuthFailureHoldsMailbox(t *testing.T) {
-	t.Parallel()
-	f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){fails(auth535), fails(auth535), ok}})
-	out, err := f.s.attempt(context.Background(), f.envID)
-	if err != nil || out.Removed || len(out.Failed) != 0 {
-		t.Fatalf("%+v %v", out, err)
-	}
-	h := f.s.Health()["relay@example.com"]
-	if h.Healthy || !h.HeldUntil.Equal(t0.Add(time.Minute)) {
-		t.Fatalf("health %+v", h)
-	}
-	if st := f.state(t); st.Attempts != 0 || !st.NextAttempt.Equal(t0.Add(time.Minute)) {
-		t.Errorf("a configuration error counted against the message: %+v", st)
-	}
-	// Held: no attempt is made before HeldUntil.
-	f.clk.Set(t0.Add(30 * time.Second))
-	if out, err := f.s.attempt(context.Background(), f.envID); err != nil || out.Removed || f.fw.n() != 1 {
-		t.Fatalf("attempt during hold: %+v %v, %d calls", out, err, f.fw.n())
-	}
-	// Probe after the hold fails again: the hold doubles.
-	f.clk.Set(t0.Add(time.Minute))
-	if _, err := f.s.attempt(context.Background(), f.envID); err != nil {
-		t.Fatal(err)
-	}
-	if h := f.s.Health()["relay@example.com"]; !h.HeldUntil.Equal(t0.Add(3 * time.Minute)) {
-		t.Errorf("second hold until %v", h.HeldUntil)
-	}
-	// Recovered.
-	f.clk.Set(t0.Add(3 * time.Minute))
-	if out, err := f.s.attempt(context.Background(), f.envID); err != nil || !out.Removed {
-		t.Fatalf("%+v %v", out, err)
-	}
-	if h := f.s.Health()["relay@example.com"]; !h.Healthy {
-		t.Errorf("not healthy after success: %+v", h)
 	}
 }
 
@@ -388,32 +321,5 @@ func TestContinuousPermanentErrorsMarkUnhealthy(t *testing.T) {
 	}
 	if h := f.s.Health()["relay@example.com"]; h.Healthy || h.ConsecutivePermanent != 5 {
 		t.Errorf("health %+v", h)
-	}
-}
-
-func TestRunDeliversEnqueued(t *testing.T) {
-	t.Parallel()
-	delivered := make(chan struct{})
-	f := setup(t, &fake{steps: []func(context.Context, *envelope.Envelope, []byte) (*envelope.Result, error){
-		func(ctx context.Context, env *envelope.Envelope, b []byte) (*envelope.Result, error) {
-			close(delivered)
-			return ok(ctx, env, b)
-		},
-	}})
-	// The fake clock never moves, so timers never fire: the message must
-	// be picked up because Enqueued made it due now.
-	f.s.o.After = func(time.Duration) <-chan time.Time { return nil }
-	f.s.o.Rand = func() float64 { return 0 }
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error)
-	go func() { done <- f.s.Run(ctx) }()
-	f.s.Enqueued(f.envID)
-	<-delivered
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if items, _, _ := f.sp.Stats(); items != 0 {
-		t.Errorf("items = %d after delivery", items)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/o365relay/o365relay/config/tlstest"
+	"github.com/o365relay/o365relay/config/waitfor"
 	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/spool"
@@ -72,7 +73,9 @@ func (s *exoTokens) Refresh(_ context.Context, old token.Token) (token.Token, er
 // warpClock is real time plus an offset that long waits skip: After(d) for
 // a hold or backoff fires after a few real milliseconds and moves the
 // clock on by d, so an hour's pause takes no time. Waits over two hours
-// (the rescan timer, set above that) are real.
+// (the rescan timer, set above that) are real. (testing/synctest cannot
+// stand in here: these tests talk to the imitation of Exchange over real
+// TCP and TLS, which a bubble does not isolate; timers_test.go uses it.)
 type warpClock struct {
 	mu     sync.Mutex
 	offset time.Duration
@@ -194,33 +197,30 @@ func (e *exoEnv) put(t testing.TB, n int, sender, mailbox string) []envelope.ID 
 	return ids
 }
 
-// run delivers until the queue is empty (or 60 s pass) and stops the
-// scheduler.
+// run delivers until the queue is empty and stops the scheduler. The
+// queue is polled: these tests run on real time (the network is real), and
+// the spool has no signal for "empty".
 func (e *exoEnv) run(t testing.TB) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.s.Run(ctx) }()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	waitfor.Check(t, "an empty queue", func() error {
 		q, err := e.sp.List()
 		if err != nil {
-			t.Fatal(err)
+			return err
 		}
-		if len(q) == 0 {
-			break
+		if len(q) > 0 {
+			return fmt.Errorf("%d messages still queued; first: %+v", len(q), q[0].State)
 		}
-		if time.Now().After(deadline) {
-			cancel()
-			<-done
-			t.Fatalf("%d messages still queued; first: %+v", len(q), q[0].State)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+		return nil
+	})
 }
 
 // check asserts every message is either delivered exactly once or in

@@ -3,9 +3,7 @@ package delivery
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -102,42 +100,6 @@ func TestPacerDailyRecipients(t *testing.T) {
 	}
 }
 
-// Through the scheduler: paced messages are not attempts (nothing recorded,
-// the forwarder not called) and come back at their slot.
-func TestSchedulerPaces(t *testing.T) {
-	t.Parallel()
-	fw := &fake{steps: []step{ok}}
-	f := setup(t, fw)
-	f.s.o.Limits = func(string) Limits { return Limits{Rate: 1} } // burst 1, one per minute
-	ids := []envelope.ID{f.envID}
-	for range 2 {
-		env := &envelope.Envelope{ID: envelope.NewID(t0), From: "app@example.com", To: []string{"c@example.org"}, Mailbox: "relay@example.com", Received: t0}
-		if err := f.sp.Put(env, bytes.NewReader([]byte("x\r\n"))); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, env.ID)
-	}
-	out, err := f.s.attempt(context.Background(), ids[0])
-	if err != nil || !out.Removed {
-		t.Fatalf("%+v %v", out, err)
-	}
-	out, err = f.s.attempt(context.Background(), ids[1])
-	if err != nil || out.Removed || !out.NextAttempt.Equal(t0.Add(time.Minute)) {
-		t.Fatalf("second not paced to +1m: %+v %v", out, err)
-	}
-	out, err = f.s.attempt(context.Background(), ids[2])
-	if err != nil || !out.NextAttempt.Equal(t0.Add(2*time.Minute)) {
-		t.Fatalf("third not given the next slot: %+v %v", out, err)
-	}
-	if e, _ := f.sp.Get(ids[1]); e.State.Attempts != 0 || fw.n() != 1 {
-		t.Errorf("paced message counted: attempts %d, calls %d", e.State.Attempts, fw.n())
-	}
-	f.clk.Set(t0.Add(time.Minute))
-	if out, err := f.s.attempt(context.Background(), ids[1]); err != nil || !out.Removed {
-		t.Fatalf("at its slot: %+v %v", out, err)
-	}
-}
-
 // 554 5.2.0: the mailbox is paused until what it sent leaves the window,
 // at most an hour at a time, and the message is kept.
 func TestQuotaPausesUntilWindowFrees(t *testing.T) {
@@ -177,42 +139,6 @@ func TestTokenExpiredNotAFailure(t *testing.T) {
 	}
 	if st := f.state(t); st.Attempts != 0 || !st.NextAttempt.Equal(t0.Add(15*time.Second)) {
 		t.Errorf("attempts %d next +%v", st.Attempts, st.NextAttempt.Sub(t0))
-	}
-}
-
-// The same permanent error five times: unhealthy and paused, one probe at a
-// time; a success recovers.
-func TestContinuousErrorsPauseMailbox(t *testing.T) {
-	t.Parallel()
-	fw := &fake{steps: []step{fails(perm), fails(perm), fails(perm), fails(perm), fails(perm), ok}}
-	f := setup(t, fw)
-	var ids []envelope.ID
-	for range 6 {
-		env := &envelope.Envelope{ID: envelope.NewID(t0), To: []string{"c@example.org"}, Mailbox: "relay@example.com", Received: t0}
-		if err := f.sp.Put(env, bytes.NewReader([]byte("x\r\n"))); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, env.ID)
-	}
-	for _, id := range ids[:5] {
-		if _, err := f.s.attempt(context.Background(), id); err != nil {
-			t.Fatal(err)
-		}
-	}
-	h := f.s.Health()["relay@example.com"]
-	if h.Healthy || !h.HeldUntil.Equal(t0.Add(time.Minute)) {
-		t.Fatalf("not paused: %+v", h)
-	}
-	out, err := f.s.attempt(context.Background(), ids[5])
-	if err != nil || out.Removed || fw.n() != 5 {
-		t.Fatalf("attempted while paused: %+v %v (%d calls)", out, err, fw.n())
-	}
-	f.clk.Set(t0.Add(time.Minute))
-	if out, err := f.s.attempt(context.Background(), ids[5]); err != nil || !out.Removed {
-		t.Fatalf("probe: %+v %v", out, err)
-	}
-	if h := f.s.Health()["relay@example.com"]; !h.Healthy {
-		t.Errorf("not recovered: %+v", h)
 	}
 }
 
@@ -263,73 +189,5 @@ func TestPanicOutsideForwarderSetAside(t *testing.T) {
 	}
 	if _, err := f.sp.Get(f.envID); err == nil {
 		t.Error("message still queued")
-	}
-}
-
-// Workers do not queue up behind a mailbox whose connections are all busy:
-// with one connection for A and A's delivery stuck, B's mail still goes, A
-// never has two attempts at once, and A's second message follows as soon as
-// the first is done.
-func TestBusyMailboxDoesNotStarveOthers(t *testing.T) {
-	t.Parallel()
-	release := make(chan struct{})
-	var mu sync.Mutex
-	inA, maxA := 0, 0
-	var order []string
-	fw := &fake{steps: []step{func(ctx context.Context, env *envelope.Envelope, b []byte) (*envelope.Result, error) {
-		if env.Mailbox == "a@example.com" {
-			mu.Lock()
-			inA++
-			maxA = max(maxA, inA)
-			mu.Unlock()
-			<-release
-			mu.Lock()
-			inA--
-			mu.Unlock()
-		}
-		mu.Lock()
-		order = append(order, env.Mailbox)
-		mu.Unlock()
-		return ok(ctx, env, b)
-	}}}
-	f := setup(t, fw)
-	f.s.o.Workers = 2
-	f.s.o.Limits = func(string) Limits { return Limits{Connections: 1} }
-	if err := f.sp.Remove(f.envID); err != nil {
-		t.Fatal(err)
-	}
-	put := func(mb string, at time.Time) {
-		env := &envelope.Envelope{ID: envelope.NewID(at), From: mb, To: []string{"x@example.org"}, Mailbox: mb, Received: at}
-		if err := f.sp.Put(env, bytes.NewReader([]byte("x\r\n"))); err != nil {
-			t.Fatal(err)
-		}
-		f.s.mu.Lock()
-		f.s.scheduleLocked(env.ID, at)
-		f.s.mu.Unlock()
-	}
-	put("a@example.com", t0.Add(-3*time.Second))
-	put("a@example.com", t0.Add(-2*time.Second))
-	put("b@example.com", t0.Add(-time.Second))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- f.s.Run(ctx) }()
-	say := func() string { mu.Lock(); defer mu.Unlock(); return fmt.Sprint("order ", order) }
-	waitFor(t, "b delivered while a is stuck", func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(order) == 1 && order[0] == "b@example.com"
-	}, say)
-	close(release)
-	waitFor(t, "both a delivered", func() bool {
-		q, err := f.sp.List()
-		return err == nil && len(q) == 0
-	}, say)
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if maxA != 1 {
-		t.Errorf("%d concurrent attempts for a mailbox with one connection", maxA)
 	}
 }

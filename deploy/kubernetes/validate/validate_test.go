@@ -126,7 +126,7 @@ func TestManifests(t *testing.T) {
 	}
 }
 
-// Specific facts the deployment brief requires, checked on the decoded objects.
+// Specific facts deploy/README.md promises, checked on the decoded objects.
 func TestRequiredSettings(t *testing.T) {
 	t.Parallel()
 	tr := loadTree(t)
