@@ -1,7 +1,7 @@
 // Package config owns the relay's settings: their names in the YAML file, in
 // the environment and on the command line, their defaults, how each value is
 // parsed, and the checks that stop the daemon at start when one is wrong
-// (house rule 4: the message names the key and the fix).
+// (docs/design.md#configuration-errors-name-the-key-and-the-fix: the message names the key and the fix).
 //
 // Precedence is flags over environment over file over defaults, as
 // decke/smtprelay and most container tooling do it: a Kubernetes manifest or
@@ -504,7 +504,7 @@ func parseAuthority(v string) (string, error) {
 func parseTenant(v string) (string, error) {
 	switch strings.ToLower(v) {
 	case "common", "consumers", "organizations":
-		// AADSTS9001023 (exchange-online.md §1.3).
+		// AADSTS9001023 (docs/entra.md#the-token-request).
 		return "", fmt.Errorf("%q cannot be used with client credentials; use the Directory (tenant) ID from the app registration's Overview page", v)
 	}
 	if strings.ContainsAny(v, "/?# ") {

@@ -17,7 +17,7 @@ type Algorithm string
 
 const (
 	// PS256 (RSASSA-PSS, SHA-256) with an x5t#S256 header is what Microsoft
-	// documents today and MSAL sends (exchange-online.md §1.1).
+	// documents today and MSAL sends (docs/entra.md#client-assertion).
 	PS256 Algorithm = "PS256"
 	// RS256 (PKCS #1 v1.5) with a SHA-1 x5t header is the older form Entra
 	// still accepts and ADFS requires.
@@ -25,7 +25,7 @@ const (
 )
 
 // assertionLifetime is exp−nbf. Microsoft: "keep it short - 5-10 minutes
-// after nbf at most" (certificate-credentials.md, exchange-online.md §1.2).
+// after nbf at most" (Microsoft's certificate credentials page, docs/entra.md#client-assertion).
 // The assertion is used at once, so five minutes only has to cover clock
 // skew between this host and Entra.
 const assertionLifetime = 5 * time.Minute

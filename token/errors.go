@@ -30,7 +30,7 @@ type EntraError struct {
 	// Trace ID / Correlation ID / Timestamp lines, or what went wrong when
 	// there was no answer.
 	Description string
-	// Hint is what to do, pointing at the azure-setup.md step.
+	// Hint is what to do, naming the Azure step (docs/azure.md#aadsts-codes).
 	Hint string
 	// cause is a sentinel for errors.Is (ErrNoManagedIdentityEndpoint …),
 	// or nil.
@@ -84,7 +84,7 @@ func shorten(s string) string {
 }
 
 // transientCodes are AADSTS codes documented as retryable
-// (reference-error-codes.md, exchange-online.md §3) plus throttling.
+// (Microsoft's error codes page; docs/entra.md#error-responses) plus throttling.
 var transientCodes = map[int]bool{50033: true, 90006: true, 90024: true, 90090: true, 90033: true, 50196: true, 90055: true}
 
 // Temporary tells an outage (retry, keep using the held token) from a
@@ -104,14 +104,14 @@ func (e *EntraError) Temporary() bool {
 	return false
 }
 
-// explanation is one row of the AADSTS → azure-setup.md table.
+// explanation is one row of the AADSTS table (docs/azure.md#aadsts-codes).
 type explanation struct {
 	step int
 	hint string
 }
 
-// explanations map AADSTS codes to the azure-setup.md step a user must
-// revisit (0: not a setup problem). Codes: exchange-online.md §3.
+// explanations map AADSTS codes to the Azure step a user must
+// revisit (0: not a setup problem). Codes: docs/azure.md#aadsts-codes.
 var explanations = map[int]explanation{
 	700016:  {1, "wrong client ID or tenant: the client ID is not an app in this tenant; copy Application (client) ID and Directory (tenant) ID from the app's Overview page"},
 	90002:   {1, "tenant not found: check the Directory (tenant) ID and that the authority host is the app's cloud"},
@@ -138,7 +138,7 @@ var explanations = map[int]explanation{
 	90055:   {0, "Entra ID is throttling this tenant; the relay backs off and retries"},
 }
 
-// Explain maps an AADSTS code to the azure-setup.md step to revisit and a
+// Explain maps an AADSTS code to the Azure step to revisit (docs/azure.md#aadsts-codes) and a
 // hint in the user's terms. step 0 means "not a setup problem"; unknown
 // codes give (0, "").
 func Explain(code int) (step int, hint string) {
@@ -152,7 +152,7 @@ func Explain(code int) (step int, hint string) {
 	return 0, e.hint
 }
 
-// entraBody is Entra's error JSON (exchange-online.md §1.5).
+// entraBody is Entra's error JSON (docs/entra.md#error-responses).
 type entraBody struct {
 	Error       string `json:"error"`
 	Description string `json:"error_description"`

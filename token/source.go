@@ -26,7 +26,7 @@ import (
 const (
 	DefaultAuthorityHost = "https://login.microsoftonline.com/"
 	// DefaultScope is the only scope Exchange Online SMTP accepts
-	// (exchange-online.md §1.3).
+	// (docs/entra.md#the-token-request).
 	DefaultScope = "https://outlook.office365.com/.default"
 )
 
@@ -47,7 +47,7 @@ const (
 // microsoftHosts are Entra ID's public and sovereign-cloud hosts (MSAL's
 // aadTrustedHostList, authority.go). Only for these is MSAL's instance
 // discovery left on; it then queries the same host. For any other host it
-// would query login.microsoftonline.com (exchange-online.md §4.4), which a
+// would query login.microsoftonline.com (docs/entra.md#endpoint-discovery), which a
 // private or test authority must never cause.
 var microsoftHosts = map[string]bool{
 	"login.microsoftonline.com":        true,
@@ -65,7 +65,7 @@ var microsoftHosts = map[string]bool{
 // Credential is how the app proves its identity. Set exactly one of
 // Certificate, ClientSecret, FederatedTokenFile and ManagedIdentity.
 type Credential struct {
-	// Certificate signs a client assertion (exchange-online.md §1.1–1.2).
+	// Certificate signs a client assertion (docs/entra.md#client-assertion).
 	Certificate *Certificate
 	Algorithm   Algorithm // PS256 (default) or RS256
 	SendX5C     bool      // send the chain (subject name + issuer auth)
@@ -74,7 +74,7 @@ type Credential struct {
 	ClientSecret secret.Secret
 
 	// FederatedTokenFile is a workload-identity token file
-	// (AZURE_FEDERATED_TOKEN_FILE, exchange-online.md §6). It is re-read for
+	// (AZURE_FEDERATED_TOKEN_FILE, docs/entra.md#workload-identity). It is re-read for
 	// every token request because the kubelet rotates it.
 	FederatedTokenFile string
 
@@ -137,8 +137,8 @@ type Status struct {
 // confidential client.
 //
 // Caching. MSAL keeps its own in-memory token cache and refetches only when
-// fewer than 5 minutes remain or refresh_in has passed (exchange-online.md
-// §4.5); it has no single flight. The Source keeps the authoritative cache
+// fewer than 5 minutes remain or refresh_in has passed
+// (docs/entra.md#refresh-and-caching); it has no single flight. The Source keeps the authoritative cache
 // itself and gives MSAL a cache accessor (WithCache) whose Replace loads an
 // empty cache before every read and write, so every AcquireTokenByCredential
 // is a real token request. That is robust because it uses MSAL's documented
@@ -336,7 +336,7 @@ func (s *EntraSource) newClient(cred confidential.Credential) (confidential.Clie
 }
 
 // expiryWarning is how long before its end a certificate is reported as
-// expiring: Entra refuses an expired one (AADSTS700027, azure-setup step 3),
+// expiring: Entra refuses an expired one (AADSTS700027, Azure step 3),
 // and a month leaves time to upload and roll out its successor.
 const expiryWarning = 30 * 24 * time.Hour
 

@@ -1,6 +1,6 @@
 // Package doctor owns the setup checklist behind `o365relay doctor`: the
 // ordered checks that tell a user which of the Azure and Exchange setup
-// steps (README.md "In Azure", ../shared/docs/azure-setup.md) is wrong, from
+// steps (README.md "In Azure", docs/azure.md#the-seven-steps) is wrong, from
 // the outside, with the fix spelled out in the user's own IDs.
 //
 // The checks, in order (Check.Step):
@@ -531,7 +531,7 @@ func (d *doctor) checkToken(ctx context.Context) {
 const exchangeAppID = "00000002-0000-0ff1-ce00-000000000000"
 
 // RoleSendAsApp is the application permission SMTP AUTH with client
-// credentials needs (azure-setup.md step 2).
+// credentials needs (Azure step 2, docs/azure.md#step-2-smtpsendasapp-and-admin-consent).
 const RoleSendAsApp = "SMTP.SendAsApp"
 
 func (d *doctor) checkClaims() {
@@ -601,7 +601,7 @@ func (d *doctor) rbacFix() string {
 // objectID is the Enterprise application's (service principal's) object
 // ID: the token's oid claim is exactly that, so the user need not find it
 // in the portal (where the app registration's own, different object ID is
-// the one shown first — the usual mistake, azure-setup.md step 5).
+// the one shown first — the usual mistake, docs/azure.md#step-5-new-serviceprincipal).
 func (d *doctor) objectID() string {
 	if d.claims != nil && d.claims.ObjectID != "" {
 		return d.claims.ObjectID

@@ -5,14 +5,14 @@ import (
 )
 
 // AuthHint is the one-line explanation of an Exchange Online refusal that
-// is a setup problem, naming the azure-setup.md step to revisit (the
+// is a setup problem, naming the Azure step to revisit (docs/azure.md#the-seven-steps; the
 // numbers of README.md "In Azure"), or "" when err is not one. It is the
 // same text `o365relay doctor` prints on its ✘ line, so the daemon's log
 // line and the doctor agree; the doctor adds the commands with the user's
 // IDs filled in.
 //
 // Exchange answers every authorization failure with the same 535 5.7.3
-// (exchange-online.md §2.4), so the hint lists the three causes in the
+// (docs/exchange.md#535-573-authentication-unsuccessful), so the hint lists the three causes in the
 // order they are usually found; `o365relay doctor` tells them apart from
 // the token's claims and the other mailboxes' results.
 func AuthHint(err error) string {
