@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/o365relay/o365relay/config/address"
+	"github.com/o365relay/o365relay/config/azurestep"
 	"github.com/o365relay/o365relay/config/secret"
 )
 
@@ -319,10 +320,10 @@ func (c *Config) CheckDaemon() error {
 	var errs []error
 	mi := c.Credential() == CredManagedIdentity
 	if c.TenantID == "" && !mi {
-		errs = append(errs, &Error{Key: "tenant_id", Where: "AZURE_TENANT_ID", Reason: "not set; use the Directory (tenant) ID from the app registration's Overview page (azure-setup step 1)"})
+		errs = append(errs, &Error{Key: "tenant_id", Where: "AZURE_TENANT_ID", Reason: "not set; use the Directory (tenant) ID from the app registration's Overview page (" + azurestep.RegisterApp.Named() + ")"})
 	}
 	if c.ClientID == "" && !mi {
-		errs = append(errs, &Error{Key: "client_id", Where: "AZURE_CLIENT_ID", Reason: "not set; use the Application (client) ID from the app registration's Overview page (azure-setup step 1)"})
+		errs = append(errs, &Error{Key: "client_id", Where: "AZURE_CLIENT_ID", Reason: "not set; use the Application (client) ID from the app registration's Overview page (" + azurestep.RegisterApp.Named() + ")"})
 	}
 	needDefault := len(c.Senders) == 0
 	for _, r := range c.Senders {
@@ -331,7 +332,7 @@ func (c *Config) CheckDaemon() error {
 		}
 	}
 	if c.Mailbox == "" && needDefault {
-		errs = append(errs, &Error{Key: "mailbox", Where: "O365RELAY_MAILBOX", Reason: "not set; name the mailbox the relay authenticates as (XOAUTH2 user=), the one granted with Add-MailboxPermission (azure-setup step 6)"})
+		errs = append(errs, &Error{Key: "mailbox", Where: "O365RELAY_MAILBOX", Reason: "not set; name the mailbox the relay authenticates as (XOAUTH2 user=), the one granted with Add-MailboxPermission (" + azurestep.AddMailboxPermission.String() + ")"})
 	}
 	if c.Credential() == "" {
 		errs = append(errs, &Error{Key: "client_certificate_path", Where: "AZURE_CLIENT_CERTIFICATE_PATH",

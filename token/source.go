@@ -336,7 +336,7 @@ func (s *EntraSource) newClient(cred confidential.Credential) (confidential.Clie
 }
 
 // expiryWarning is how long before its end a certificate is reported as
-// expiring: Entra refuses an expired one (AADSTS700027, Azure step 3),
+// expiring: Entra refuses an expired one (AADSTS700027, azurestep.Credential),
 // and a month leaves time to upload and roll out its successor.
 const expiryWarning = 30 * 24 * time.Hour
 

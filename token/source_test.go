@@ -173,7 +173,7 @@ func TestConfigurationErrorsAreExplained(t *testing.T) {
 		{"unregistered certificate", func(f *fixture, o *Options) { o.Credential = f.certCred(t, 1) }, 700027,
 			[]string{"AADSTS700027: ", "not registered on the app (Certificates & secrets → Upload certificate)", "uploaded less than ~2 minutes ago", "thumbprint"}},
 		{"unknown client", func(_ *fixture, o *Options) { o.ClientID = "00000000-dead-beef-0000-000000000000" }, 700016,
-			[]string{"AADSTS700016: Application with identifier", "Application (client) ID", "azure-setup step 1"}},
+			[]string{"AADSTS700016: Application with identifier", "Application (client) ID", "Azure step 1: register the app"}},
 		{"unknown tenant", func(_ *fixture, o *Options) { o.TenantID = "contoso.example" }, 90002,
 			[]string{"AADSTS90002: Tenant 'contoso.example' not found", "Directory (tenant) ID"}},
 		{"wrong secret", func(_ *fixture, o *Options) { o.Credential = Credential{ClientSecret: "wrong-secret-value"} }, 7000215,

@@ -46,9 +46,35 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/o365relay/o365relay/config"
+	"github.com/o365relay/o365relay/config/azurestep"
 	"github.com/o365relay/o365relay/relay/upstream"
 	"github.com/o365relay/o365relay/token"
 )
+
+// The doctor's own check numbers (Check.Step), in the order the checks
+// run. They are not Azure step numbers (config/azurestep): texts call
+// these "check N" and the Azure steps "Azure step N".
+const (
+	stepConfig     = iota + 1 // configuration and clock
+	stepCredential            // the credential loads
+	stepToken                 // Entra ID issues a token
+	stepClaims                // the token's claims
+	stepUpstream              // Exchange reachable, TLS verifies
+	stepAuth                  // AUTH per mailbox
+	stepLocal                 // spool and listeners
+)
+
+// checkRef names one of the doctor's own checks in a text: "check 3".
+func checkRef(step int) string { return fmt.Sprintf("check %d", step) }
+
+// azureSteps is Check.AzureSteps for the steps a fix is in.
+func azureSteps(steps ...azurestep.Step) []int {
+	out := make([]int, len(steps))
+	for i, s := range steps {
+		out[i] = int(s)
+	}
+	return out
+}
 
 // Status of one check.
 type Status string
@@ -73,7 +99,8 @@ type Check struct {
 	Status Status `json:"status"`
 	// Message says what was found, in one line.
 	Message string `json:"message"`
-	// AzureSteps are the README "In Azure" steps the fix is in.
+	// AzureSteps are the Azure steps the fix is in (config/azurestep's
+	// numbers, as README.md "In Azure" lists them).
 	AzureSteps []int `json:"azure_steps,omitempty"`
 	// Fix is what to do, with the user's IDs filled in; lines separated
 	// by "\n" (commands to run are lines of their own).
@@ -159,7 +186,7 @@ type doctor struct {
 	r   Report
 
 	configOK bool
-	cred     *token.Credential // nil when step 2 failed
+	cred     *token.Credential // nil when check 2 failed
 	ids      token.SetupIDs
 	src      *token.EntraSource
 	tok      *token.Token
@@ -195,7 +222,7 @@ func Run(ctx context.Context, o Options) *Report {
 // ConfigError is check 1 for a configuration that did not load (config.Load
 // failed): the text names every bad setting.
 func ConfigError(err error) Check {
-	return Check{Step: 1, Name: "configuration", Status: Fail, Message: oneLine(err.Error()),
+	return Check{Step: stepConfig, Name: "configuration", Status: Fail, Message: oneLine(err.Error()),
 		Fix: "Fix each setting named above (README.md, Configuration reference); flags beat environment beat the file."}
 }
 
@@ -229,14 +256,14 @@ func (d *doctor) authorityHost() string {
 
 func (d *doctor) checkConfig() {
 	cfg := d.cfg
-	c := Check{Step: 1, Name: "configuration"}
+	c := Check{Step: stepConfig, Name: "configuration"}
 	if err := cfg.CheckDaemon(); err != nil {
 		c.Status = Fail
 		c.Message = oneLine(err.Error())
 		c.Fix = "Set each setting named above (environment, --flag or the config file; README.md, Configuration reference)."
 		var ce *config.Error
 		if errors.As(err, &ce) && (cfg.TenantID == "" || cfg.ClientID == "") {
-			c.AzureSteps = []int{1}
+			c.AzureSteps = azureSteps(azurestep.RegisterApp)
 			c.Fix += "\nThe tenant and client IDs are on the app registration's Overview page (Entra ID → App registrations)."
 		}
 		d.add(c)
@@ -264,10 +291,10 @@ const (
 
 func (d *doctor) checkClock(ctx context.Context) {
 	if d.managedIdentity() {
-		d.skip(1, "clock", "", "not needed: a managed identity signs no client assertion (the platform's endpoint gets the token)")
+		d.skip(stepConfig, "clock", "", "not needed: a managed identity signs no client assertion (the platform's endpoint gets the token)")
 		return
 	}
-	c := Check{Step: 1, Name: "clock"}
+	c := Check{Step: stepConfig, Name: "clock"}
 	u, err := url.JoinPath(d.authorityHost(), d.tenantOr("common"), "v2.0/.well-known/openid-configuration")
 	if err != nil {
 		c.Status, c.Message = Warn, "cannot build the authority URL: "+err.Error()
@@ -356,24 +383,24 @@ func (d *doctor) checkCredential() {
 	case "secret":
 		cred, err := token.CredentialFromConfig(cfg, d.o.Logger)
 		if err != nil {
-			d.add(Check{Step: 2, Name: "credential", Status: Fail, Message: oneLine(err.Error())})
+			d.add(Check{Step: stepCredential, Name: "credential", Status: Fail, Message: oneLine(err.Error())})
 			return
 		}
 		d.cred = &cred
-		d.add(Check{Step: 2, Name: "credential", Status: OK,
+		d.add(Check{Step: stepCredential, Name: "credential", Status: OK,
 			Message: "client secret (its expiry date is only shown in the portal: Certificates & secrets → Client secrets); a certificate is recommended"})
 	default:
-		d.skip(2, "credential", "", "no credential is configured (step 1)")
+		d.skip(stepCredential, "credential", "", "no credential is configured ("+checkRef(stepConfig)+")")
 	}
 }
 
 func (d *doctor) checkCertificate() {
 	cfg := d.cfg
-	c := Check{Step: 2, Name: "credential"}
+	c := Check{Step: stepCredential, Name: "credential"}
 	cert, err := token.LoadCertificate(cfg.CertificatePath, cfg.CertificatePassword)
 	if err != nil {
 		c.Status = Fail
-		c.AzureSteps = []int{3}
+		c.AzureSteps = azureSteps(azurestep.Credential)
 		c.Message = "AZURE_CLIENT_CERTIFICATE_PATH: " + oneLine(err.Error())
 		// token.LoadCertificate says "key does not match the certificate"
 		// for a key that is not the certificate's (token/cert.go).
@@ -382,7 +409,7 @@ func (d *doctor) checkCertificate() {
 			c.Fix = "The file must hold the certificate uploaded to the app and the private key it was made with. Compare the two public keys; both commands must print the same hash:\n" +
 				"openssl x509 -noout -pubkey -in " + p + " | openssl sha256\n" +
 				"openssl pkey -pubout -in " + p + " | openssl sha256\n" +
-				"If the key is lost, make a new pair (README.md, In Azure step 3) and upload the new certificate."
+				"If the key is lost, make a new pair and upload the new certificate (" + azurestep.Credential.String() + ")."
 		} else {
 			c.Fix = "AZURE_CLIENT_CERTIFICATE_PATH must name a PEM file with the certificate and its RSA private key (PKCS #1, PKCS #8 or encrypted PKCS #8 with AZURE_CLIENT_CERTIFICATE_PASSWORD), or a .pfx/.p12 file."
 		}
@@ -408,18 +435,18 @@ func (d *doctor) checkCertificate() {
 	switch left := cert.NotAfter().Sub(now); {
 	case now.Before(cert.NotBefore()):
 		c.Status = Fail
-		c.AzureSteps = []int{3}
+		c.AzureSteps = azureSteps(azurestep.Credential)
 		c.Message = fmt.Sprintf("certificate %s is not valid before %s (check the local clock); %s", cert.Leaf.Subject, cert.NotBefore().UTC().Format(time.RFC3339), thumbs)
 		c.Fix = "Use a certificate that is valid now, or fix the local clock (see the clock check)."
 	case left <= 0:
 		c.Status = Fail
-		c.AzureSteps = []int{3}
+		c.AzureSteps = azureSteps(azurestep.Credential)
 		c.Message = fmt.Sprintf("certificate %s expired on %s; Entra ID refuses it (AADSTS700027); %s", cert.Leaf.Subject, cert.NotAfter().UTC().Format(time.RFC3339), thumbs)
 		c.Fix = "Make a new certificate and key:\n" + newCert + "\n" +
 			upload + " (cert.pem), then set AZURE_CLIENT_CERTIFICATE_PATH to the new o365relay.pem; remove the expired certificate from the app afterwards."
 	case left < certWarn:
 		c.Status = Warn
-		c.AzureSteps = []int{3}
+		c.AzureSteps = azureSteps(azurestep.Credential)
 		c.Message = fmt.Sprintf("certificate %s expires on %s, in %d days; %s", cert.Leaf.Subject, cert.NotAfter().UTC().Format(time.RFC3339), int(left.Hours()/24), thumbs)
 		c.Fix = "Make its successor now and upload it next to the current one (both work during the overlap):\n" + newCert + "\n" + upload
 	default:
@@ -437,11 +464,11 @@ func (d *doctor) checkCertificate() {
 }
 
 func (d *doctor) checkFederated() {
-	c := Check{Step: 2, Name: "credential"}
+	c := Check{Step: stepCredential, Name: "credential"}
 	info, err := federatedInfo(d.cfg.FederatedTokenFile, d.o.Clock())
 	if err != nil {
 		c.Status = Fail
-		c.AzureSteps = []int{3}
+		c.AzureSteps = azureSteps(azurestep.Credential)
 		c.Message = "AZURE_FEDERATED_TOKEN_FILE: " + oneLine(err.Error())
 		c.Fix = "The file must be the projected service account token (azure.workload.identity/use: \"true\" on the pod; the webhook mounts it at /var/run/secrets/azure/tokens/azure-identity-token)."
 		d.add(c)
@@ -462,13 +489,13 @@ func (d *doctor) checkFederated() {
 // --- 3. token ----------------------------------------------------------------
 
 func (d *doctor) checkToken(ctx context.Context) {
-	c := Check{Step: 3, Name: "token"}
+	c := Check{Step: stepToken, Name: "token"}
 	switch {
 	case !d.configOK:
-		d.skip(3, "token", "", "the configuration is incomplete (step 1)")
+		d.skip(stepToken, "token", "", "the configuration is incomplete ("+checkRef(stepConfig)+")")
 		return
 	case d.cred == nil:
-		d.skip(3, "token", "", "the credential did not load (step 2)")
+		d.skip(stepToken, "token", "", "the credential did not load ("+checkRef(stepCredential)+")")
 		return
 	}
 	httpClient := d.o.HTTPClient
@@ -500,7 +527,7 @@ func (d *doctor) checkToken(ctx context.Context) {
 		if ee := token.AsEntraError(err); ee != nil {
 			c.Message = oneLine(ee.Error())
 			if step, _ := token.Explain(ee.Code()); step > 0 {
-				c.AzureSteps = []int{step}
+				c.AzureSteps = azureSteps(step)
 			}
 			c.Fix = token.Fix(ee.Code(), d.ids)
 			if d.cred.ManagedIdentity != nil && ee.Code() == 0 {
@@ -536,13 +563,13 @@ const RoleSendAsApp = "SMTP.SendAsApp"
 
 func (d *doctor) checkClaims() {
 	if d.tok == nil {
-		d.skip(4, "claims", "", "no token (step 3)")
+		d.skip(stepClaims, "claims", "", "no token ("+checkRef(stepToken)+")")
 		return
 	}
-	c := Check{Step: 4, Name: "claims"}
+	c := Check{Step: stepClaims, Name: "claims"}
 	cl, err := token.ParseClaims(*d.tok)
 	if err != nil {
-		c.Status, c.Message = Warn, "the token cannot be decoded ("+err.Error()+"); Exchange decides in step 6"
+		c.Status, c.Message = Warn, "the token cannot be decoded ("+err.Error()+"); Exchange decides in "+checkRef(stepAuth)
 		d.add(c)
 		return
 	}
@@ -571,12 +598,12 @@ func (d *doctor) checkClaims() {
 		c.Fix = strings.Join(fixes, "\n")
 	case !cl.HasRole(RoleSendAsApp) && d.managedIdentity():
 		c.Status = Warn
-		c.Message = "the token has no " + RoleSendAsApp + " role: the managed identity's service principal has no app role assignment on Office 365 Exchange Online (a managed identity has no API permissions page) — unless Exchange RBAC for Applications is used (step 6 shows whether Exchange accepts the token) (" + summary + ")"
+		c.Message = "the token has no " + RoleSendAsApp + " role: the managed identity's service principal has no app role assignment on Office 365 Exchange Online (a managed identity has no API permissions page) — unless Exchange RBAC for Applications is used (" + checkRef(stepAuth) + " shows whether Exchange accepts the token) (" + summary + ")"
 		c.Fix = d.consentFix()
 	case !cl.HasRole(RoleSendAsApp):
 		c.Status = Warn
-		c.AzureSteps = []int{2}
-		c.Message = "the token has no " + RoleSendAsApp + " role: admin consent for the API permission was not granted — unless the app uses Exchange RBAC for Applications, which legitimately issues tokens without it (step 6 shows whether Exchange accepts the token) (" + summary + ")"
+		c.AzureSteps = azureSteps(azurestep.SendAsAppConsent)
+		c.Message = "the token has no " + RoleSendAsApp + " role: admin consent for the API permission was not granted — unless the app uses Exchange RBAC for Applications, which legitimately issues tokens without it (" + checkRef(stepAuth) + " shows whether Exchange accepts the token) (" + summary + ")"
 		c.Fix = d.consentFix() + "\nOr, with Exchange RBAC for Applications (no API permission), assign the role instead:\n" + d.rbacFix()
 	default:
 		c.Status = OK
@@ -614,7 +641,7 @@ func (d *doctor) objectID() string {
 
 // --- 5. upstream ---------------------------------------------------------------
 
-// noToken is the token source of an upstream client when step 3 could not
+// noToken is the token source of an upstream client when check 3 could not
 // run: ProbeTLS never asks it.
 type noToken struct{}
 
@@ -627,7 +654,7 @@ func (noToken) Refresh(context.Context, token.Token) (token.Token, error) {
 }
 
 func (d *doctor) checkUpstream(ctx context.Context) {
-	c := Check{Step: 5, Name: "upstream", Target: d.cfg.Upstream}
+	c := Check{Step: stepUpstream, Name: "upstream", Target: d.cfg.Upstream}
 	var ts token.Source = noToken{}
 	if d.src != nil {
 		ts = d.src
@@ -697,7 +724,7 @@ func (d *doctor) checkUpstream(ctx context.Context) {
 
 func (d *doctor) checkAuth(ctx context.Context) {
 	if len(d.o.Mailboxes) == 0 {
-		d.skip(6, "auth", "", "no mailbox is configured (step 1)")
+		d.skip(stepAuth, "auth", "", "no mailbox is configured ("+checkRef(stepConfig)+")")
 		return
 	}
 	type outcome struct {
@@ -708,10 +735,10 @@ func (d *doctor) checkAuth(ctx context.Context) {
 	for _, mb := range d.o.Mailboxes {
 		switch {
 		case d.tok == nil:
-			d.skip(6, "auth", mb, "no token (step 3)")
+			d.skip(stepAuth, "auth", mb, "no token ("+checkRef(stepToken)+")")
 			continue
 		case !d.tlsOK:
-			d.skip(6, "auth", mb, "the upstream TLS session failed (step 5)")
+			d.skip(stepAuth, "auth", mb, "the upstream TLS session failed ("+checkRef(stepUpstream)+")")
 			continue
 		}
 		pctx, cancel := context.WithTimeout(ctx, d.o.Timeout)
@@ -731,7 +758,7 @@ func (d *doctor) checkAuth(ctx context.Context) {
 		anyOK = anyOK || r.err == nil
 	}
 	for _, r := range results {
-		c := Check{Step: 6, Name: "auth", Target: r.mailbox}
+		c := Check{Step: stepAuth, Name: "auth", Target: r.mailbox}
 		if r.err == nil {
 			c.Status = OK
 			c.Message = fmt.Sprintf("AUTH XOAUTH2 as %s accepted (235); no mail was sent", r.mailbox)
@@ -748,7 +775,7 @@ func (d *doctor) checkAuth(ctx context.Context) {
 		c.Message = fmt.Sprintf("AUTH XOAUTH2 as %s: %s", r.mailbox, oneLine(re.Error()))
 		switch {
 		case re.Code == 535 && re.Enhanced == [3]int{5, 7, 139}:
-			c.AzureSteps = []int{7}
+			c.AzureSteps = azureSteps(azurestep.SMTPAuth)
 			c.Message += " — " + upstream.AuthHint(re)
 			c.Fix = "Connect-ExchangeOnline -Organization " + d.cfg.TenantID + "\n" +
 				"Set-CASMailbox -Identity " + r.mailbox + " -SmtpClientAuthenticationDisabled $false\n" +
@@ -773,13 +800,15 @@ func (d *doctor) checkAuth(ctx context.Context) {
 func (d *doctor) authFailureHint(anyOK bool) string {
 	switch {
 	case d.managedIdentity() && d.claims != nil && !d.claims.HasRole(RoleSendAsApp) && !anyOK:
-		return "the token has no " + RoleSendAsApp + " role (step 4): the managed identity has no app role assignment on Office 365 Exchange Online; then Exchange needs its service principal and the mailbox permission"
+		return "the token has no " + RoleSendAsApp + " role (" + checkRef(stepClaims) + "): the managed identity has no app role assignment on Office 365 Exchange Online; then Exchange needs its service principal and the mailbox permission"
 	case d.claims != nil && !d.claims.HasRole(RoleSendAsApp) && !anyOK:
-		return "the token has no " + RoleSendAsApp + " role (step 4): admin consent was not granted (Azure step 2), or, with RBAC for Applications, the role assignment is missing; then the service principal and mailbox permission (steps 5, 6)"
+		return "the token has no " + RoleSendAsApp + " role (" + checkRef(stepClaims) + "): admin consent was not granted (" + azurestep.SendAsAppConsent.String() + "), or, with RBAC for Applications, the role assignment is missing; then the service principal and mailbox permission (" +
+			azurestep.List(azurestep.NewServicePrincipal, azurestep.AddMailboxPermission) + ")"
 	case anyOK:
-		return "the app authenticates as another mailbox, so its service principal is registered: this mailbox lacks Add-MailboxPermission (Azure step 6)"
+		return "the app authenticates as another mailbox, so its service principal is registered: this mailbox lacks Add-MailboxPermission (" + azurestep.AddMailboxPermission.String() + ")"
 	}
-	return "the token is valid but Exchange does not let this app use this mailbox: New-ServicePrincipal with the Enterprise application's object ID (Azure step 5) or Add-MailboxPermission for this mailbox (Azure step 6) is missing"
+	return "the token is valid but Exchange does not let this app use this mailbox: New-ServicePrincipal with the Enterprise application's object ID (" + azurestep.NewServicePrincipal.String() +
+		") or Add-MailboxPermission for this mailbox (" + azurestep.AddMailboxPermission.String() + ") is missing"
 }
 
 func (d *doctor) authFailureFix(mailbox string, anyOK bool) ([]int, string) {
@@ -795,12 +824,12 @@ func (d *doctor) authFailureFix(mailbox string, anyOK bool) ([]int, string) {
 		note = d.miExchangeNote()
 	}
 	if anyOK {
-		return []int{6}, connect + "\n" + perm + "\n" + note
+		return azureSteps(azurestep.AddMailboxPermission), connect + "\n" + perm + "\n" + note
 	}
-	steps := []int{5, 6}
+	steps := azureSteps(azurestep.NewServicePrincipal, azurestep.AddMailboxPermission)
 	fix := ""
 	if d.claims != nil && !d.claims.HasRole(RoleSendAsApp) {
-		steps = []int{2, 5, 6}
+		steps = azureSteps(azurestep.SendAsAppConsent, azurestep.NewServicePrincipal, azurestep.AddMailboxPermission)
 		fix = d.consentFix() + "\n"
 	}
 	fix += "In Exchange Online PowerShell (Install-Module ExchangeOnlineManagement):\n" + connect + "\n" + sp + "\n" + perm + "\n" + note

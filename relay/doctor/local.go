@@ -87,7 +87,7 @@ func federatedInfo(path string, now time.Time) (string, error) {
 
 func (d *doctor) checkSpool() {
 	dir := d.cfg.SpoolDir
-	c := Check{Step: 7, Name: "spool", Target: dir}
+	c := Check{Step: stepLocal, Name: "spool", Target: dir}
 	fi, err := os.Stat(dir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -173,7 +173,7 @@ func (d *doctor) checkListeners() {
 	}
 	running := spoolLocked(d.cfg.SpoolDir)
 	for _, a := range addrs {
-		c := Check{Step: 7, Name: "listener", Target: a.value}
+		c := Check{Step: stepLocal, Name: "listener", Target: a.value}
 		ln, err := net.Listen("tcp", a.value)
 		switch {
 		case err == nil:
