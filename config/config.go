@@ -497,7 +497,7 @@ func parseMailbox(v string) (string, error) {
 func parseAuthority(v string) (string, error) {
 	u, err := url.Parse(v)
 	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return "", fmt.Errorf("%q must be an https URL such as https://login.microsoftonline.com/", v)
+		return "", fmt.Errorf("%q must be an https URL such as %s", v, DefaultAuthorityHost)
 	}
 	return v, nil
 }
@@ -517,7 +517,7 @@ func parseTenant(v string) (string, error) {
 func parseScope(v string) (string, error) {
 	if !strings.HasSuffix(v, "/.default") {
 		// AADSTS1002012: client-credentials scopes end in /.default.
-		return "", fmt.Errorf("%q must end in /.default; Exchange Online SMTP needs https://outlook.office365.com/.default", v)
+		return "", fmt.Errorf("%q must end in /.default; Exchange Online SMTP needs %s", v, DefaultScope)
 	}
 	return v, nil
 }

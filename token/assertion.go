@@ -36,7 +36,7 @@ type AssertionParams struct {
 	// Audience is the token endpoint the assertion is sent to, exactly as
 	// MSAL passes it in AssertionRequestOptions.TokenEndpoint.
 	Audience  string
-	Algorithm Algorithm // default PS256
+	Algorithm Algorithm // PS256 or RS256; no default (config has it)
 	X5C       bool      // send the chain in x5c (subject name + issuer auth)
 	Now       time.Time
 }
@@ -69,7 +69,7 @@ func (c *Certificate) Assertion(p AssertionParams) (secret.Secret, error) {
 	}
 	var tok *jwt.Token
 	switch p.Algorithm {
-	case PS256, "":
+	case PS256:
 		tok = jwt.NewWithClaims(jwt.SigningMethodPS256, claims)
 		tok.Header["x5t#S256"] = c.ThumbprintSHA256()
 	case RS256:

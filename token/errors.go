@@ -13,6 +13,7 @@ import (
 
 	msalerrors "github.com/AzureAD/microsoft-authentication-library-for-go/apps/errors"
 
+	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/config/azurestep"
 )
 
@@ -135,9 +136,9 @@ var explanations = map[int]explanation{
 	70021:   {azurestep.Credential, "no federated identity credential matches the presented token's issuer/subject/audience (Certificates & secrets → Federated credentials)"},
 	5002738: {azurestep.Credential, "the assertion's signature algorithm is not supported: Entra ID accepts RSA (RS256/PS256) only"},
 	50027:   {azurestep.Credential, "the client assertion is not a valid JWT (malformed, missing exp or jti, or replayed)"},
-	500011:  {azurestep.SendAsAppConsent, "the resource principal was not found: the scope must be https://outlook.office365.com/.default (for this cloud) and Office 365 Exchange Online must exist in the tenant"},
-	70011:   {0, "invalid scope: set O365RELAY_SCOPE to https://outlook.office365.com/.default"},
-	1002012: {0, "client-credential scopes must end in /.default: set O365RELAY_SCOPE to https://outlook.office365.com/.default"},
+	500011:  {azurestep.SendAsAppConsent, "the resource principal was not found: the scope must be " + config.DefaultScope + " (or your cloud's) and Office 365 Exchange Online must exist in the tenant"},
+	70011:   {0, "invalid scope: set O365RELAY_SCOPE to " + config.DefaultScope},
+	1002012: {0, "client-credential scopes must end in /.default: set O365RELAY_SCOPE to " + config.DefaultScope},
 	50049:   {0, "unknown authority instance: set AZURE_AUTHORITY_HOST to the app's cloud"},
 	50196:   {0, "Entra ID detected a request loop (too many identical requests); the relay backs off and caches tokens"},
 	90055:   {0, "Entra ID is throttling this tenant; the relay backs off and retries"},
@@ -289,11 +290,11 @@ func Fix(code int, ids SetupIDs) string {
 	case 7000218:
 		return "Configure one credential: AZURE_CLIENT_CERTIFICATE_PATH (recommended), AZURE_FEDERATED_TOKEN_FILE or AZURE_CLIENT_SECRET."
 	case 500011, 70011, 1002012:
-		return "Set O365RELAY_SCOPE to https://outlook.office365.com/.default (the default; https://outlook.office365.us/.default for GCC High); a Graph scope gives a token Exchange SMTP refuses."
+		return "Set O365RELAY_SCOPE to " + config.DefaultScope + " (the default; https://outlook.office365.us/.default for GCC High); a Graph scope gives a token Exchange SMTP refuses."
 	case 7000112, 1000031:
 		return "Entra ID → Enterprise applications → the app " + ids.ClientID + " → Properties: set Enabled for users to sign-in to Yes, or ask the tenant administrator why the app is blocked."
 	case 50012, 50048, 700021, 5002738, 50027, 700030:
-		return "The client assertion was refused; with a certificate credential the relay builds it itself (PS256, x5t#S256), so check that AZURE_AUTHORITY_HOST is " + DefaultAuthorityHost + " (or your cloud's) and that the tenant is right; with workload identity, check the projected token."
+		return "The client assertion was refused; with a certificate credential the relay builds it itself (PS256, x5t#S256), so check that AZURE_AUTHORITY_HOST is " + config.DefaultAuthorityHost + " (or your cloud's) and that the tenant is right; with workload identity, check the projected token."
 	}
 	return ""
 }

@@ -22,14 +22,6 @@ import (
 	"github.com/o365relay/o365relay/config/secret"
 )
 
-// Defaults.
-const (
-	DefaultAuthorityHost = "https://login.microsoftonline.com/"
-	// DefaultScope is the only scope Exchange Online SMTP accepts
-	// (docs/entra.md#the-token-request).
-	DefaultScope = "https://outlook.office365.com/.default"
-)
-
 // Timing. See Source for the rules they implement.
 const (
 	requestTimeout = 30 * time.Second // per token request, including discovery
@@ -67,7 +59,7 @@ var microsoftHosts = map[string]bool{
 type Credential struct {
 	// Certificate signs a client assertion (docs/entra.md#client-assertion).
 	Certificate *Certificate
-	Algorithm   Algorithm // PS256 (default) or RS256
+	Algorithm   Algorithm // PS256 or RS256 (config's assertion_algorithm)
 	SendX5C     bool      // send the chain (subject name + issuer auth)
 
 	// ClientSecret is a client secret value.
@@ -106,10 +98,12 @@ func (c Credential) kind() (string, error) {
 
 // Options configure a Source.
 type Options struct {
-	AuthorityHost string // default DefaultAuthorityHost; unused by a managed identity
-	TenantID      string // unused by a managed identity
+	// AuthorityHost, TenantID and Scope are the configuration's values
+	// (config.Config): the token package has no defaults of its own.
+	AuthorityHost string // required for an app; unused by a managed identity
+	TenantID      string // required for an app; unused by a managed identity
 	ClientID      string // the app's; a managed identity's is in Credential
-	Scope         string // default DefaultScope
+	Scope         string // required
 	Credential    Credential
 	// HTTPClient talks to Entra ID, or to the managed-identity endpoint.
 	// Nil: one with timeouts and the system roots (for a managed
@@ -229,10 +223,10 @@ func NewSource(opts Options) (*EntraSource, error) {
 		return nil, err
 	}
 	scope := opts.Scope
-	if scope == "" {
-		scope = DefaultScope
-	}
-	if !strings.HasSuffix(scope, "/.default") {
+	switch {
+	case scope == "":
+		return nil, errors.New("token: scope is required (config's scope setting)")
+	case !strings.HasSuffix(scope, "/.default"):
 		return nil, fmt.Errorf("token: scope %q must end in /.default (AADSTS1002012)", scope)
 	}
 	s := &EntraSource{
@@ -279,7 +273,7 @@ func (s *EntraSource) initApp(opts Options) error {
 	}
 	host := opts.AuthorityHost
 	if host == "" {
-		host = DefaultAuthorityHost
+		return errors.New("token: authority host is required (config's authority_host setting)")
 	}
 	hu, err := url.Parse(host)
 	if err != nil || hu.Scheme != "https" || hu.Host == "" {
@@ -297,6 +291,9 @@ func (s *EntraSource) initApp(opts Options) error {
 	if c := opts.Credential.Certificate; c != nil {
 		if c.key == nil {
 			return errors.New("token: certificate has no private key")
+		}
+		if a := opts.Credential.Algorithm; a != PS256 && a != RS256 {
+			return fmt.Errorf("token: assertion algorithm %q: use PS256 or RS256 (config's assertion_algorithm)", a)
 		}
 		s.cert, s.thumbprint = c, c.ThumbprintSHA1Hex()
 		s.warnExpiry(c)

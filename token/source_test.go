@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"software.sslmate.com/src/go-pkcs12"
 
+	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/config/secret"
 	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/token/entratest"
@@ -493,7 +494,7 @@ func TestMicrosoftAuthorityHostUsesDiscoveryOnSameHost(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	f.guard.rewrite = "login.microsoftonline.com"
-	s := f.source(t, f.certCred(t, 0), func(o *Options) { o.AuthorityHost = DefaultAuthorityHost })
+	s := f.source(t, f.certCred(t, 0), func(o *Options) { o.AuthorityHost = config.DefaultAuthorityHost })
 	if _, err := s.Token(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -523,6 +524,9 @@ func TestNewSourceValidates(t *testing.T) {
 		{TenantID: "t", ClientID: "c", Credential: cred, Scope: "https://outlook.office365.com/SMTP.Send"},
 	}
 	for i, o := range cases {
+		if o.Scope == "" {
+			o.Scope = config.DefaultScope // each case is wrong in one other way
+		}
 		if _, err := NewSource(o); err == nil {
 			t.Errorf("case %d accepted", i)
 		}

@@ -204,7 +204,7 @@ func Run(ctx context.Context, o Options) *Report {
 	}
 	o.defaults()
 	d := &doctor{o: o, cfg: o.Config}
-	d.ids = token.SetupIDs{TenantID: d.cfg.TenantID, ClientID: d.cfg.ClientID, AuthorityHost: d.authorityHost(), CertificatePath: d.cfg.CertificatePath}
+	d.ids = token.SetupIDs{TenantID: d.cfg.TenantID, ClientID: d.cfg.ClientID, AuthorityHost: d.cfg.AuthorityHost, CertificatePath: d.cfg.CertificatePath}
 	defer d.close()
 	d.checkConfig()
 	d.checkClock(ctx)
@@ -245,13 +245,6 @@ func (d *doctor) close() {
 	}
 }
 
-func (d *doctor) authorityHost() string {
-	if d.cfg.AuthorityHost != "" {
-		return d.cfg.AuthorityHost
-	}
-	return token.DefaultAuthorityHost
-}
-
 // --- 1. configuration and clock -------------------------------------------
 
 func (d *doctor) checkConfig() {
@@ -272,7 +265,7 @@ func (d *doctor) checkConfig() {
 	d.configOK = true
 	c.Status = OK
 	c.Message = fmt.Sprintf("tenant %s, client %s, %s credential, mailbox %s, upstream %s, authority %s",
-		cfg.TenantID, cfg.ClientID, cfg.Credential(), strings.Join(d.o.Mailboxes, ", "), cfg.Upstream, d.authorityHost())
+		cfg.TenantID, cfg.ClientID, cfg.Credential(), strings.Join(d.o.Mailboxes, ", "), cfg.Upstream, d.cfg.AuthorityHost)
 	if d.managedIdentity() {
 		c.Message = d.miConfigMessage()
 	}
@@ -295,7 +288,7 @@ func (d *doctor) checkClock(ctx context.Context) {
 		return
 	}
 	c := Check{Step: stepConfig, Name: "clock"}
-	u, err := url.JoinPath(d.authorityHost(), d.tenantOr("common"), "v2.0/.well-known/openid-configuration")
+	u, err := url.JoinPath(d.cfg.AuthorityHost, d.tenantOr("common"), "v2.0/.well-known/openid-configuration")
 	if err != nil {
 		c.Status, c.Message = Warn, "cannot build the authority URL: "+err.Error()
 		d.add(c)
@@ -534,7 +527,7 @@ func (d *doctor) checkToken(ctx context.Context) {
 				c.Fix = token.ManagedIdentityFix(err, *d.cred.ManagedIdentity)
 			}
 			if c.Fix == "" && ee.Code() == 0 {
-				c.Fix = "Check that this host reaches " + d.authorityHost() + " over HTTPS (proxy: HTTPS_PROXY; firewall; DNS), and that its certificate is trusted (SSL_CERT_FILE for a TLS-inspecting proxy's CA)."
+				c.Fix = "Check that this host reaches " + d.cfg.AuthorityHost + " over HTTPS (proxy: HTTPS_PROXY; firewall; DNS), and that its certificate is trusted (SSL_CERT_FILE for a TLS-inspecting proxy's CA)."
 			}
 			if ee.Code() != 0 {
 				c.Details = map[string]string{"aadsts": fmt.Sprint(ee.Code()), "oauth_error": ee.OAuthError}
@@ -580,7 +573,7 @@ func (d *doctor) checkClaims() {
 	var problems, fixes []string
 	if !contains(cl.Audience, wantAud) && !contains(cl.Audience, exchangeAppID) {
 		problems = append(problems, fmt.Sprintf("audience is %s, not Exchange Online (%s)", strings.Join(cl.Audience, ","), wantAud))
-		fixes = append(fixes, "Set O365RELAY_SCOPE to https://outlook.office365.com/.default (the default).")
+		fixes = append(fixes, "Set O365RELAY_SCOPE to "+config.DefaultScope+" (the default).")
 	}
 	if isGUID(d.cfg.TenantID) && !strings.EqualFold(cl.TenantID, d.cfg.TenantID) {
 		problems = append(problems, fmt.Sprintf("tenant is %s, not AZURE_TENANT_ID %s", cl.TenantID, d.cfg.TenantID))
@@ -616,7 +609,7 @@ func (d *doctor) consentFix() string {
 	if d.managedIdentity() {
 		return d.miRoleFix()
 	}
-	return "Entra ID → App registrations → " + d.cfg.ClientID + " → API permissions → Add a permission → APIs my organization uses → Office 365 Exchange Online → Application permissions → SMTP.SendAsApp, then Grant admin consent for the tenant (or open https://login.microsoftonline.com/" + d.cfg.TenantID + "/adminconsent?client_id=" + d.cfg.ClientID + ")."
+	return "Entra ID → App registrations → " + d.cfg.ClientID + " → API permissions → Add a permission → APIs my organization uses → Office 365 Exchange Online → Application permissions → SMTP.SendAsApp, then Grant admin consent for the tenant (or open " + config.DefaultAuthorityHost + d.cfg.TenantID + "/adminconsent?client_id=" + d.cfg.ClientID + ")."
 }
 
 func (d *doctor) rbacFix() string {
@@ -672,7 +665,7 @@ func (d *doctor) checkUpstream(ctx context.Context) {
 	})
 	if err != nil {
 		c.Status, c.Message = Fail, oneLine(err.Error())
-		c.Fix = "Set O365RELAY_UPSTREAM to smtp.office365.com:587."
+		c.Fix = "Set O365RELAY_UPSTREAM to " + config.DefaultUpstream + "."
 		d.add(c)
 		return
 	}

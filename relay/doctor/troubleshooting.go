@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/config/azurestep"
 	"github.com/o365relay/o365relay/token"
 )
@@ -67,9 +68,9 @@ func setupTroubles() []trouble {
 		{tok("AADSTS70021"), "no federated credential matches the service account token",
 			"issuer, subject `system:serviceaccount:<ns>:<sa>` and audience of the federated credential" + explained(70021)},
 		{tok("AADSTS70011") + " / `1002012`", "wrong scope (a setting of the relay, not an Azure step)",
-			"`O365RELAY_SCOPE=https://outlook.office365.com/.default`" + explained(70011, 1002012)},
+			"`O365RELAY_SCOPE=" + config.DefaultScope + "`" + explained(70011, 1002012)},
 		{tok("AADSTS500011"), "the scope's resource is not in the tenant: wrong scope, or Office 365 Exchange Online is missing",
-			"`O365RELAY_SCOPE=https://outlook.office365.com/.default`; Exchange Online must be licensed in the tenant" + explained(500011)},
+			"`O365RELAY_SCOPE=" + config.DefaultScope + "`; Exchange Online must be licensed in the tenant" + explained(500011)},
 		{tok("no managed identity endpoint answered"), "managed identity: not an Azure VM (IMDS answers only there), the Arc agent is not installed or not running, or a firewall blocks 169.254.169.254",
 			"a `curl -H Metadata:true` check of IMDS; `systemctl status himdsd` / `azcmagent connect` on Arc; otherwise a certificate"},
 		{tok("Identity not found") + " (IMDS, Arc) / `Unable to load the proper Managed Identity` (App Service)", "the system-assigned identity is off, or the user-assigned one named by `AZURE_CLIENT_ID` is not attached to this resource",

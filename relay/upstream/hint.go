@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/config/azurestep"
 	"github.com/o365relay/o365relay/relay/reply"
 )
@@ -38,7 +39,7 @@ func AuthHint(err error) string {
 	case re.Stage == reply.StageTLS && re.Code == 451 && re.Enhanced == [3]int{4, 7, 5}:
 		return "the TLS session with Exchange failed or its certificate is not trusted: a TLS-inspecting proxy or firewall on port 587 is the usual cause (exempt the upstream host, or add its CA to SSL_CERT_FILE)"
 	case re.Stage == reply.StageTLS && re.Enhanced == [3]int{5, 7, 10}:
-		return "the upstream does not offer STARTTLS: check O365RELAY_UPSTREAM (smtp.office365.com:587) and that no proxy answers in its place"
+		return "the upstream does not offer STARTTLS: check O365RELAY_UPSTREAM (" + config.DefaultUpstream + ") and that no proxy answers in its place"
 	}
 	return ""
 }
