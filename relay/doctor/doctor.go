@@ -447,7 +447,7 @@ func (d *doctor) checkCertificate() {
 		c.Message = fmt.Sprintf("certificate %s and its key match, valid until %s (%d days); %s", cert.Leaf.Subject, cert.NotAfter().UTC().Format("2006-01-02"), int(left.Hours()/24), thumbs)
 	}
 	if c.Status == OK {
-		if w := keyPermissionWarning(cfg.CertificatePath); w != "" {
+		if w := token.KeyFileWarning(cfg.CertificatePath); w != "" {
 			c.Status = Warn
 			c.Message += "; " + w
 			c.Fix = "chmod 600 " + cfg.CertificatePath + " (or 0440 with a dedicated group)"

@@ -26,16 +26,6 @@ func thumbprintSHA256Hex(c *token.Certificate) string {
 	return strings.ToUpper(hex.EncodeToString(sum[:]))
 }
 
-// keyPermissionWarning is the daemon's warning about a world-readable key
-// file (token.KeyFileExposed), as text.
-func keyPermissionWarning(path string) string {
-	mode, exposed := token.KeyFileExposed(path)
-	if !exposed {
-		return ""
-	}
-	return fmt.Sprintf("the private key file %s is world-readable (mode %s)", path, mode)
-}
-
 // federatedInfo reads a workload-identity token file and describes it from
 // its unverified claims (only Entra ID can verify it); an expired token is
 // an error (AADSTS700024 would follow).
