@@ -148,7 +148,7 @@ func authUsersSummary(users []AuthUser) string {
 }
 
 // checkListener makes the cross-setting checks of the listener's
-// exposure, TLS and AUTH (house rule 4: each names its key and the fix).
+// exposure, TLS and AUTH (docs/design.md#configuration-errors-name-the-key-and-the-fix: each names its key and the fix).
 func (c *Config) checkListener() []error {
 	var errs []error
 	tlsOn := c.ListenTLSCert != "" && c.ListenTLSKey != ""
@@ -189,8 +189,8 @@ func (c *Config) checkListener() []error {
 		}
 		// Whoever reaches the port sends as the mailbox. Loopback by
 		// default is safe; anything wider must be a decision someone
-		// wrote down (style.md: smtprelay's "empty allowed_nets means
-		// everyone" is the trap to avoid), or every client must
+		// wrote down (docs/design.md#who-may-relay: an empty list meaning
+		// "everyone" is decke/smtprelay's trap), or every client must
 		// authenticate.
 		errs = append(errs, c.errf(key, "%s is not a loopback address and the relay does not authenticate SMTP clients; also set allowed_networks (O365RELAY_ALLOWED_NETWORKS) to the networks of the clients that may relay, e.g. 10.244.0.0/16, or make clients authenticate: listen_tls_cert, listen_tls_key and auth_users (README, Listening beyond loopback)", addr))
 	}

@@ -1,7 +1,7 @@
 // Package config owns the relay's settings: their names in the YAML file, in
 // the environment and on the command line, their defaults, how each value is
 // parsed, and the checks that stop the daemon at start when one is wrong
-// (house rule 4: the message names the key and the fix).
+// (docs/design.md#configuration-errors-name-the-key-and-the-fix: the message names the key and the fix).
 //
 // Precedence is flags over environment over file over defaults, as
 // decke/smtprelay and most container tooling do it: a Kubernetes manifest or
@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/o365relay/o365relay/config/address"
+	"github.com/o365relay/o365relay/config/azurestep"
 	"github.com/o365relay/o365relay/config/secret"
 )
 
@@ -319,10 +320,10 @@ func (c *Config) CheckDaemon() error {
 	var errs []error
 	mi := c.Credential() == CredManagedIdentity
 	if c.TenantID == "" && !mi {
-		errs = append(errs, &Error{Key: "tenant_id", Where: "AZURE_TENANT_ID", Reason: "not set; use the Directory (tenant) ID from the app registration's Overview page (azure-setup step 1)"})
+		errs = append(errs, &Error{Key: "tenant_id", Where: "AZURE_TENANT_ID", Reason: "not set; use the Directory (tenant) ID from the app registration's Overview page (" + azurestep.RegisterApp.Named() + ")"})
 	}
 	if c.ClientID == "" && !mi {
-		errs = append(errs, &Error{Key: "client_id", Where: "AZURE_CLIENT_ID", Reason: "not set; use the Application (client) ID from the app registration's Overview page (azure-setup step 1)"})
+		errs = append(errs, &Error{Key: "client_id", Where: "AZURE_CLIENT_ID", Reason: "not set; use the Application (client) ID from the app registration's Overview page (" + azurestep.RegisterApp.Named() + ")"})
 	}
 	needDefault := len(c.Senders) == 0
 	for _, r := range c.Senders {
@@ -331,7 +332,7 @@ func (c *Config) CheckDaemon() error {
 		}
 	}
 	if c.Mailbox == "" && needDefault {
-		errs = append(errs, &Error{Key: "mailbox", Where: "O365RELAY_MAILBOX", Reason: "not set; name the mailbox the relay authenticates as (XOAUTH2 user=), the one granted with Add-MailboxPermission (azure-setup step 6)"})
+		errs = append(errs, &Error{Key: "mailbox", Where: "O365RELAY_MAILBOX", Reason: "not set; name the mailbox the relay authenticates as (XOAUTH2 user=), the one granted with Add-MailboxPermission (" + azurestep.AddMailboxPermission.String() + ")"})
 	}
 	if c.Credential() == "" {
 		errs = append(errs, &Error{Key: "client_certificate_path", Where: "AZURE_CLIENT_CERTIFICATE_PATH",
@@ -496,7 +497,7 @@ func parseMailbox(v string) (string, error) {
 func parseAuthority(v string) (string, error) {
 	u, err := url.Parse(v)
 	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return "", fmt.Errorf("%q must be an https URL such as https://login.microsoftonline.com/", v)
+		return "", fmt.Errorf("%q must be an https URL such as %s", v, DefaultAuthorityHost)
 	}
 	return v, nil
 }
@@ -504,7 +505,7 @@ func parseAuthority(v string) (string, error) {
 func parseTenant(v string) (string, error) {
 	switch strings.ToLower(v) {
 	case "common", "consumers", "organizations":
-		// AADSTS9001023 (exchange-online.md §1.3).
+		// AADSTS9001023 (docs/entra.md#the-token-request).
 		return "", fmt.Errorf("%q cannot be used with client credentials; use the Directory (tenant) ID from the app registration's Overview page", v)
 	}
 	if strings.ContainsAny(v, "/?# ") {
@@ -516,7 +517,7 @@ func parseTenant(v string) (string, error) {
 func parseScope(v string) (string, error) {
 	if !strings.HasSuffix(v, "/.default") {
 		// AADSTS1002012: client-credentials scopes end in /.default.
-		return "", fmt.Errorf("%q must end in /.default; Exchange Online SMTP needs https://outlook.office365.com/.default", v)
+		return "", fmt.Errorf("%q must end in /.default; Exchange Online SMTP needs %s", v, DefaultScope)
 	}
 	return v, nil
 }

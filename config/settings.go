@@ -10,6 +10,17 @@ import (
 	"github.com/o365relay/o365relay/config/secret"
 )
 
+// Defaults that other packages quote by name (in hints and fixes). Every
+// default is in Settings; these three are also constants so that no other
+// package keeps a copy.
+const (
+	DefaultUpstream      = "smtp.office365.com:587"
+	DefaultAuthorityHost = "https://login.microsoftonline.com/"
+	// DefaultScope is the only scope Exchange Online SMTP accepts in the
+	// global cloud (docs/entra.md#the-token-request).
+	DefaultScope = "https://outlook.office365.com/.default"
+)
+
 // Setting describes one configuration setting.
 type Setting struct {
 	Key     string // YAML key
@@ -190,7 +201,7 @@ func Settings() []Setting {
 			return parseHostPort(v)
 		}).as(typeHostPortOrEmpty))
 
-	add(Setting{Group: "Exchange Online", Key: "upstream", Env: "O365RELAY_UPSTREAM", Default: "smtp.office365.com:587",
+	add(Setting{Group: "Exchange Online", Key: "upstream", Env: "O365RELAY_UPSTREAM", Default: DefaultUpstream,
 		Doc: "Submission server (STARTTLS is required; its certificate is verified against the system roots, which SSL_CERT_FILE extends). GCC High: smtp.office365.us:587."},
 		str(func(c *Config) *string { return &c.Upstream }, parseHostPort).as(typeHostPort))
 	add(Setting{Group: "Exchange Online", Key: "mailbox", Env: "O365RELAY_MAILBOX", Default: "",
@@ -282,10 +293,10 @@ func Settings() []Setting {
 	add(Setting{Group: "Identity", Key: "client_secret", Env: "AZURE_CLIENT_SECRET", Default: "", Secret: true,
 		Doc: "A client secret, if no certificate can be used."},
 		sec(func(c *Config) *secret.Secret { return &c.ClientSecret }))
-	add(Setting{Group: "Identity", Key: "authority_host", Env: "AZURE_AUTHORITY_HOST", Default: "https://login.microsoftonline.com/",
+	add(Setting{Group: "Identity", Key: "authority_host", Env: "AZURE_AUTHORITY_HOST", Default: DefaultAuthorityHost,
 		Doc: "Entra ID endpoint; https://login.microsoftonline.us/ for US Government. Another host gets no instance discovery."},
 		str(func(c *Config) *string { return &c.AuthorityHost }, parseAuthority).as(typeURL))
-	add(Setting{Group: "Identity", Key: "scope", Env: "O365RELAY_SCOPE", Default: "https://outlook.office365.com/.default",
+	add(Setting{Group: "Identity", Key: "scope", Env: "O365RELAY_SCOPE", Default: DefaultScope,
 		Doc: "Token scope; Exchange Online SMTP accepts only this one (https://outlook.office365.us/.default for GCC High)."},
 		str(func(c *Config) *string { return &c.Scope }, parseScope).as(typeScope))
 	add(Setting{Group: "Identity", Key: "assertion_algorithm", Env: "O365RELAY_ASSERTION_ALGORITHM", Default: "PS256",

@@ -16,7 +16,7 @@ const module = "github.com/o365relay/o365relay"
 
 // leaves are the vocabulary and helper packages that import nothing from
 // the module except other leaves, and no SMTP library.
-var leaves = []string{"config/secret", "config/address", "config/tlstest", "config/waitfor", "relay/reply", "relay/envelope"}
+var leaves = []string{"config/secret", "config/address", "config/azurestep", "config/tlstest", "config/waitfor", "relay/reply", "relay/envelope"}
 
 // smtpSpeakers are the only packages under config/, token/ and relay/
 // that may import go-smtp: the listener, the Exchange client and the

@@ -17,7 +17,7 @@ type Algorithm string
 
 const (
 	// PS256 (RSASSA-PSS, SHA-256) with an x5t#S256 header is what Microsoft
-	// documents today and MSAL sends (exchange-online.md §1.1).
+	// documents today and MSAL sends (docs/entra.md#client-assertion).
 	PS256 Algorithm = "PS256"
 	// RS256 (PKCS #1 v1.5) with a SHA-1 x5t header is the older form Entra
 	// still accepts and ADFS requires.
@@ -25,7 +25,7 @@ const (
 )
 
 // assertionLifetime is exp−nbf. Microsoft: "keep it short - 5-10 minutes
-// after nbf at most" (certificate-credentials.md, exchange-online.md §1.2).
+// after nbf at most" (Microsoft's certificate credentials page, docs/entra.md#client-assertion).
 // The assertion is used at once, so five minutes only has to cover clock
 // skew between this host and Entra.
 const assertionLifetime = 5 * time.Minute
@@ -36,7 +36,7 @@ type AssertionParams struct {
 	// Audience is the token endpoint the assertion is sent to, exactly as
 	// MSAL passes it in AssertionRequestOptions.TokenEndpoint.
 	Audience  string
-	Algorithm Algorithm // default PS256
+	Algorithm Algorithm // PS256 or RS256; no default (config has it)
 	X5C       bool      // send the chain in x5c (subject name + issuer auth)
 	Now       time.Time
 }
@@ -69,7 +69,7 @@ func (c *Certificate) Assertion(p AssertionParams) (secret.Secret, error) {
 	}
 	var tok *jwt.Token
 	switch p.Algorithm {
-	case PS256, "":
+	case PS256:
 		tok = jwt.NewWithClaims(jwt.SigningMethodPS256, claims)
 		tok.Header["x5t#S256"] = c.ThumbprintSHA256()
 	case RS256:

@@ -77,7 +77,7 @@ func (c *Certificate) thumbprintSHA1() string {
 func (c *Certificate) NotBefore() time.Time { return c.Leaf.NotBefore }
 
 // NotAfter is when the leaf certificate expires; Entra ID refuses assertions
-// signed with an expired certificate (AADSTS700027, azure-setup.md step 3).
+// signed with an expired certificate (AADSTS700027, Azure step 3: docs/azure.md#step-3-upload-the-certificate).
 func (c *Certificate) NotAfter() time.Time { return c.Leaf.NotAfter }
 
 // String describes the certificate for logs: subject, SHA-1 thumbprint and
@@ -96,7 +96,7 @@ func (c *Certificate) String() string {
 //     certificate store and Azure Key Vault export it, opened with password.
 //
 // Only RSA keys are accepted: Entra ID certificate credentials are RSA only
-// (exchange-online.md §1.1). The key must belong to the leaf certificate.
+// (docs/entra.md#client-assertion). The key must belong to the leaf certificate.
 // Errors name the file and what was found; they never contain key bytes or
 // the password.
 func LoadCertificate(path string, password secret.Secret) (*Certificate, error) {

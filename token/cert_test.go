@@ -241,7 +241,7 @@ func TestAssertionHeadersAndClaims(t *testing.T) {
 		thumbHeader, noneHeader string
 		thumb                   []byte
 	}{
-		{"", false, jwt.SigningMethodPS256, "x5t#S256", "x5t", s256[:]},
+		{PS256, false, jwt.SigningMethodPS256, "x5t#S256", "x5t", s256[:]},
 		{PS256, true, jwt.SigningMethodPS256, "x5t#S256", "x5t", s256[:]},
 		{RS256, false, jwt.SigningMethodRS256, "x5t", "x5t#S256", s1[:]},
 	}

@@ -10,8 +10,9 @@ import (
 )
 
 // Claims is what an access token says about itself, for `o365relay doctor`
-// to show the user (azure-setup.md: a missing SMTP.SendAsApp role means
-// step 2 was skipped — or App RBAC is used, so it is a warning, not fatal).
+// to show the user (docs/azure.md#rbac-for-applications: a missing
+// SMTP.SendAsApp role means azurestep.SendAsAppConsent was skipped — or
+// App RBAC is used, so it is a warning, not fatal).
 type Claims struct {
 	Audience []string // "https://outlook.office365.com" for SMTP
 	Issuer   string   // "https://sts.windows.net/<tenant>/"

@@ -12,6 +12,9 @@ import (
 	"strings"
 
 	msalerrors "github.com/AzureAD/microsoft-authentication-library-for-go/apps/errors"
+
+	"github.com/o365relay/o365relay/config"
+	"github.com/o365relay/o365relay/config/azurestep"
 )
 
 // EntraError is a failed token request, explained. It is built from MSAL's
@@ -30,7 +33,7 @@ type EntraError struct {
 	// Trace ID / Correlation ID / Timestamp lines, or what went wrong when
 	// there was no answer.
 	Description string
-	// Hint is what to do, pointing at the azure-setup.md step.
+	// Hint is what to do, naming the Azure step (docs/azure.md#aadsts-codes).
 	Hint string
 	// cause is a sentinel for errors.Is (ErrNoManagedIdentityEndpoint …),
 	// or nil.
@@ -84,7 +87,7 @@ func shorten(s string) string {
 }
 
 // transientCodes are AADSTS codes documented as retryable
-// (reference-error-codes.md, exchange-online.md §3) plus throttling.
+// (Microsoft's error codes page; docs/entra.md#error-responses) plus throttling.
 var transientCodes = map[int]bool{50033: true, 90006: true, 90024: true, 90090: true, 90033: true, 50196: true, 90055: true}
 
 // Temporary tells an outage (retry, keep using the held token) from a
@@ -104,55 +107,59 @@ func (e *EntraError) Temporary() bool {
 	return false
 }
 
-// explanation is one row of the AADSTS → azure-setup.md table.
+// explanation is one row of the AADSTS table (docs/azure.md#aadsts-codes).
 type explanation struct {
-	step int
+	step azurestep.Step // 0: not an Azure step (a setting of the relay, or an outage)
 	hint string
 }
 
-// explanations map AADSTS codes to the azure-setup.md step a user must
-// revisit (0: not a setup problem). Codes: exchange-online.md §3.
+// explanations map AADSTS codes to the Azure step a user must revisit and
+// a hint. Codes: docs/azure.md#aadsts-codes. A scope or authority host
+// Entra refuses is a setting of the relay (scope, authority_host), not a
+// step: the relay derives the token endpoint from the tenant and the
+// authority host itself.
 var explanations = map[int]explanation{
-	700016:  {1, "wrong client ID or tenant: the client ID is not an app in this tenant; copy Application (client) ID and Directory (tenant) ID from the app's Overview page"},
-	90002:   {1, "tenant not found: check the Directory (tenant) ID and that the authority host is the app's cloud"},
-	9001023: {1, "use the Directory (tenant) ID, not common/consumers/organizations, as the tenant"},
-	7000112: {1, "the application is disabled in the tenant (Enterprise applications → Properties → Enabled for users to sign-in)"},
-	1000031: {1, "the application cannot be accessed at this time; ask the tenant administrator"},
-	700027:  {3, "the certificate is not registered on the app (Certificates & secrets → Upload certificate), is a different one, has expired, or was uploaded less than ~2 minutes ago (wait 2 minutes after uploading)"},
-	700024:  {3, "the client assertion is outside its valid time range: this host's clock is off (check NTP), or (workload identity) the projected token file is stale or expired"},
-	50012:   {3, "authentication failed: the assertion's signature, certificate or audience is wrong — the audience must be this tenant's v2.0 token endpoint (step 7)"},
-	700030:  {3, "subject name/issuer authentication: the certificate's subject is not authorized for the app"},
-	50048:   {3, "the client assertion's sub does not equal its iss (both must be the client ID)"},
-	700021:  {3, "the client assertion's iss/sub is not the client ID sent in the request"},
-	7000215: {3, "invalid client secret: use the secret's Value, not its Secret ID (Certificates & secrets → Client secrets)"},
-	7000222: {3, "the client secret has expired: create a new one under Certificates & secrets"},
-	7000218: {3, "no credential was sent: configure a certificate, a client secret or a federated token file"},
-	70021:   {3, "no federated identity credential matches the presented token's issuer/subject/audience (Certificates & secrets → Federated credentials)"},
-	5002738: {3, "the assertion's signature algorithm is not supported: Entra ID accepts RSA (RS256/PS256) only"},
-	50027:   {3, "the client assertion is not a valid JWT (malformed, missing exp or jti, or replayed)"},
-	500011:  {2, "the resource principal was not found: the scope must be https://outlook.office365.com/.default (for this cloud) and Office 365 Exchange Online must exist in the tenant"},
-	70011:   {7, "invalid scope: use https://outlook.office365.com/.default"},
-	1002012: {7, "client-credential scopes must end in /.default: use https://outlook.office365.com/.default"},
-	50049:   {7, "unknown authority instance: check the authority host for the app's cloud"},
+	700016:  {azurestep.RegisterApp, "wrong client ID or tenant: the client ID is not an app in this tenant; copy Application (client) ID and Directory (tenant) ID from the app's Overview page"},
+	90002:   {azurestep.RegisterApp, "tenant not found: check the Directory (tenant) ID and that the authority host is the app's cloud"},
+	9001023: {azurestep.RegisterApp, "use the Directory (tenant) ID, not common/consumers/organizations, as the tenant"},
+	7000112: {azurestep.RegisterApp, "the application is disabled in the tenant (Enterprise applications → Properties → Enabled for users to sign-in)"},
+	1000031: {azurestep.RegisterApp, "the application cannot be accessed at this time; ask the tenant administrator"},
+	700027:  {azurestep.Credential, "the certificate is not registered on the app (Certificates & secrets → Upload certificate), is a different one, has expired, or was uploaded less than ~2 minutes ago (wait 2 minutes after uploading)"},
+	700024:  {azurestep.Credential, "the client assertion is outside its valid time range: this host's clock is off (check NTP), or (workload identity) the projected token file is stale or expired"},
+	50012:   {azurestep.Credential, "authentication failed: the assertion's signature, certificate or audience is wrong — the audience is the token endpoint the relay derives from AZURE_TENANT_ID and AZURE_AUTHORITY_HOST, so check both"},
+	700030:  {azurestep.Credential, "subject name/issuer authentication: the certificate's subject is not authorized for the app"},
+	50048:   {azurestep.Credential, "the client assertion's sub does not equal its iss (both must be the client ID)"},
+	700021:  {azurestep.Credential, "the client assertion's iss/sub is not the client ID sent in the request"},
+	7000215: {azurestep.Credential, "invalid client secret: use the secret's Value, not its Secret ID (Certificates & secrets → Client secrets)"},
+	7000222: {azurestep.Credential, "the client secret has expired: create a new one under Certificates & secrets"},
+	7000218: {azurestep.Credential, "no credential was sent: configure a certificate, a client secret or a federated token file"},
+	70021:   {azurestep.Credential, "no federated identity credential matches the presented token's issuer/subject/audience (Certificates & secrets → Federated credentials)"},
+	5002738: {azurestep.Credential, "the assertion's signature algorithm is not supported: Entra ID accepts RSA (RS256/PS256) only"},
+	50027:   {azurestep.Credential, "the client assertion is not a valid JWT (malformed, missing exp or jti, or replayed)"},
+	500011:  {azurestep.SendAsAppConsent, "the resource principal was not found: the scope must be " + config.DefaultScope + " (or your cloud's) and Office 365 Exchange Online must exist in the tenant"},
+	70011:   {0, "invalid scope: set O365RELAY_SCOPE to " + config.DefaultScope},
+	1002012: {0, "client-credential scopes must end in /.default: set O365RELAY_SCOPE to " + config.DefaultScope},
+	50049:   {0, "unknown authority instance: set AZURE_AUTHORITY_HOST to the app's cloud"},
 	50196:   {0, "Entra ID detected a request loop (too many identical requests); the relay backs off and caches tokens"},
 	90055:   {0, "Entra ID is throttling this tenant; the relay backs off and retries"},
 }
 
-// Explain maps an AADSTS code to the azure-setup.md step to revisit and a
-// hint in the user's terms. step 0 means "not a setup problem"; unknown
-// codes give (0, "").
-func Explain(code int) (step int, hint string) {
+// Explain maps an AADSTS code to the Azure step to revisit
+// (docs/azure.md#aadsts-codes) and a hint in the user's terms, which ends
+// by naming that step. Step 0 means the code is not an Azure step (a
+// setting of the relay, or Entra's own trouble); unknown codes give (0, "").
+func Explain(code int) (step azurestep.Step, hint string) {
 	e, ok := explanations[code]
 	if !ok {
 		return 0, ""
 	}
 	if e.step > 0 {
-		return e.step, e.hint + fmt.Sprintf(" (azure-setup step %d)", e.step)
+		return e.step, e.hint + " (" + e.step.Named() + ")"
 	}
 	return 0, e.hint
 }
 
-// entraBody is Entra's error JSON (exchange-online.md §1.5).
+// entraBody is Entra's error JSON (docs/entra.md#error-responses).
 type entraBody struct {
 	Error       string `json:"error"`
 	Description string `json:"error_description"`
@@ -283,11 +290,11 @@ func Fix(code int, ids SetupIDs) string {
 	case 7000218:
 		return "Configure one credential: AZURE_CLIENT_CERTIFICATE_PATH (recommended), AZURE_FEDERATED_TOKEN_FILE or AZURE_CLIENT_SECRET."
 	case 500011, 70011, 1002012:
-		return "Set O365RELAY_SCOPE to https://outlook.office365.com/.default (the default; https://outlook.office365.us/.default for GCC High); a Graph scope gives a token Exchange SMTP refuses."
+		return "Set O365RELAY_SCOPE to " + config.DefaultScope + " (the default; https://outlook.office365.us/.default for GCC High); a Graph scope gives a token Exchange SMTP refuses."
 	case 7000112, 1000031:
 		return "Entra ID → Enterprise applications → the app " + ids.ClientID + " → Properties: set Enabled for users to sign-in to Yes, or ask the tenant administrator why the app is blocked."
 	case 50012, 50048, 700021, 5002738, 50027, 700030:
-		return "The client assertion was refused; with a certificate credential the relay builds it itself (PS256, x5t#S256), so check that AZURE_AUTHORITY_HOST is " + DefaultAuthorityHost + " (or your cloud's) and that the tenant is right; with workload identity, check the projected token."
+		return "The client assertion was refused; with a certificate credential the relay builds it itself (PS256, x5t#S256), so check that AZURE_AUTHORITY_HOST is " + config.DefaultAuthorityHost + " (or your cloud's) and that the tenant is right; with workload identity, check the projected token."
 	}
 	return ""
 }

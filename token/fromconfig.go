@@ -48,13 +48,28 @@ func KeyFileExposed(path string) (mode fs.FileMode, exposed bool) {
 	return fi.Mode().Perm(), fi.Mode().Perm()&0o004 != 0
 }
 
+// KeyFileWarning is KeyFileExposed's finding as one line of text, "" when
+// the key file is not exposed: for the doctor and `o365relay config check`,
+// which print what the daemon logs.
+func KeyFileWarning(path string) string {
+	mode, exposed := KeyFileExposed(path)
+	if !exposed {
+		return ""
+	}
+	return fmt.Sprintf("the private key file %s is world-readable (mode %s)", path, mode)
+}
+
+// KeyFileFix is what to do about an exposed key file.
+const KeyFileFix = "chmod 600 it (or 0440 with a dedicated group)"
+
 // WarnKeyPermissions logs a warning when KeyFileExposed finds the key file
-// readable by every user; log may be nil.
+// readable by every user; log may be nil (a command that prints instead
+// uses KeyFileWarning).
 func WarnKeyPermissions(path string, log *zap.Logger) {
 	mode, exposed := KeyFileExposed(path)
 	if !exposed || log == nil {
 		return
 	}
-	log.Warn("the certificate's private key file is world-readable; chmod 600 it (or 0440 with a dedicated group)",
+	log.Warn("the certificate's private key file is world-readable; "+KeyFileFix,
 		zap.String("path", path), zap.String("mode", mode.String()))
 }

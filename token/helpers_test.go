@@ -162,11 +162,15 @@ func (f *fixture) source(t testing.TB, cred Credential, mod ...func(*Options)) *
 		AuthorityHost: f.srv.URL(),
 		TenantID:      f.srv.Tenant(),
 		ClientID:      testClientID,
+		Scope:         entratest.Scope,
 		Credential:    cred,
 		HTTPClient:    f.client,
 	}
 	for _, m := range mod {
 		m(&o)
+	}
+	if o.Credential.Certificate != nil && o.Credential.Algorithm == "" {
+		o.Credential.Algorithm = PS256 // the configuration's default
 	}
 	s, err := NewSource(o)
 	if err != nil {

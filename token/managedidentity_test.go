@@ -65,7 +65,7 @@ func newMIFixture(t *testing.T, src mitest.Source, mod ...func(*mitest.Options))
 
 func (f *miFixture) source(t *testing.T, m ManagedIdentity, mod ...func(*Options)) *EntraSource {
 	t.Helper()
-	o := Options{Credential: Credential{ManagedIdentity: &m}, HTTPClient: f.mi.Client()}
+	o := Options{Credential: Credential{ManagedIdentity: &m}, Scope: entratest.Scope, HTTPClient: f.mi.Client()}
 	for _, fn := range mod {
 		fn(&o)
 	}
@@ -279,7 +279,11 @@ func TestManagedIdentityFailuresExplained(t *testing.T) {
 				k, v, _ := strings.Cut(kv, "=")
 				t.Setenv(k, v)
 			}
-			s := f.source(t, tc.m, func(o *Options) { o.Scope = tc.scope })
+			s := f.source(t, tc.m, func(o *Options) {
+				if tc.scope != "" {
+					o.Scope = tc.scope
+				}
+			})
 			_, err := s.Token(ctxT(t))
 			ee := entraErr(t, err)
 			if tc.is != nil && !errors.Is(err, tc.is) {
@@ -303,10 +307,10 @@ func TestManagedIdentityFailuresExplained(t *testing.T) {
 // A managed identity cannot be combined with another credential, and a
 // user-assigned one is named one way only.
 func TestManagedIdentityCredentialValidation(t *testing.T) {
-	if _, err := NewSource(Options{Credential: Credential{ManagedIdentity: &ManagedIdentity{}, ClientSecret: "x"}}); err == nil || !strings.Contains(err.Error(), "2 set") {
+	if _, err := NewSource(Options{Scope: entratest.Scope, Credential: Credential{ManagedIdentity: &ManagedIdentity{}, ClientSecret: "x"}}); err == nil || !strings.Contains(err.Error(), "2 set") {
 		t.Errorf("managed identity + secret: %v", err)
 	}
-	if _, err := NewSource(Options{Credential: Credential{ManagedIdentity: &ManagedIdentity{ClientID: "a", ResourceID: "/b"}}}); err == nil || !strings.Contains(err.Error(), "not both") {
+	if _, err := NewSource(Options{Scope: entratest.Scope, Credential: Credential{ManagedIdentity: &ManagedIdentity{ClientID: "a", ResourceID: "/b"}}}); err == nil || !strings.Contains(err.Error(), "not both") {
 		t.Errorf("client ID + resource ID: %v", err)
 	}
 }

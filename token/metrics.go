@@ -2,7 +2,7 @@ package token
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Metrics (house rule 6). Labels carry outcomes and AADSTS codes, never
+// Metrics (docs/design.md#metrics). Labels carry outcomes and AADSTS codes, never
 // tokens, client IDs or tenant IDs.
 var (
 	requestsTotal = prometheus.NewCounterVec(prometheus.CounterOpts{

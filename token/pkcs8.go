@@ -17,7 +17,7 @@ import (
 // (RFC 8018 §6.2): what `openssl pkcs8 -topk8 -v2 aes-256-cbc` and
 // `openssl genpkey -aes256` write. The standard library has no decoder for
 // it (x509 only has the legacy, insecure DEK-Info form), MSAL's CertFromPEM
-// ignores these blocks (exchange-online.md §4.1), so this is the small subset
+// ignores these blocks (docs/entra.md#credentials), so this is the small subset
 // real tools produce: PBKDF2 (RFC 8018 §5.2) with HMAC-SHA1 or HMAC-SHA256,
 // and AES-128/192/256-CBC (RFC 8018 §B.2.5 lists the AES-CBC-Pad schemes).
 

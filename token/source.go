@@ -22,14 +22,6 @@ import (
 	"github.com/o365relay/o365relay/config/secret"
 )
 
-// Defaults.
-const (
-	DefaultAuthorityHost = "https://login.microsoftonline.com/"
-	// DefaultScope is the only scope Exchange Online SMTP accepts
-	// (exchange-online.md §1.3).
-	DefaultScope = "https://outlook.office365.com/.default"
-)
-
 // Timing. See Source for the rules they implement.
 const (
 	requestTimeout = 30 * time.Second // per token request, including discovery
@@ -47,7 +39,7 @@ const (
 // microsoftHosts are Entra ID's public and sovereign-cloud hosts (MSAL's
 // aadTrustedHostList, authority.go). Only for these is MSAL's instance
 // discovery left on; it then queries the same host. For any other host it
-// would query login.microsoftonline.com (exchange-online.md §4.4), which a
+// would query login.microsoftonline.com (docs/entra.md#endpoint-discovery), which a
 // private or test authority must never cause.
 var microsoftHosts = map[string]bool{
 	"login.microsoftonline.com":        true,
@@ -65,16 +57,16 @@ var microsoftHosts = map[string]bool{
 // Credential is how the app proves its identity. Set exactly one of
 // Certificate, ClientSecret, FederatedTokenFile and ManagedIdentity.
 type Credential struct {
-	// Certificate signs a client assertion (exchange-online.md §1.1–1.2).
+	// Certificate signs a client assertion (docs/entra.md#client-assertion).
 	Certificate *Certificate
-	Algorithm   Algorithm // PS256 (default) or RS256
+	Algorithm   Algorithm // PS256 or RS256 (config's assertion_algorithm)
 	SendX5C     bool      // send the chain (subject name + issuer auth)
 
 	// ClientSecret is a client secret value.
 	ClientSecret secret.Secret
 
 	// FederatedTokenFile is a workload-identity token file
-	// (AZURE_FEDERATED_TOKEN_FILE, exchange-online.md §6). It is re-read for
+	// (AZURE_FEDERATED_TOKEN_FILE, docs/entra.md#workload-identity). It is re-read for
 	// every token request because the kubelet rotates it.
 	FederatedTokenFile string
 
@@ -106,10 +98,12 @@ func (c Credential) kind() (string, error) {
 
 // Options configure a Source.
 type Options struct {
-	AuthorityHost string // default DefaultAuthorityHost; unused by a managed identity
-	TenantID      string // unused by a managed identity
+	// AuthorityHost, TenantID and Scope are the configuration's values
+	// (config.Config): the token package has no defaults of its own.
+	AuthorityHost string // required for an app; unused by a managed identity
+	TenantID      string // required for an app; unused by a managed identity
 	ClientID      string // the app's; a managed identity's is in Credential
-	Scope         string // default DefaultScope
+	Scope         string // required
 	Credential    Credential
 	// HTTPClient talks to Entra ID, or to the managed-identity endpoint.
 	// Nil: one with timeouts and the system roots (for a managed
@@ -137,8 +131,8 @@ type Status struct {
 // confidential client.
 //
 // Caching. MSAL keeps its own in-memory token cache and refetches only when
-// fewer than 5 minutes remain or refresh_in has passed (exchange-online.md
-// §4.5); it has no single flight. The Source keeps the authoritative cache
+// fewer than 5 minutes remain or refresh_in has passed
+// (docs/entra.md#refresh-and-caching); it has no single flight. The Source keeps the authoritative cache
 // itself and gives MSAL a cache accessor (WithCache) whose Replace loads an
 // empty cache before every read and write, so every AcquireTokenByCredential
 // is a real token request. That is robust because it uses MSAL's documented
@@ -229,10 +223,10 @@ func NewSource(opts Options) (*EntraSource, error) {
 		return nil, err
 	}
 	scope := opts.Scope
-	if scope == "" {
-		scope = DefaultScope
-	}
-	if !strings.HasSuffix(scope, "/.default") {
+	switch {
+	case scope == "":
+		return nil, errors.New("token: scope is required (config's scope setting)")
+	case !strings.HasSuffix(scope, "/.default"):
 		return nil, fmt.Errorf("token: scope %q must end in /.default (AADSTS1002012)", scope)
 	}
 	s := &EntraSource{
@@ -279,7 +273,7 @@ func (s *EntraSource) initApp(opts Options) error {
 	}
 	host := opts.AuthorityHost
 	if host == "" {
-		host = DefaultAuthorityHost
+		return errors.New("token: authority host is required (config's authority_host setting)")
 	}
 	hu, err := url.Parse(host)
 	if err != nil || hu.Scheme != "https" || hu.Host == "" {
@@ -297,6 +291,9 @@ func (s *EntraSource) initApp(opts Options) error {
 	if c := opts.Credential.Certificate; c != nil {
 		if c.key == nil {
 			return errors.New("token: certificate has no private key")
+		}
+		if a := opts.Credential.Algorithm; a != PS256 && a != RS256 {
+			return fmt.Errorf("token: assertion algorithm %q: use PS256 or RS256 (config's assertion_algorithm)", a)
 		}
 		s.cert, s.thumbprint = c, c.ThumbprintSHA1Hex()
 		s.warnExpiry(c)
@@ -336,7 +333,7 @@ func (s *EntraSource) newClient(cred confidential.Credential) (confidential.Clie
 }
 
 // expiryWarning is how long before its end a certificate is reported as
-// expiring: Entra refuses an expired one (AADSTS700027, azure-setup step 3),
+// expiring: Entra refuses an expired one (AADSTS700027, azurestep.Credential),
 // and a month leaves time to upload and roll out its successor.
 const expiryWarning = 30 * 24 * time.Hour
 

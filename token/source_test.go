@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"software.sslmate.com/src/go-pkcs12"
 
+	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/config/secret"
 	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/token/entratest"
@@ -173,7 +174,7 @@ func TestConfigurationErrorsAreExplained(t *testing.T) {
 		{"unregistered certificate", func(f *fixture, o *Options) { o.Credential = f.certCred(t, 1) }, 700027,
 			[]string{"AADSTS700027: ", "not registered on the app (Certificates & secrets → Upload certificate)", "uploaded less than ~2 minutes ago", "thumbprint"}},
 		{"unknown client", func(_ *fixture, o *Options) { o.ClientID = "00000000-dead-beef-0000-000000000000" }, 700016,
-			[]string{"AADSTS700016: Application with identifier", "Application (client) ID", "azure-setup step 1"}},
+			[]string{"AADSTS700016: Application with identifier", "Application (client) ID", "Azure step 1: register the app"}},
 		{"unknown tenant", func(_ *fixture, o *Options) { o.TenantID = "contoso.example" }, 90002,
 			[]string{"AADSTS90002: Tenant 'contoso.example' not found", "Directory (tenant) ID"}},
 		{"wrong secret", func(_ *fixture, o *Options) { o.Credential = Credential{ClientSecret: "wrong-secret-value"} }, 7000215,
@@ -404,7 +405,7 @@ func TestMicrosoftAuthorityHostUsesDiscoveryOnSameHost(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	f.guard.rewrite = "login.microsoftonline.com"
-	s := f.source(t, f.certCred(t, 0), func(o *Options) { o.AuthorityHost = DefaultAuthorityHost })
+	s := f.source(t, f.certCred(t, 0), func(o *Options) { o.AuthorityHost = config.DefaultAuthorityHost })
 	if _, err := s.Token(ctxT(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -434,6 +435,9 @@ func TestNewSourceValidates(t *testing.T) {
 		{TenantID: "t", ClientID: "c", Credential: cred, Scope: "https://outlook.office365.com/SMTP.Send"},
 	}
 	for i, o := range cases {
+		if o.Scope == "" {
+			o.Scope = config.DefaultScope // each case is wrong in one other way
+		}
 		if _, err := NewSource(o); err == nil {
 			t.Errorf("case %d accepted", i)
 		}

@@ -120,6 +120,13 @@ func checkConfig(stdout, stderr io.Writer, cfg *config.Config) int {
 		fmt.Fprintln(stderr, "o365relay:", err)
 		return 1
 	}
+	// What serve would log at start about the key file (config check has
+	// no logger, so CredentialFromConfig above says nothing).
+	if cfg.Credential() == "certificate" {
+		if w := token.KeyFileWarning(cfg.CertificatePath); w != "" {
+			fmt.Fprintf(stderr, "o365relay: warning: %s; %s\n", w, token.KeyFileFix)
+		}
+	}
 	fmt.Fprintf(stdout, "configuration OK: %s credential, mailbox %s, listen %s, spool %s\n",
 		cfg.Credential(), cmp.Or(cfg.Mailbox, "(per sender rule)"), cfg.Listen, cfg.SpoolDir)
 	fmt.Fprintln(stdout, "Next: o365relay doctor (checks Entra ID and Exchange Online with this configuration).")

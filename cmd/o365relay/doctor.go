@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/o365relay/o365relay/config/azurestep"
 	"github.com/o365relay/o365relay/relay/doctor"
 )
 
@@ -95,15 +96,11 @@ func printReport(w io.Writer, rep *doctor.Report) {
 	}
 }
 
-// azureSteps reads "Azure step 3" or "Azure steps 2, 5, 6": the numbers of
-// README.md "In Azure".
+// azureSteps reads "Azure step 3" or "Azure steps 2, 5, 6" (config/azurestep).
 func azureSteps(steps []int) string {
-	s := make([]string, len(steps))
+	s := make([]azurestep.Step, len(steps))
 	for i, n := range steps {
-		s[i] = fmt.Sprint(n)
+		s[i] = azurestep.Step(n)
 	}
-	if len(s) == 1 {
-		return "Azure step " + s[0]
-	}
-	return "Azure steps " + strings.Join(s, ", ")
+	return azurestep.List(s...)
 }

@@ -30,7 +30,8 @@ import (
 //
 // Where the relay listens: O365RELAY_LISTEN in the environment, else in the
 // systemd env file /etc/o365relay/o365relay.env when this user can read it,
-// else in the YAML file given with -C, else the default 127.0.0.1:2525.
+// else in the YAML file given with -C, else the listen setting's default
+// (config's).
 
 const (
 	sendmailEnvFile   = "/etc/o365relay/o365relay.env"
@@ -139,14 +140,12 @@ func submit(o sendmailOpts, stdin io.Reader, stderr io.Writer) error {
 
 // sendmailTarget finds the relay's listen address and mailbox setting.
 func sendmailTarget(configFile string) (listen, mailbox string, err error) {
-	listen, mailbox = "127.0.0.1:2525", ""
-	if configFile != "" {
-		cfg, err := config.Load(config.Input{File: configFile})
-		if err != nil {
-			return "", "", fmt.Errorf("-C %s: %v", configFile, err)
-		}
-		listen, mailbox = cfg.Listen, cfg.Mailbox
+	// Without -C this is config's defaults: the daemon's own.
+	cfg, err := config.Load(config.Input{File: configFile})
+	if err != nil {
+		return "", "", fmt.Errorf("-C %s: %v", configFile, err)
 	}
+	listen, mailbox = cfg.Listen, cfg.Mailbox
 	if env, err := readEnvFile(sendmailEnvFile); err == nil {
 		for _, kv := range env {
 			k, v, _ := strings.Cut(kv, "=")

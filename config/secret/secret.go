@@ -3,7 +3,7 @@
 // Tokens, client assertions, client secrets, certificate passwords and
 // XOAUTH2 payloads are held as Secret so that an accidental %v, %s, %q, %#v,
 // zap.Any or json.Marshal of a struct that contains one prints a placeholder
-// instead of the value (house rule 2: secrets never leave their box). The only
+// instead of the value (docs/design.md#secrets-never-leave-their-box). The only
 // way to get the value is Reveal, which makes each use greppable.
 package secret
 

@@ -1,3 +1,8 @@
+// Package azuresetup owns the tenant side of an installation: the
+// PowerShell script that performs the seven Azure steps (numbered and
+// titled by config/azurestep, the table the hints, the doctor and the
+// README use; docs/azure.md explains each), and the certificate the app
+// registration authenticates with (docs/install.md, The Azure side).
 package azuresetup
 
 import (
@@ -6,7 +11,10 @@ import (
 	"fmt"
 	"net/mail"
 	"regexp"
+	"strconv"
 	"strings"
+
+	"github.com/o365relay/o365relay/config/azurestep"
 )
 
 // ExchangeAppID is the appId of the Office 365 Exchange Online service
@@ -155,19 +163,34 @@ $CertThumbprint = %s   # SHA-1, as the portal lists it
 $UseRbac        = $%t
 `, variant, psQuote(o.TenantID), psQuote(o.ClientID), psQuote(o.ManagedIdentity), psQuote(o.AppName), strings.Join(mbx, ", "),
 		psQuote(certB64), psQuote(thumb), o.RBAC)
-	b.WriteString(scriptBody)
+	b.WriteString(fixedBody())
 	return b.String(), nil
 }
 
+// fixedBody is scriptBody with its markers filled in.
+func fixedBody() string { return steps().Replace(scriptBody) }
+
+// steps fills scriptBody's markers from config/azurestep: "@@STEP n@@"
+// becomes the step's announcement (Step n 'Title'), "@@STEPS@@" their
+// count and "@@N AddMailboxPermission@@" that step's number.
+func steps() *strings.Replacer {
+	all := azurestep.All()
+	r := []string{"@@STEPS@@", strconv.Itoa(len(all)), "@@N AddMailboxPermission@@", strconv.Itoa(int(azurestep.AddMailboxPermission))}
+	for _, st := range all {
+		r = append(r, fmt.Sprintf("@@STEP %d@@", st.Step), fmt.Sprintf("Step %d %s", st.Step, psQuote(st.Title)))
+	}
+	return strings.NewReplacer(r...)
+}
+
 // scriptBody is the fixed part: it reads only the variables above. Steps
-// are numbered as Steps() numbers them.
+// are numbered and titled from config/azurestep (func steps).
 const scriptBody = `# ----------------------------------------------------------------------------
 
 $ExchangeAppId = '` + ExchangeAppID + `'   # Office 365 Exchange Online, in every tenant
 $RoleValue     = '` + RoleSendAsApp + `'
 $ScopeName     = "$AppName mailboxes"
 
-function Step([int]$N, [string]$Text) { Write-Host ''; Write-Host ("[{0}/7] {1}" -f $N, $Text) -ForegroundColor Cyan }
+function Step([int]$N, [string]$Text) { Write-Host ''; Write-Host ("[{0}/@@STEPS@@] {1}" -f $N, $Text) -ForegroundColor Cyan }
 function Did([string]$Text) { Write-Host "      changed: $Text" -ForegroundColor Yellow }
 function Ok([string]$Text) { Write-Host "      ok: $Text" -ForegroundColor Green }
 function OData([string]$Value) { "'" + ($Value -replace "'", "''") + "'" }
@@ -181,7 +204,7 @@ foreach ($module in 'Microsoft.Graph.Applications', 'Microsoft.Graph.Identity.Si
 Connect-MgGraph -TenantId $TenantId -NoWelcome -Scopes 'Application.ReadWrite.All', 'AppRoleAssignment.ReadWrite.All', 'Policy.Read.All'
 
 # ---- 1. The app registration and its Enterprise application ----------------
-Step 1 'App registration'
+@@STEP 1@@
 if ($IdentityObjectId) {
     $sp = Get-MgServicePrincipal -ServicePrincipalId $IdentityObjectId -ErrorAction SilentlyContinue
     if (-not $sp -or $sp.ServicePrincipalType -ne 'ManagedIdentity') { throw "$IdentityObjectId is not the object ID of a managed identity in tenant $TenantId." }
@@ -214,13 +237,13 @@ if (-not $IdentityObjectId) {
 $AppId = $sp.AppId
 
 # ---- 2. SMTP.SendAsApp with admin consent ----------------------------------
-Step 2 'Application permission SMTP.SendAsApp and admin consent'
+@@STEP 2@@
 $exo = Get-MgServicePrincipal -Filter ('appId eq ' + (OData $ExchangeAppId))
 if (-not $exo) { throw 'Office 365 Exchange Online has no service principal in this tenant: is Exchange Online licensed?' }
 $role = $exo.AppRoles | Where-Object { $_.Value -eq $RoleValue -and $_.AllowedMemberTypes -contains 'Application' }
 if (-not $role) { throw "Office 365 Exchange Online offers no app role $RoleValue." }
 if ($UseRbac) {
-    Ok 'skipped: with RBAC for Applications the role is assigned in Exchange (step 6)'
+    Ok 'skipped: with RBAC for Applications the role is assigned in Exchange (step @@N AddMailboxPermission@@)'
 } elseif ($IdentityObjectId) {
     Ok 'a managed identity has no API permissions page: the role is granted as an app role assignment'
 }
@@ -248,7 +271,7 @@ if (-not $UseRbac) {
 }
 
 # ---- 3. The certificate ----------------------------------------------------
-Step 3 'Certificate'
+@@STEP 3@@
 if ($IdentityObjectId) {
     Ok 'skipped: a managed identity gets its tokens from the platform, with no certificate'
 } else {
@@ -274,12 +297,12 @@ if ($IdentityObjectId) {
 }
 
 # ---- 4. Exchange Online PowerShell -----------------------------------------
-Step 4 'Exchange Online PowerShell'
+@@STEP 4@@
 Connect-ExchangeOnline -ShowBanner:$false
 Ok 'connected'
 
 # ---- 5. The Enterprise application in Exchange -----------------------------
-Step 5 'New-ServicePrincipal with the Enterprise application object ID'
+@@STEP 5@@
 $exoSp = Get-ServicePrincipal -ErrorAction SilentlyContinue | Where-Object { $_.AppId -eq $AppId }
 if ($exoSp -and $exoSp.ObjectId -ne $sp.Id) {
     # The classic mistake: the app registration's object ID instead of the
@@ -296,7 +319,7 @@ if ($exoSp) {
 }
 
 # ---- 6. The mailboxes ------------------------------------------------------
-Step 6 'Mailbox access'
+@@STEP 6@@
 if ($UseRbac) {
     $filter = ($Mailboxes | ForEach-Object { "PrimarySmtpAddress -eq '{0}'" -f ($_ -replace "'", "''") }) -join ' -or '
     $scope = Get-ManagementScope -Identity $ScopeName -ErrorAction SilentlyContinue
@@ -335,7 +358,7 @@ if ($UseRbac) {
 }
 
 # ---- 7. SMTP AUTH ----------------------------------------------------------
-Step 7 'SMTP AUTH'
+@@STEP 7@@
 $orgDisabled = (Get-TransportConfig).SmtpClientAuthenticationDisabled
 foreach ($m in $Mailboxes) {
     $cas = Get-CASMailbox -Identity $m

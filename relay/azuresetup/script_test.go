@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"testing/quick"
+
+	"github.com/o365relay/o365relay/config/azurestep"
 )
 
 // Golden scripts for representative inputs. Regenerate with
@@ -33,7 +35,7 @@ func TestScriptGolden(t *testing.T) {
 			// the part that varies.
 			path := filepath.Join("testdata", name+".ps1")
 			if name != "one-mailbox" {
-				head, ok := strings.CutSuffix(got, scriptBody)
+				head, ok := strings.CutSuffix(got, fixedBody())
 				if !ok {
 					t.Fatal("the script does not end with the fixed body")
 				}
@@ -74,12 +76,15 @@ func TestScriptContent(t *testing.T) {
 			t.Errorf("script lacks %q", want)
 		}
 	}
-	// Every step announces itself once, numbered as Steps() numbers them,
-	// and every change is reported.
-	for _, st := range Steps() {
-		if n := strings.Count(s, "\nStep "+string(rune('0'+st.N))+" '"); n != 1 {
-			t.Errorf("step %d is announced %d times", st.N, n)
+	// Every step announces itself once, numbered as config/azurestep
+	// numbers them, and every change is reported.
+	for _, st := range azurestep.All() {
+		if n := strings.Count(s, "\nStep "+string(rune('0'+st.Step))+" '"); n != 1 {
+			t.Errorf("step %d is announced %d times", st.Step, n)
 		}
+	}
+	if strings.Contains(s, "@@") {
+		t.Error("the script has a marker left")
 	}
 	for _, cmd := range []string{"New-MgApplication", "New-MgServicePrincipal", "Update-MgApplication", "New-ServicePrincipal", "Remove-ServicePrincipal", "Add-MailboxPermission", "Set-CASMailbox", "New-ManagementScope", "Set-ManagementScope", "New-ManagementRoleAssignment"} {
 		// Each changing command is guarded by an if/else and followed by Did.

@@ -1,93 +1,20 @@
 package doctor
 
 import (
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
-	"time"
-
-	"github.com/o365relay/o365relay/token"
 )
 
-// thumbprintSHA256Hex is the SHA-256 of the certificate's DER in uppercase
-// hex, the form certificate tools and newer portal views print (the
-// assertion's x5t#S256 is the same digest in base64url).
-func thumbprintSHA256Hex(c *token.Certificate) string {
-	sum := sha256.Sum256(c.Leaf.Raw)
-	return strings.ToUpper(hex.EncodeToString(sum[:]))
-}
-
-// keyPermissionWarning is the daemon's warning about a world-readable key
-// file (token.KeyFileExposed), as text.
-func keyPermissionWarning(path string) string {
-	mode, exposed := token.KeyFileExposed(path)
-	if !exposed {
-		return ""
-	}
-	return fmt.Sprintf("the private key file %s is world-readable (mode %s)", path, mode)
-}
-
-// federatedInfo reads a workload-identity token file and describes it from
-// its unverified claims (only Entra ID can verify it); an expired token is
-// an error (AADSTS700024 would follow).
-func federatedInfo(path string, now time.Time) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return "", err
-	}
-	parts := strings.Split(strings.TrimSpace(string(b)), ".")
-	if len(parts) != 3 {
-		return "", errors.New("not a JWT (a projected service account token has three dot-separated parts)")
-	}
-	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
-	if err != nil {
-		return "", errors.New("JWT payload is not base64url")
-	}
-	var c struct {
-		Iss string          `json:"iss"`
-		Sub string          `json:"sub"`
-		Aud json.RawMessage `json:"aud"`
-		Exp int64           `json:"exp"`
-	}
-	if err := json.Unmarshal(payload, &c); err != nil {
-		return "", errors.New("JWT payload is not JSON")
-	}
-	var aud []string
-	if json.Unmarshal(c.Aud, &aud) != nil {
-		var one string
-		if json.Unmarshal(c.Aud, &one) == nil {
-			aud = []string{one}
-		}
-	}
-	exp := time.Unix(c.Exp, 0)
-	if c.Exp != 0 && now.After(exp) {
-		return "", fmt.Errorf("the token expired at %s; the kubelet is not rotating it (is the pod's projected volume azure-identity-token mounted?)", exp.UTC().Format(time.RFC3339))
-	}
-	return fmt.Sprintf("issuer %s, subject %s, audience %s, expires %s (the federated credential on the app must match issuer, subject and audience)",
-		c.Iss, c.Sub, strings.Join(aud, ","), exp.UTC().Format(time.RFC3339)), nil
-}
-
-// --- 7. spool and listeners ------------------------------------------------------
+// Check 7: the spool directory is writable and the listen addresses are
+// free or held by this relay.
 
 func (d *doctor) checkSpool() {
 	dir := d.cfg.SpoolDir
-	c := Check{Step: 7, Name: "spool", Target: dir}
+	c := Check{Step: stepLocal, Name: "spool", Target: dir}
 	fi, err := os.Stat(dir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -173,7 +100,7 @@ func (d *doctor) checkListeners() {
 	}
 	running := spoolLocked(d.cfg.SpoolDir)
 	for _, a := range addrs {
-		c := Check{Step: 7, Name: "listener", Target: a.value}
+		c := Check{Step: stepLocal, Name: "listener", Target: a.value}
 		ln, err := net.Listen("tcp", a.value)
 		switch {
 		case err == nil:

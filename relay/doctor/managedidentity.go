@@ -31,10 +31,10 @@ func (d *doctor) miConfigMessage() string {
 		d.miIdentity(), tenant, strings.Join(d.o.Mailboxes, ", "), d.cfg.Upstream)
 }
 
-// checkManagedIdentity is step 2 for a managed identity: which endpoint
-// MSAL will ask, from the environment. Step 3 asks it.
+// checkManagedIdentity is check 2 for a managed identity: which endpoint
+// MSAL will ask, from the environment. Check 3 asks it.
 func (d *doctor) checkManagedIdentity() {
-	c := Check{Step: 2, Name: "credential"}
+	c := Check{Step: stepCredential, Name: "credential"}
 	source, endpoint, err := token.ManagedIdentityEndpoint()
 	if err != nil {
 		c.Status, c.Message = Fail, "managed identity: "+oneLine(err.Error())

@@ -5,8 +5,8 @@
 //
 // It is used by tests and by the `o365relay demo` command, so nothing here
 // imports "testing". It is strict on purpose: every check Entra ID documents
-// for the flow (exchange-online.md §1, §3) is made, and failures come back in
-// Entra's JSON error shape (§1.5) with the AADSTS code a real tenant would
+// for the flow (docs/entra.md, docs/azure.md#aadsts-codes) is made, and failures come back in
+// Entra's JSON error shape (docs/entra.md#error-responses) with the AADSTS code a real tenant would
 // give, so the relay's error explanations are exercised for real.
 //
 // Access tokens are RS256 JWTs signed with the server's own key (PublicKey),
@@ -43,15 +43,15 @@ import (
 	"github.com/o365relay/o365relay/config/tlstest"
 )
 
-// Scope is the only resource the fake issues tokens for (exchange-online.md
-// §1.3: SMTP needs exactly this scope).
+// Scope is the only resource the fake issues tokens for (docs/entra.md#the-token-request:
+// SMTP needs exactly this scope).
 const Scope = "https://outlook.office365.com/.default"
 
 // Audience is the aud claim of issued access tokens.
 const Audience = "https://outlook.office365.com"
 
 // DefaultFederatedAudience is the audience Entra expects in a Kubernetes
-// workload-identity token (exchange-online.md §6).
+// workload-identity token (docs/entra.md#workload-identity).
 const DefaultFederatedAudience = "api://AzureADTokenExchange"
 
 // OutageDrop passed to SetOutage makes the server close every connection
@@ -369,7 +369,7 @@ func (s *Server) countTokenLocked() {
 func (s *Server) base(r *http.Request) string {
 	// r.Host, not the listener address: a test may point MSAL at
 	// https://login.microsoftonline.com and rewrite the dial to us
-	// (exchange-online.md §4.4), and then endpoints and aud must carry that
+	// (docs/entra.md#endpoint-discovery), and then endpoints and aud must carry that
 	// host.
 	return "https://" + r.Host
 }
@@ -390,7 +390,7 @@ func (s *Server) openIDConfig(w http.ResponseWriter, r *http.Request) {
 	b := s.base(r) + "/" + t
 	s.log(r, "", "ok")
 	// MSAL requires all three fields and an issuer on the authority's host
-	// (exchange-online.md §4.4).
+	// (docs/entra.md#endpoint-discovery).
 	writeJSON(w, http.StatusOK, map[string]any{
 		"authorization_endpoint":                b + "/oauth2/v2.0/authorize",
 		"token_endpoint":                        b + "/oauth2/v2.0/token",
@@ -544,7 +544,7 @@ func checkScope(scope, tenant string) *entraErr {
 	var resources []string
 	for _, sc := range strings.Fields(scope) {
 		switch sc {
-		case "openid", "offline_access", "profile": // MSAL appends these (exchange-online.md §4.2)
+		case "openid", "offline_access", "profile": // MSAL appends these (docs/entra.md#the-token-request)
 		default:
 			resources = append(resources, sc)
 		}
@@ -563,7 +563,7 @@ func checkScope(scope, tenant string) *entraErr {
 }
 
 // decodeThumb accepts base64url (RFC 7515) and standard base64 with padding,
-// which MSAL Go sends (exchange-online.md §1.1).
+// which MSAL Go sends (docs/entra.md#client-assertion).
 func decodeThumb(v any) ([]byte, bool) {
 	s, ok := v.(string)
 	if !ok || s == "" {
@@ -603,7 +603,7 @@ func (s *Server) checkAssertion(assertion string, a *App, endpoint string) *entr
 	var cert *x509.Certificate
 	if hasS256 {
 		// A value of the wrong length (a SHA-1 in x5t#S256) matches
-		// nothing and is rejected, as Entra does (§1.1).
+		// nothing and is rejected, as Entra does (docs/entra.md#client-assertion).
 		thumb = s256
 		for _, c := range a.Certs {
 			sum := sha256.Sum256(c.Raw)
@@ -682,7 +682,7 @@ func (s *Server) checkTimesAndJTI(c jwt.MapClaims) *entraErr {
 	}
 	now := s.clock()
 	if hasNBF && exp.Sub(nbf) > 10*time.Minute {
-		// Entra does not enforce this today (§1.2: "5-10 minutes after nbf
+		// Entra does not enforce this today (docs/entra.md#client-assertion: "5-10 minutes after nbf
 		// at most"); the fake does, so the relay keeps to the advice.
 		return invalidClient(700024, fmt.Sprintf("Client assertion is not within its valid time range. Current time: %s, assertion valid from %s, expiry time of assertion %s: lifetime longer than 10 minutes.", now.UTC().Format(time.RFC3339), nbf.UTC().Format(time.RFC3339), exp.UTC().Format(time.RFC3339)))
 	}
@@ -735,7 +735,7 @@ func (s *Server) checkFederated(assertion string, a *App) *entraErr {
 }
 
 // checkTimesAndJTIFederated applies the time checks to a Kubernetes service
-// account token, which lives up to 24 h (§6) and may carry a jti reused
+// account token, which lives up to 24 h (docs/entra.md#workload-identity) and may carry a jti reused
 // across requests while the kubelet has not rotated it: only expiry matters.
 func (s *Server) checkTimesAndJTIFederated(c jwt.MapClaims) *entraErr {
 	exp, ok := numericTime(c["exp"])

@@ -36,7 +36,7 @@ foreach ($module in 'Microsoft.Graph.Applications', 'Microsoft.Graph.Identity.Si
 Connect-MgGraph -TenantId $TenantId -NoWelcome -Scopes 'Application.ReadWrite.All', 'AppRoleAssignment.ReadWrite.All', 'Policy.Read.All'
 
 # ---- 1. The app registration and its Enterprise application ----------------
-Step 1 'App registration'
+Step 1 'Register an app in Entra ID'
 if ($IdentityObjectId) {
     $sp = Get-MgServicePrincipal -ServicePrincipalId $IdentityObjectId -ErrorAction SilentlyContinue
     if (-not $sp -or $sp.ServicePrincipalType -ne 'ManagedIdentity') { throw "$IdentityObjectId is not the object ID of a managed identity in tenant $TenantId." }
@@ -69,7 +69,7 @@ if (-not $IdentityObjectId) {
 $AppId = $sp.AppId
 
 # ---- 2. SMTP.SendAsApp with admin consent ----------------------------------
-Step 2 'Application permission SMTP.SendAsApp and admin consent'
+Step 2 'Grant the application permission SMTP.SendAsApp of Office 365 Exchange Online, with admin consent'
 $exo = Get-MgServicePrincipal -Filter ('appId eq ' + (OData $ExchangeAppId))
 if (-not $exo) { throw 'Office 365 Exchange Online has no service principal in this tenant: is Exchange Online licensed?' }
 $role = $exo.AppRoles | Where-Object { $_.Value -eq $RoleValue -and $_.AllowedMemberTypes -contains 'Application' }
@@ -103,7 +103,7 @@ if (-not $UseRbac) {
 }
 
 # ---- 3. The certificate ----------------------------------------------------
-Step 3 'Certificate'
+Step 3 'Upload the certificate to the app registration'
 if ($IdentityObjectId) {
     Ok 'skipped: a managed identity gets its tokens from the platform, with no certificate'
 } else {
@@ -129,12 +129,12 @@ if ($IdentityObjectId) {
 }
 
 # ---- 4. Exchange Online PowerShell -----------------------------------------
-Step 4 'Exchange Online PowerShell'
+Step 4 'Connect to Exchange Online PowerShell (ExchangeOnlineManagement)'
 Connect-ExchangeOnline -ShowBanner:$false
 Ok 'connected'
 
 # ---- 5. The Enterprise application in Exchange -----------------------------
-Step 5 'New-ServicePrincipal with the Enterprise application object ID'
+Step 5 'Register the Enterprise application in Exchange (New-ServicePrincipal)'
 $exoSp = Get-ServicePrincipal -ErrorAction SilentlyContinue | Where-Object { $_.AppId -eq $AppId }
 if ($exoSp -and $exoSp.ObjectId -ne $sp.Id) {
     # The classic mistake: the app registration's object ID instead of the
@@ -151,7 +151,7 @@ if ($exoSp) {
 }
 
 # ---- 6. The mailboxes ------------------------------------------------------
-Step 6 'Mailbox access'
+Step 6 'Let the app use each mailbox (Add-MailboxPermission, or an RBAC for Applications role assignment)'
 if ($UseRbac) {
     $filter = ($Mailboxes | ForEach-Object { "PrimarySmtpAddress -eq '{0}'" -f ($_ -replace "'", "''") }) -join ' -or '
     $scope = Get-ManagementScope -Identity $ScopeName -ErrorAction SilentlyContinue
@@ -190,7 +190,7 @@ if ($UseRbac) {
 }
 
 # ---- 7. SMTP AUTH ----------------------------------------------------------
-Step 7 'SMTP AUTH'
+Step 7 'Allow SMTP AUTH for each mailbox'
 $orgDisabled = (Get-TransportConfig).SmtpClientAuthenticationDisabled
 foreach ($m in $Mailboxes) {
     $cas = Get-CASMailbox -Identity $m
