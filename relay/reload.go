@@ -43,7 +43,7 @@ const defaultWatchInterval = 5 * time.Second
 
 // entraRetry is how long a certificate Entra refused waits before it is
 // tried again: a fresh upload takes a minute or two to propagate
-// (azure-setup.md step 3), and AADSTS50196 punishes tight loops.
+// (docs/entra.md#certificate-rotation), and AADSTS50196 punishes tight loops.
 const entraRetry = time.Minute
 
 // credWatch is the reloadable state, owned by the Relay (guarded by

@@ -7,7 +7,7 @@
 // message is read from the spool, so the spool keeps what the application
 // sent.
 //
-// Per-mailbox policy, by reply (exchange-online.md §2.4, §2.5):
+// Per-mailbox policy, by reply (docs/exchange.md#replies, docs/delivery-failures.md):
 //   - 432 4.3.2 (concurrent connections): the scheduler, sole owner of the
 //     mailbox's connection limit (slots.go), lowers it to the connections
 //     we hold and the message waits for one of them; if none is ours, the
@@ -83,7 +83,7 @@ type Backoff struct {
 type Options struct {
 	Spool     *spool.Spool
 	Forwarder Forwarder
-	Workers   int           // default 3: Exchange allows 3 connections per mailbox (§2.5)
+	Workers   int           // default 3: Exchange allows 3 connections per mailbox (docs/exchange.md#connections-per-mailbox)
 	Backoff   Backoff       // default {1m, 30m, 2, 0.2}
 	MaxAge    time.Duration // default 120h, Postfix's maximal_queue_lifetime
 	Clock     func() time.Time

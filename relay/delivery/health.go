@@ -208,7 +208,7 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 		// The message fails (its error is permanent). The same error over
 		// and over means the mailbox, not the messages, is the problem;
 		// Exchange answers that with continuous-error throttling (550
-		// 5.2.25x, exchange-online.md §2.4). Pause the mailbox along the
+		// 5.2.25x, docs/exchange.md#550-5225x-throttled-sender). Pause the mailbox along the
 		// retry schedule and let one probe through at a time.
 		class := classOf(re)
 		if class == b.permClass {

@@ -2,7 +2,7 @@ package delivery
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Metrics (house rule 6). Labels: mailbox name and reply class only.
+// Metrics (docs/design.md#metrics). Labels: mailbox name and reply class only.
 var (
 	messagesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "o365relay_delivery_messages_total",
