@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -127,21 +128,6 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b := s.box(name)
-	hold := func(cause string, d time.Duration) holdDecision {
-		reason := classOf(re)
-		b.HeldUntil = now.Add(d)
-		if b.Healthy || b.Reason != reason || b.Cause != cause {
-			fields := []zap.Field{zap.String("reason", reason), zap.String("cause", cause), zap.Time("until", b.HeldUntil),
-				zap.String("upstream", re.Error())}
-			if h := upstream.AuthHint(re); h != "" {
-				fields = append(fields, zap.String("hint", h)) // the doctor's words
-			}
-			log.Error("mailbox held: delivery paused", fields...)
-		}
-		b.Healthy, b.Reason, b.Cause = false, reason, cause
-		b.setMetric(name)
-		return holdDecision{keep: true, next: b.HeldUntil}
-	}
 	if re == nil {
 		if !b.Healthy {
 			log.Info("mailbox recovered: delivery resumed", zap.String("was", b.Reason), zap.String("cause", b.Cause))
@@ -165,27 +151,7 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 		d := base + time.Duration(s.o.Rand()*float64(3*base))
 		return holdDecision{next: now.Add(d)}
 	case pathFailure(re), re.Code == 530 && enh == [3]int{5, 7, 57}:
-		// The path to Exchange (configuration, an Entra or Exchange
-		// outage, a middlebox): every message of this mailbox would
-		// fail the same way and none is at fault. Pause along the retry
-		// schedule (1 min → 30 min by default), probe one at a time,
-		// keep every message queued.
-		if !b.Healthy && b.HeldUntil.After(now) {
-			// An attempt that started before the hold (several run
-			// at once): the hold stands, and is not lengthened once
-			// per attempt that was already under way.
-			return holdDecision{keep: true, next: b.HeldUntil}
-		}
-		if b.backoff == 0 {
-			b.backoff = s.o.Backoff.Min
-		} else if b.backoff *= 2; b.backoff > s.o.Backoff.Max {
-			b.backoff = s.o.Backoff.Max
-		}
-		cause := string(re.Stage)
-		if !pathFailure(re) {
-			cause = string(reply.StageAuth) // 530 5.7.57 at MAIL: not authenticated
-		}
-		return hold(cause, b.backoff)
+		return s.holdPathLocked(log, b, name, re, now)
 	case re.Code == 554 && enh == [3]int{5, 2, 0}:
 		// SubmissionQuotaExceeded: 10,000 recipients per rolling 24 h.
 		// Room comes back when the oldest recipients we sent leave the
@@ -195,7 +161,7 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 		if at, ok := s.pacerLocked(name).quotaFreesAt(now); ok {
 			d = min(max(at.Sub(now), time.Minute), time.Hour)
 		}
-		return hold("quota", d)
+		return s.holdLocked(log, b, name, re, "quota", now.Add(d))
 	case re.Code == 501 && enh == [3]int{5, 5, 127}:
 		// The session's token expired and upstream's reconnect with a
 		// fresh one failed the same way: not the message's fault. Retry
@@ -203,32 +169,94 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 		return holdDecision{keep: true, next: now.Add(s.o.Backoff.Min / 4)}
 	case re.Code == 550 && enh[0] == 5 && enh[1] == 2 && enh[2] >= 251 && enh[2] <= 255:
 		// Continuous-error throttling: stop and alert; retrying makes it worse.
-		return hold("throttled", time.Hour)
+		return s.holdLocked(log, b, name, re, "throttled", now.Add(time.Hour))
 	case !re.Temporary():
-		// The message fails (its error is permanent). The same error over
-		// and over means the mailbox, not the messages, is the problem;
-		// Exchange answers that with continuous-error throttling (550
-		// 5.2.25x, docs/exchange.md#550-5225x-throttled-sender). Pause the mailbox along the
-		// retry schedule and let one probe through at a time.
-		class := classOf(re)
-		if class == b.permClass {
-			b.ConsecutivePermanent++
-		} else {
-			b.permClass, b.ConsecutivePermanent = class, 1
-		}
-		if b.ConsecutivePermanent >= s.o.ContinuousErrors {
-			if b.backoff == 0 {
-				b.backoff = s.o.Backoff.Min
-			} else if b.backoff *= 2; b.backoff > s.o.Backoff.Max {
-				b.backoff = s.o.Backoff.Max
-			}
-			if b.Healthy {
-				log.Error("mailbox unhealthy: the same permanent error repeats; pausing it", zap.Int("count", b.ConsecutivePermanent), zap.String("upstream", class))
-			}
-			b.Healthy, b.Reason, b.Cause = false, "continuous permanent errors "+class, "continuous_errors"
-			b.HeldUntil = now.Add(b.backoff)
-			b.setMetric(name)
-		}
+		s.countPermanentLocked(log, b, name, re, now)
 	}
 	return holdDecision{}
+}
+
+// holdPathLocked holds the mailbox after a failure of the path to
+// Exchange (configuration, an Entra or Exchange outage, a middlebox):
+// every message of this mailbox would fail the same way and none is at
+// fault. The hold grows along the retry schedule (1 min → 30 min by
+// default), one message probes at a time, every message stays queued.
+// Callers hold mu.
+func (s *Scheduler) holdPathLocked(log *zap.Logger, b *mailbox, name string, re *reply.Error, now time.Time) holdDecision {
+	if !b.Healthy && b.HeldUntil.After(now) {
+		// An attempt that started before the hold (several run at once):
+		// the hold stands, and is not lengthened once per attempt that
+		// was already under way.
+		return holdDecision{keep: true, next: b.HeldUntil}
+	}
+	s.growBackoff(b)
+	cause := string(re.Stage)
+	if !pathFailure(re) {
+		cause = string(reply.StageAuth) // 530 5.7.57 at MAIL: not authenticated
+	}
+	return s.holdLocked(log, b, name, re, cause, now.Add(b.backoff))
+}
+
+// holdLocked holds the mailbox until until because of re (cause is the
+// held metric's reason label), logging the hold when it is new or its
+// reason changed. Callers hold mu.
+func (s *Scheduler) holdLocked(log *zap.Logger, b *mailbox, name string, re *reply.Error, cause string, until time.Time) holdDecision {
+	reason := classOf(re)
+	b.HeldUntil = until
+	if b.Healthy || b.Reason != reason || b.Cause != cause {
+		fields := []zap.Field{zap.String("reason", reason), zap.String("cause", cause), zap.Time("until", b.HeldUntil),
+			zap.String("upstream", re.Error())}
+		if h := upstream.AuthHint(re); h != "" {
+			fields = append(fields, zap.String("hint", h)) // the doctor's words
+		}
+		log.Error("mailbox held: delivery paused", fields...)
+	}
+	b.Healthy, b.Reason, b.Cause = false, reason, cause
+	b.setMetric(name)
+	return holdDecision{keep: true, next: b.HeldUntil}
+}
+
+// growBackoff moves the mailbox's hold along the retry schedule: Min
+// first, then doubled up to Max.
+func (s *Scheduler) growBackoff(b *mailbox) {
+	if b.backoff == 0 {
+		b.backoff = s.o.Backoff.Min
+	} else if b.backoff *= 2; b.backoff > s.o.Backoff.Max {
+		b.backoff = s.o.Backoff.Max
+	}
+}
+
+// countPermanentLocked notes a permanent failure: the message fails (its
+// error is its own). The same error over and over means the mailbox, not
+// the messages, is the problem; Exchange answers that with
+// continuous-error throttling (550 5.2.25x,
+// docs/exchange.md#550-5225x-throttled-sender). After ContinuousErrors in
+// a row the mailbox is paused along the retry schedule and one probe goes
+// through at a time. Callers hold mu.
+func (s *Scheduler) countPermanentLocked(log *zap.Logger, b *mailbox, name string, re *reply.Error, now time.Time) {
+	class := classOf(re)
+	if class == b.permClass {
+		b.ConsecutivePermanent++
+	} else {
+		b.permClass, b.ConsecutivePermanent = class, 1
+	}
+	if b.ConsecutivePermanent < s.o.ContinuousErrors {
+		return
+	}
+	s.growBackoff(b)
+	if b.Healthy {
+		log.Error("mailbox unhealthy: the same permanent error repeats; pausing it", zap.Int("count", b.ConsecutivePermanent), zap.String("upstream", class))
+	}
+	b.Healthy, b.Reason, b.Cause = false, "continuous permanent errors "+class, "continuous_errors"
+	b.HeldUntil = now.Add(b.backoff)
+	b.setMetric(name)
+}
+
+// classOf is a reply's class for logs and metric labels: its enhanced
+// code when it has one (5.7.3), else its basic code (535).
+func classOf(re *reply.Error) string {
+	if re.Enhanced != reply.NoEnhancedCode && re.Enhanced != reply.EnhancedCodeNotSet {
+		return reply.EnhancedString(re.Code, re.Enhanced)
+	}
+	return strconv.Itoa(re.Code)
 }

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"strings"
 	"time"
 
 	"github.com/o365relay/o365relay/relay/envelope"
@@ -143,4 +144,40 @@ func (p *pacer) quotaFreesAt(now time.Time) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return p.sent[0].at.Add(dailyWindow), true
+}
+
+// pacerLocked returns mailbox's pacer. Callers hold mu.
+func (s *Scheduler) pacerLocked(mailbox string) *pacer {
+	k := strings.ToLower(mailbox)
+	p := s.pacers[k]
+	if p == nil {
+		p = newPacer()
+		s.pacers[k] = p
+	}
+	return p
+}
+
+// admit asks mailbox's pacer whether a message with rcpts pending
+// recipients may go at now, and counts a postponement by the limit that
+// caused it.
+func (s *Scheduler) admit(id envelope.ID, mailbox string, l Limits, rcpts int, now time.Time) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.pacerLocked(mailbox).admit(id, rcpts, l, now)
+	if !ok {
+		limit := "rate"
+		if l.DailyRecipients > 0 && s.pacerLocked(mailbox).sum+rcpts > l.DailyRecipients {
+			limit = "daily_recipients"
+		}
+		pacedTotal.WithLabelValues(mailbox, limit).Inc()
+	}
+	return at, ok
+}
+
+// settle tells mailbox's pacer how many of the recipients admitted at at
+// were delivered.
+func (s *Scheduler) settle(mailbox string, at time.Time, reserved, delivered int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pacerLocked(mailbox).settle(at, reserved, delivered)
 }
