@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/relay/admin"
 	"github.com/o365relay/o365relay/relay/control"
 	"github.com/o365relay/o365relay/relay/delivery"
@@ -108,7 +109,7 @@ func (r *Relay) newScheduler(Deps) (func() error, error) {
 			return delivery.Limits{Rate: l.Rate, DailyRecipients: l.DailyRecipients, Connections: l.Connections}
 		},
 		Rewrite: func(env *envelope.Envelope) rewrite.Mode { return rewriteMode(cfg.RewriteFor(env.From)) },
-		Backoff: delivery.Backoff{Min: cfg.RetryMin, Max: cfg.RetryMax, Factor: 2, Jitter: 0.2},
+		Backoff: delivery.Backoff{Min: cfg.RetryMin, Max: cfg.RetryMax, Factor: config.RetryFactor, Jitter: config.RetryJitter},
 		Clock:   r.clock,
 		Logger:  r.log.Named("delivery"),
 	})

@@ -53,8 +53,10 @@ type Deps struct {
 	OnReady func()
 	// Level, if set, is the logger's level, which Reload changes.
 	Level *zap.AtomicLevel
-	// WatchInterval is how often the certificate file is checked for a
-	// new content; zero means every 5 s.
+	// WatchInterval is how often the certificate files are checked for a
+	// new content; zero means defaultWatchInterval (reload.go), which is
+	// the daemon's: the interval is not a setting, tests shorten or
+	// lengthen it.
 	WatchInterval time.Duration
 }
 

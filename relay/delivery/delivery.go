@@ -15,10 +15,11 @@ package delivery
 
 import (
 	"context"
-	"errors"
+	"fmt"
 	"io"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"time"
 
@@ -41,29 +42,37 @@ type Backoff struct {
 	Jitter   float64 // fraction, e.g. 0.2 for ±20%
 }
 
-// Options configure a Scheduler. Zero values take the defaults noted.
+// Options configure a Scheduler. What the daemon's configuration decides
+// is required (New names what is missing): delivery has no defaults of its
+// own for settings, config owns them. Injected dependencies left nil are
+// the real ones; internal limits left zero take the constants below.
 type Options struct {
 	Spool     *spool.Spool
 	Forwarder Forwarder
-	Workers   int           // default 3: Exchange allows 3 connections per mailbox (docs/exchange.md#connections-per-mailbox)
-	Backoff   Backoff       // default {1m, 30m, 2, 0.2}
-	MaxAge    time.Duration // default 120h, Postfix's maximal_queue_lifetime
-	Clock     func() time.Time
+	// Workers is how many attempts run at once (the daemon: every
+	// mailbox's connections, config's TotalConnections); at least 1.
+	Workers int
+	// Backoff is the retry schedule: retry_min, retry_max, and config's
+	// RetryFactor (≥ 1) and RetryJitter (in [0, 1)).
+	Backoff Backoff
+	// MaxAge is queue_lifetime: a message not delivered by then fails.
+	MaxAge time.Duration
+	Clock  func() time.Time // default time.Now
 	// After returns a channel that fires after d (default time.After); tests
 	// inject one driven by their clock.
 	After  func(d time.Duration) <-chan time.Time
-	Logger *zap.Logger    // used as given; the caller names it (relay.New: "delivery")
+	Logger *zap.Logger    // used as given; the caller names it (relay.New: "delivery"); default none
 	Rand   func() float64 // in [0,1); default math/rand/v2
-	// RescanEvery is how often queue/ is rescanned for CLI changes (default 30s).
+	// RescanEvery is how often queue/ is rescanned for CLI changes
+	// (default rescanEvery).
 	RescanEvery time.Duration
 	// RestoreAfter is how long after a 432 4.3.2 a lowered connection
-	// limit grows back by one (default 1 min).
+	// limit grows back by one (default restoreAfter).
 	RestoreAfter time.Duration
 	// ContinuousErrors is how many consecutive permanent failures mark a
-	// mailbox unhealthy (default 5).
+	// mailbox unhealthy (default continuousErrors).
 	ContinuousErrors int
-	// AttemptTimeout bounds one attempt (default 10 min: a 150 MB body at
-	// a modest 2 Mbit/s still fits).
+	// AttemptTimeout bounds one attempt (default attemptTimeout).
 	AttemptTimeout time.Duration
 	// Limits gives a mailbox's pacing limits; nil paces nothing (the daemon
 	// passes the configured ones).
@@ -73,6 +82,23 @@ type Options struct {
 	// rule applies to queued mail too.
 	Rewrite func(env *envelope.Envelope) rewrite.Mode
 }
+
+// Internal limits: not settings, fixed by what they guard against.
+const (
+	// rescanEvery: a change to queue/ made outside the daemon is
+	// noticed within half a minute.
+	rescanEvery = 30 * time.Second
+	// restoreAfter: a connection limit a 432 4.3.2 lowered grows back by
+	// one a minute (docs/exchange.md#432-432-concurrent-connections).
+	restoreAfter = time.Minute
+	// continuousErrors: five equal permanent errors in a row hold the
+	// mailbox, well before Exchange's continuous-error throttling
+	// (docs/exchange.md#550-5225x-throttled-sender).
+	continuousErrors = 5
+	// attemptTimeout bounds one attempt: a 150 MB body at a modest
+	// 2 Mbit/s still fits in ten minutes.
+	attemptTimeout = 10 * time.Minute
+)
 
 // Scheduler drives delivery of the spool.
 type Scheduler struct {
@@ -98,22 +124,11 @@ type run struct {
 	at   time.Time     // when the message was due
 }
 
-// New checks opts and applies defaults.
+// New checks opts: a missing or out-of-range setting is an error naming
+// it.
 func New(opts Options) (*Scheduler, error) {
-	if opts.Spool == nil || opts.Forwarder == nil {
-		return nil, errors.New("delivery: Spool and Forwarder are required")
-	}
-	if opts.Workers <= 0 {
-		opts.Workers = 3
-	}
-	if opts.Backoff == (Backoff{}) {
-		opts.Backoff = Backoff{Min: time.Minute, Max: 30 * time.Minute, Factor: 2, Jitter: 0.2}
-	}
-	if opts.Backoff.Factor < 1 {
-		opts.Backoff.Factor = 2
-	}
-	if opts.MaxAge <= 0 {
-		opts.MaxAge = 120 * time.Hour
+	if err := opts.check(); err != nil {
+		return nil, err
 	}
 	if opts.Clock == nil {
 		opts.Clock = time.Now
@@ -128,16 +143,16 @@ func New(opts Options) (*Scheduler, error) {
 		opts.Rand = rand.Float64
 	}
 	if opts.RescanEvery <= 0 {
-		opts.RescanEvery = 30 * time.Second
+		opts.RescanEvery = rescanEvery
 	}
 	if opts.RestoreAfter <= 0 {
-		opts.RestoreAfter = time.Minute
+		opts.RestoreAfter = restoreAfter
 	}
 	if opts.AttemptTimeout <= 0 {
-		opts.AttemptTimeout = 10 * time.Minute
+		opts.AttemptTimeout = attemptTimeout
 	}
 	if opts.ContinuousErrors <= 0 {
-		opts.ContinuousErrors = 5
+		opts.ContinuousErrors = continuousErrors
 	}
 	return &Scheduler{
 		o: opts, sp: opts.Spool, log: opts.Logger,
@@ -146,6 +161,32 @@ func New(opts Options) (*Scheduler, error) {
 		slots: map[string]*slots{}, early: map[envelope.ID]bool{},
 		wake: make(chan struct{}),
 	}, nil
+}
+
+// check names every required option that is missing or out of range.
+func (o *Options) check() error {
+	var bad []string
+	for _, c := range []struct {
+		ok   bool
+		what string
+	}{
+		{o.Spool != nil, "Spool is required"},
+		{o.Forwarder != nil, "Forwarder is required"},
+		{o.Workers > 0, "Workers must be at least 1"},
+		{o.Backoff.Min > 0, "Backoff.Min (retry_min) must be positive"},
+		{o.Backoff.Max >= o.Backoff.Min, "Backoff.Max (retry_max) must be at least Backoff.Min"},
+		{o.Backoff.Factor >= 1, "Backoff.Factor must be at least 1"},
+		{o.Backoff.Jitter >= 0 && o.Backoff.Jitter < 1, "Backoff.Jitter must be in [0, 1)"},
+		{o.MaxAge > 0, "MaxAge (queue_lifetime) must be positive"},
+	} {
+		if !c.ok {
+			bad = append(bad, c.what)
+		}
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("delivery: %s", strings.Join(bad, "; "))
+	}
+	return nil
 }
 
 // backoff returns the delay after the n-th attempt (n ≥ 1).
