@@ -16,8 +16,9 @@ type MailboxHealth struct {
 	// Reason is the reply class that held the mailbox ("" when healthy).
 	Reason string
 	// Cause is the kind of hold ("" when healthy): token, connect, tls
-	// or auth for the path to Exchange (see pathFailure), quota,
-	// throttled, or continuous_errors. It is the reason label of
+	// or auth for the path to Exchange (see pathFailure), mailbox_full
+	// (the sending mailbox is over its quota), quota, throttled, or
+	// continuous_errors. It is the reason label of
 	// o365relay_delivery_mailbox_held.
 	Cause string
 	// HeldUntil is when the next probe attempt may run.
@@ -151,7 +152,13 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 		d := base + time.Duration(s.o.Rand()*float64(3*base))
 		return holdDecision{next: now.Add(d)}
 	case pathFailure(re), re.Code == 530 && enh == [3]int{5, 7, 57}:
-		return s.holdPathLocked(log, b, name, re, now)
+		cause := string(re.Stage)
+		if !pathFailure(re) {
+			cause = string(reply.StageAuth) // 530 5.7.57 at MAIL: not authenticated
+		}
+		return s.holdOnScheduleLocked(log, b, name, re, cause, now)
+	case sendingMailboxFull(re):
+		return s.holdOnScheduleLocked(log, b, name, re, causeMailboxFull, now)
 	case re.Code == 554 && enh == [3]int{5, 2, 0}:
 		// SubmissionQuotaExceeded: 10,000 recipients per rolling 24 h.
 		// Room comes back when the oldest recipients we sent leave the
@@ -176,13 +183,30 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 	return holdDecision{}
 }
 
-// holdPathLocked holds the mailbox after a failure of the path to
-// Exchange (configuration, an Entra or Exchange outage, a middlebox):
-// every message of this mailbox would fail the same way and none is at
-// fault. The hold grows along the retry schedule (1 min → 30 min by
-// default), one message probes at a time, every message stays queued.
-// Callers hold mu.
-func (s *Scheduler) holdPathLocked(log *zap.Logger, b *mailbox, name string, re *reply.Error, now time.Time) holdDecision {
+// causeMailboxFull is the hold's cause (and metric reason) for a full
+// sending mailbox.
+const causeMailboxFull = "mailbox_full"
+
+// sendingMailboxFull reports Exchange's "554 5.2.2 mailbox full;
+// STOREDRV.Submission.Exception:QuotaExceededException" to MAIL or the
+// data: the sending mailbox is over its storage quota (the messages it
+// sends are kept in its Sent Items). Every message of the mailbox would
+// get the same reply until someone makes room, and none is at fault
+// (docs/exchange.md#554-522-sending-mailbox-full). At RCPT, X.2.2 is a
+// recipient's mailbox, that recipient's own failure.
+func sendingMailboxFull(re *reply.Error) bool {
+	return !re.Temporary() && re.Enhanced == [3]int{5, 2, 2} &&
+		(re.Stage == reply.StageMail || re.Stage == reply.StageData)
+}
+
+// holdOnScheduleLocked holds the mailbox for a condition that is not any
+// message's fault and has no known end: a failure of the path to Exchange
+// (configuration, an Entra or Exchange outage, a middlebox) or a full
+// sending mailbox. Every message of this mailbox would fail the same way.
+// The hold grows along the retry schedule (1 min → 30 min by default),
+// one message probes at a time, every message stays queued. Callers hold
+// mu.
+func (s *Scheduler) holdOnScheduleLocked(log *zap.Logger, b *mailbox, name string, re *reply.Error, cause string, now time.Time) holdDecision {
 	if !b.Healthy && b.HeldUntil.After(now) {
 		// An attempt that started before the hold (several run at once):
 		// the hold stands, and is not lengthened once per attempt that
@@ -190,10 +214,6 @@ func (s *Scheduler) holdPathLocked(log *zap.Logger, b *mailbox, name string, re 
 		return holdDecision{keep: true, next: b.HeldUntil}
 	}
 	s.growBackoff(b)
-	cause := string(re.Stage)
-	if !pathFailure(re) {
-		cause = string(reply.StageAuth) // 530 5.7.57 at MAIL: not authenticated
-	}
 	return s.holdLocked(log, b, name, re, cause, now.Add(b.backoff))
 }
 
@@ -206,14 +226,23 @@ func (s *Scheduler) holdLocked(log *zap.Logger, b *mailbox, name string, re *rep
 	if b.Healthy || b.Reason != reason || b.Cause != cause {
 		fields := []zap.Field{zap.String("reason", reason), zap.String("cause", cause), zap.Time("until", b.HeldUntil),
 			zap.String("upstream", re.Error())}
-		if h := upstream.AuthHint(re); h != "" {
-			fields = append(fields, zap.String("hint", h)) // the doctor's words
+		if h := holdHint(re, cause); h != "" {
+			fields = append(fields, zap.String("hint", h))
 		}
 		log.Error("mailbox held: delivery paused", fields...)
 	}
 	b.Healthy, b.Reason, b.Cause = false, reason, cause
 	b.setMetric(name)
 	return holdDecision{keep: true, next: b.HeldUntil}
+}
+
+// holdHint is the fix a hold's log line suggests: the doctor's words for
+// an AUTH refusal, what to do about a full sending mailbox.
+func holdHint(re *reply.Error, cause string) string {
+	if cause == causeMailboxFull {
+		return "the sending mailbox is over its storage quota (every message sent is kept in its Sent Items): empty Sent Items or raise the mailbox's quota; the relay probes along the retry schedule, 'o365relay queue retry all' probes now"
+	}
+	return upstream.AuthHint(re) // the doctor's words
 }
 
 // growBackoff moves the mailbox's hold along the retry schedule: Min
