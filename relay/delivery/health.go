@@ -37,23 +37,6 @@ type mailbox struct {
 	shownCause string
 }
 
-// pathFailure reports a failure of the relay's path to Exchange rather
-// than of a message: anything before MAIL FROM — the token, the TCP
-// connection and greeting (a 5xx greeting included), EHLO, STARTTLS (not
-// offered, refused), the TLS handshake and certificate, AUTH (XOAUTH2 not
-// offered, or any reply to it). Like Postfix (smtp_skip_5xx_greeting,
-// smtp_sasl_auth_soft_bounce, a required-TLS failure defers), the relay
-// holds the mailbox and keeps its mail queued; only Exchange's replies to
-// MAIL, RCPT and the end of DATA can fail a message or a recipient.
-// docs/delivery-failures.md has the table.
-func pathFailure(re *reply.Error) bool {
-	switch re.Stage {
-	case reply.StageToken, reply.StageConnect, reply.StageTLS, reply.StageAuth:
-		return true
-	}
-	return false
-}
-
 // setMetric shows the mailbox's state in o365relay_delivery_mailbox_healthy
 // and, while held, o365relay_delivery_mailbox_held{reason}.
 func (b *mailbox) setMetric(name string) {
@@ -138,65 +121,46 @@ func (s *Scheduler) classify(log *zap.Logger, name string, re *reply.Error, now 
 		b.setMetric(name)
 		return holdDecision{}
 	}
-	enh := re.Enhanced
-	switch {
-	case re.Code == 432 || (re.Temporary() && re.Code != 421 && enh == [3]int{4, 3, 2}):
-		// Too many concurrent connections ("432 4.3.2 Concurrent
-		// connections limit exceeded", "4.3.2 STOREDRV.ClientSubmit;
-		// sender thread limit exceeded"): retry soon, 30 s – 2 min.
-		// "421 4.3.2 Service not available" is the server going away,
-		// an outage like any other: the path hold below applies.
-		// The upstream pool already waited for one of our own
-		// connections if it had any; this one is someone else's.
+	switch replyAbout(re) {
+	case aboutConnections:
+		// Too many concurrent connections: retry soon, 30 s – 2 min. The
+		// scheduler already lowered the limit and parked the message if
+		// another connection was ours (lowerAfter432); this one is
+		// someone else's.
 		base := s.o.Backoff.Min / 2
 		d := base + time.Duration(s.o.Rand()*float64(3*base))
 		return holdDecision{next: now.Add(d)}
-	case pathFailure(re), re.Code == 530 && enh == [3]int{5, 7, 57}:
+	case aboutPath:
 		cause := string(re.Stage)
 		if !pathFailure(re) {
-			cause = string(reply.StageAuth) // 530 5.7.57 at MAIL: not authenticated
+			cause = string(reply.StageAuth) // 530 5.7.57: not authenticated
 		}
 		return s.holdOnScheduleLocked(log, b, name, re, cause, now)
-	case sendingMailboxFull(re):
+	case aboutMailboxFull:
 		return s.holdOnScheduleLocked(log, b, name, re, causeMailboxFull, now)
-	case re.Code == 554 && enh == [3]int{5, 2, 0}:
-		// SubmissionQuotaExceeded: 10,000 recipients per rolling 24 h.
-		// Room comes back when the oldest recipients we sent leave the
-		// window; we may not know them all (a restart, another sender on
-		// the mailbox), so probe at least hourly, at most every minute.
+	case aboutQuota:
+		// 10,000 recipients per rolling 24 h. Room comes back when the
+		// oldest recipients we sent leave the window; we may not know
+		// them all (a restart, another sender on the mailbox), so probe
+		// at least hourly, at most every minute.
 		d := time.Hour
 		if at, ok := s.pacerLocked(name).quotaFreesAt(now); ok {
 			d = min(max(at.Sub(now), time.Minute), time.Hour)
 		}
 		return s.holdLocked(log, b, name, re, "quota", now.Add(d))
-	case re.Code == 501 && enh == [3]int{5, 5, 127}:
-		// The session's token expired and upstream's reconnect with a
-		// fresh one failed the same way: not the message's fault. Retry
-		// soon, without counting the attempt.
+	case aboutSessionToken:
+		// Upstream's reconnect with a fresh token failed the same way,
+		// or could not be tried: retry soon, without counting the
+		// attempt.
 		return holdDecision{keep: true, next: now.Add(s.o.Backoff.Min / 4)}
-	case re.Code == 550 && enh[0] == 5 && enh[1] == 2 && enh[2] >= 251 && enh[2] <= 255:
-		// Continuous-error throttling: stop and alert; retrying makes it worse.
+	case aboutThrottling:
+		// Stop and alert; retrying makes it worse.
 		return s.holdLocked(log, b, name, re, "throttled", now.Add(time.Hour))
-	case !re.Temporary():
+	}
+	if !re.Temporary() {
 		s.countPermanentLocked(log, b, name, re, now)
 	}
 	return holdDecision{}
-}
-
-// causeMailboxFull is the hold's cause (and metric reason) for a full
-// sending mailbox.
-const causeMailboxFull = "mailbox_full"
-
-// sendingMailboxFull reports Exchange's "554 5.2.2 mailbox full;
-// STOREDRV.Submission.Exception:QuotaExceededException" to MAIL or the
-// data: the sending mailbox is over its storage quota (the messages it
-// sends are kept in its Sent Items). Every message of the mailbox would
-// get the same reply until someone makes room, and none is at fault
-// (docs/exchange.md#554-522-sending-mailbox-full). At RCPT, X.2.2 is a
-// recipient's mailbox, that recipient's own failure.
-func sendingMailboxFull(re *reply.Error) bool {
-	return !re.Temporary() && re.Enhanced == [3]int{5, 2, 2} &&
-		(re.Stage == reply.StageMail || re.Stage == reply.StageData)
 }
 
 // holdOnScheduleLocked holds the mailbox for a condition that is not any
