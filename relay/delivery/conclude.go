@@ -80,8 +80,12 @@ func (s *Scheduler) decide(r *attemptRun, res *envelope.Result, v verdict) {
 	for _, rcpt := range r.pending {
 		switch {
 		case res != nil && res.Rejected[rcpt] != nil:
+			// A refusal of this recipient fails it only if it is final
+			// and about the message: one about the sending mailbox or
+			// its session (its token, quota, throttling) would come
+			// back for every recipient; the recipient waits.
 			rr := res.Rejected[rcpt]
-			if rr.Temporary() {
+			if rr.Temporary() || replyAbout(rr) != aboutMessage {
 				out.Pending = append(out.Pending, rcpt)
 				st.Set(rcpt, spool.Pending, rr.Error())
 			} else {
