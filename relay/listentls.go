@@ -18,12 +18,9 @@ import (
 
 // Listener TLS and local AUTH (config listen_tls_cert, listen_tls_key,
 // listen_tls, auth_users). The listener's certificate is re-read from disk
-// like the Entra certificate (reload.go): every watch interval the two
-// files are hashed, and a changed pair is loaded and served from the next
-// handshake on (smtpd asks for its TLS configuration at every handshake).
-// A pair that does not load — a key that does not match, half a rotation
-// written — is refused with an error log, and the pair in use stays in use;
-// the next change is tried again. Sessions already in TLS are not touched.
+// like the Entra certificate (reload.go): a changed pair is served from the
+// next handshake on, one that does not load is refused and the pair in use
+// stays (docs/operations.md#reloading-without-downtime).
 
 // listenerTLS holds the certificate the listener serves.
 type listenerTLS struct {

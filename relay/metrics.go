@@ -3,7 +3,7 @@ package relay
 import "github.com/prometheus/client_golang/prometheus"
 
 // Metrics of the intake that the smtpd package reports through callbacks.
-// Package-level metrics are the one kind of package state the house allows.
+// Package-level metrics are the one kind of package state allowed (docs/design.md#metrics).
 var connectionsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
 	Name: "o365relay_smtp_connections_refused_total",
 	Help: "Client connections refused at connect, by reason (network, total cap, per-client cap, http, tls).",

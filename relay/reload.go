@@ -17,24 +17,9 @@ import (
 	"github.com/o365relay/o365relay/token"
 )
 
-// Reloading, without downtime (SIGHUP; or the certificate file changing on
-// disk, which is how Kubernetes rotates a mounted Secret: it writes the new
-// files into a fresh directory and swaps the ..data symlink).
-//
-// What is applied: the certificate (path, password or the file's content),
-// the listener certificate's content (listentls.go) and log_level. Everything else — listeners, limits, the spool, upstream,
-// the mailbox — is fixed for the life of the process because changing it
-// under established sessions and queued mail would need a restart's worth
-// of care anyway; a reload that changes such a key says so in the log
-// ("takes effect at the next restart") instead of silently ignoring it.
-//
-// A new certificate is put into use only after Entra ID has issued a token
-// for it (token.EntraSource.RotateCertificate): a file that does not parse,
-// whose key does not match, that has expired, or that Entra does not know
-// yet is refused with a log line naming the reason, and the certificate in
-// use stays in use. Sessions and queued mail never notice a rotation: the
-// token held keeps working until its own expiry, and pooled Exchange
-// connections keep the AUTH they did.
+// Reloading without downtime (SIGHUP, or a certificate file whose content
+// changed): what is applied and what waits for a restart, and why, is
+// docs/operations.md#reloading-without-downtime.
 
 // defaultWatchInterval is how often the certificate file is re-read. The
 // file is a few KiB; hashing it is cheaper than reasoning about inotify and
@@ -43,7 +28,7 @@ const defaultWatchInterval = 5 * time.Second
 
 // entraRetry is how long a certificate Entra refused waits before it is
 // tried again: a fresh upload takes a minute or two to propagate
-// (azure-setup.md step 3), and AADSTS50196 punishes tight loops.
+// (docs/entra.md#certificate-rotation), and AADSTS50196 punishes tight loops.
 const entraRetry = time.Minute
 
 // credWatch is the reloadable state, owned by the Relay (guarded by
@@ -66,7 +51,7 @@ type ReloadReport struct {
 	CertificateNew bool     // a different certificate is in use now
 }
 
-// Reload applies a re-read configuration: see the comment above. An error
+// Reload applies a re-read configuration (see the comment above). An error
 // means nothing was applied and the running configuration stays.
 func (r *Relay) Reload(ctx context.Context, cfg *config.Config) (ReloadReport, error) {
 	var rep ReloadReport

@@ -41,7 +41,7 @@ type scheduler interface {
 }
 
 // sink is the smtpd.Sink of the daemon: spool first, always, so a 250 is
-// never given for a message that exists only in memory (house rule 1).
+// never given for a message that exists only in memory (docs/design.md#what-250-means).
 type sink struct {
 	spool spooler
 	sched scheduler

@@ -83,7 +83,7 @@ func BenchmarkSpoolToUpstream(b *testing.B) {
 					b.Error(err)
 				}
 			})
-			s, err := New(Options{Spool: sp, Forwarder: up})
+			s, err := New(withSettings(Options{Spool: sp, Forwarder: up}))
 			if err != nil {
 				b.Fatal(err)
 			}

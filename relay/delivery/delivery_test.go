@@ -81,7 +81,7 @@ func setup(t *testing.T, fw *fake) *fixture {
 			t.Error(err)
 		}
 	})
-	s, err := New(Options{Spool: sp, Forwarder: fw, Clock: clk.Now, Rand: func() float64 { return 0.5 }})
+	s, err := New(withSettings(Options{Spool: sp, Forwarder: fw, Clock: clk.Now, Rand: func() float64 { return 0.5 }}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestCrashMidDeliveryKeepsAttempt(t *testing.T) {
 	// Restart: a new scheduler over the same spool attempts it no
 	// earlier than NextAttempt (a first look finds it due later and puts
 	// it back at that time).
-	s2, err := New(Options{Spool: f.sp, Forwarder: f.fw, Clock: f.clk.Now, Rand: func() float64 { return 0.5 }})
+	s2, err := New(withSettings(Options{Spool: f.sp, Forwarder: f.fw, Clock: f.clk.Now, Rand: func() float64 { return 0.5 }}))
 	if err != nil {
 		t.Fatal(err)
 	}

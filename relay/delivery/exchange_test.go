@@ -174,7 +174,7 @@ func newExoEnv(t testing.TB, o exoSetup) *exoEnv {
 	if o.sched != nil {
 		o.sched(&so)
 	}
-	if e.s, err = New(so); err != nil {
+	if e.s, err = New(withSettings(so)); err != nil {
 		t.Fatal(err)
 	}
 	return e

@@ -34,7 +34,7 @@ func TestLogsNeverCarryBody(t *testing.T) {
 		func(_ context.Context, _ *envelope.Envelope, b []byte) (*envelope.Result, error) { panic(string(b)) },
 		fails(temp), fails(perm),
 	}}
-	s, err := New(Options{Spool: sp, Forwarder: fw, Clock: func() time.Time { return t0 }, Logger: zap.New(core), Rand: func() float64 { return 0.5 }})
+	s, err := New(withSettings(Options{Spool: sp, Forwarder: fw, Clock: func() time.Time { return t0 }, Logger: zap.New(core), Rand: func() float64 { return 0.5 }}))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,7 +2,7 @@ package delivery
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Metrics (house rule 6). Labels: mailbox name and reply class only.
+// Metrics (docs/design.md#metrics). Labels: mailbox name and reply class only.
 var (
 	messagesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "o365relay_delivery_messages_total",
@@ -19,11 +19,11 @@ var (
 	}, []string{"mailbox", "limit"})
 	mailboxHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "o365relay_delivery_mailbox_healthy",
-		Help: "1 if delivery for the mailbox is flowing, 0 if it is held (the path to Exchange fails, quota, throttling).",
+		Help: "1 if delivery for the mailbox is flowing, 0 if it is held (the path to Exchange fails, the mailbox is full, quota, throttling).",
 	}, []string{"mailbox"})
 	mailboxHeld = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "o365relay_delivery_mailbox_held",
-		Help: "1 while delivery for the mailbox is held, labelled with why: token, connect, tls, auth (the path to Exchange), quota, throttled, continuous_errors.",
+		Help: "1 while delivery for the mailbox is held, labelled with why: token, connect, tls, auth (the path to Exchange), mailbox_full (the sending mailbox is over its quota), quota, throttled, continuous_errors.",
 	}, []string{"mailbox", "reason"})
 )
 

@@ -1,6 +1,7 @@
 package delivery
 
 import (
+	"strings"
 	"time"
 
 	"github.com/o365relay/o365relay/relay/envelope"
@@ -9,13 +10,13 @@ import (
 // Limits are one mailbox's pacing limits; 0 disables a limit.
 type Limits struct {
 	// Rate is messages per minute. Exchange Online accepts 30 a minute per
-	// mailbox and delays the excess (exchange-online.md §2.5); pacing here
+	// mailbox and delays the excess (docs/exchange.md#messages-per-minute); pacing here
 	// keeps the queue, its retries and its log on our side, where it can be
 	// seen, instead of inside Exchange.
 	Rate int
 	// DailyRecipients is recipients per rolling 24 hours. Exchange refuses
 	// submissions beyond 10,000 with 554 5.2.0
-	// SubmissionQuotaExceededException (§2.5).
+	// SubmissionQuotaExceededException (docs/exchange.md#recipients-per-day).
 	DailyRecipients int
 	// Connections is how many attempts for the mailbox run at once (the
 	// upstream pool's limit); a worker that finds them all busy moves on
@@ -32,7 +33,7 @@ const dailyWindow = 24 * time.Hour
 // a message may go when tat is at most burst intervals ahead of now, and
 // each message moves tat on by one interval (60 s / Rate). The burst is one
 // minute's allowance (30 at 30/min): Exchange's per-minute limit delays the
-// excess rather than refusing it (§2.5), so a burst of that size costs
+// excess rather than refusing it (docs/exchange.md#messages-per-minute), so a burst of that size costs
 // nothing and goes out at once; beyond it messages leave one per interval
 // (every 2 s at 30/min), which holds the sustained rate at Rate.
 // A message that must wait is given its own slot (booked), so a queue of
@@ -143,4 +144,40 @@ func (p *pacer) quotaFreesAt(now time.Time) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return p.sent[0].at.Add(dailyWindow), true
+}
+
+// pacerLocked returns mailbox's pacer. Callers hold mu.
+func (s *Scheduler) pacerLocked(mailbox string) *pacer {
+	k := strings.ToLower(mailbox)
+	p := s.pacers[k]
+	if p == nil {
+		p = newPacer()
+		s.pacers[k] = p
+	}
+	return p
+}
+
+// admit asks mailbox's pacer whether a message with rcpts pending
+// recipients may go at now, and counts a postponement by the limit that
+// caused it.
+func (s *Scheduler) admit(id envelope.ID, mailbox string, l Limits, rcpts int, now time.Time) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.pacerLocked(mailbox).admit(id, rcpts, l, now)
+	if !ok {
+		limit := "rate"
+		if l.DailyRecipients > 0 && s.pacerLocked(mailbox).sum+rcpts > l.DailyRecipients {
+			limit = "daily_recipients"
+		}
+		pacedTotal.WithLabelValues(mailbox, limit).Inc()
+	}
+	return at, ok
+}
+
+// settle tells mailbox's pacer how many of the recipients admitted at at
+// were delivered.
+func (s *Scheduler) settle(mailbox string, at time.Time, reserved, delivered int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pacerLocked(mailbox).settle(at, reserved, delivered)
 }

@@ -18,7 +18,7 @@ import (
 // connection, so the upstream pool never has to make anyone wait.
 //
 // The limit starts at Limits.Connections (Exchange allows three per
-// mailbox, exchange-online.md §2.5; 0 = no limit of ours). A 432 4.3.2 at
+// mailbox, docs/exchange.md#connections-per-mailbox; 0 = no limit of ours). A 432 4.3.2 at
 // AUTH while other attempts of ours hold connections means someone else (an
 // application, another relay, a connection Exchange has not released yet)
 // uses a slot: the limit drops to the number we hold and the message waits

@@ -81,8 +81,8 @@ type Certificate struct {
 type Mailbox struct {
 	Name string `json:"name"`
 	// Held says delivery is paused: Reason says why (a token failure, an
-	// AUTH refusal, a quota, throttling) and HeldUntil when the next probe
-	// attempt may run.
+	// AUTH refusal, a full mailbox, a quota, throttling) and HeldUntil when
+	// the next probe attempt may run.
 	Held      bool      `json:"held"`
 	Reason    string    `json:"reason,omitempty"`
 	HeldUntil time.Time `json:"held_until,omitzero"`
