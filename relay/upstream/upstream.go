@@ -121,6 +121,10 @@ type Client struct {
 	janitor sync.WaitGroup
 
 	dials, handshakes, auths, open atomic.Int64
+
+	// bodyBufs lends the buffer a body is copied to Exchange through
+	// (io.Copy would allocate 32 KiB per message).
+	bodyBufs sync.Pool
 }
 
 // Stats counts connection work since New.
@@ -568,7 +572,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *envelope.Envelope,
 		return res, &txError{err: c.fail(netError(err, reply.StageData, "connection lost before data"))}, false
 	}
 	br := &bodyReader{r: body}
-	if _, err := io.Copy(dc, br); err != nil {
+	if err := c.copyBody(dc, br); err != nil {
 		// Close without the final dot: Exchange discards an unterminated
 		// message (RFC 5321 §4.1.1.4 — only "<CRLF>.<CRLF>" completes it).
 		cn.close(false)
@@ -587,6 +591,19 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *envelope.Envelope,
 	countReply(reply.StageData, 250)
 	res.Reply = resp.StatusText
 	return res, nil, true
+}
+
+// copyBody copies a message body to the DATA writer through a pooled
+// buffer.
+func (c *Client) copyBody(dst io.Writer, src io.Reader) error {
+	bp, _ := c.bodyBufs.Get().(*[]byte)
+	if bp == nil {
+		b := make([]byte, 32<<10)
+		bp = &b
+	}
+	defer c.bodyBufs.Put(bp)
+	_, err := io.CopyBuffer(dst, src, *bp)
+	return err
 }
 
 // resettable reports whether a session whose command just failed with err
