@@ -33,7 +33,6 @@
 package upstream
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -41,6 +40,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/textproto"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -123,8 +123,9 @@ type Client struct {
 	dials, handshakes, auths, open atomic.Int64
 
 	// bodyBufs lends the buffer a body is copied to Exchange through
-	// (io.Copy would allocate 32 KiB per message).
-	bodyBufs sync.Pool
+	// (io.Copy would allocate 32 KiB per message); pipeBufs the buffers
+	// of a pipelined transaction's body (pipelining.go).
+	bodyBufs, pipeBufs sync.Pool
 }
 
 // Stats counts connection work since New.
@@ -206,6 +207,8 @@ type conn struct {
 	cl       *Client
 	smtp     *smtp.Client
 	raw      net.Conn
+	tls      *tls.Conn         // the session (go-smtp speaks over it too)
+	replies  *textproto.Reader // replies to pipelined transactions (pipelining.go)
 	mailbox  string
 	tok      token.Token
 	created  time.Time
@@ -236,24 +239,6 @@ func (cn *conn) close(graceful bool) {
 	})
 }
 
-// phaseConn notes whether STARTTLS was sent, to tell a refused STARTTLS
-// from a refused greeting or EHLO (go-smtp reports both as plain errors).
-type phaseConn struct {
-	net.Conn
-	sentSTARTTLS atomic.Bool
-}
-
-func (p *phaseConn) Write(b []byte) (int, error) {
-	if bytes.HasPrefix(b, []byte("STARTTLS")) {
-		p.sentSTARTTLS.Store(true)
-	}
-	return p.Conn.Write(b)
-}
-
-// errNoSTARTTLS is go-smtp v0.25.1's text when EHLO lacks STARTTLS
-// (client.go initStartTLS); TestNoSTARTTLS pins it.
-const errNoSTARTTLS = "smtp: server doesn't support STARTTLS"
-
 // dial opens a TCP connection.
 func (c *Client) dial(ctx context.Context) (net.Conn, *reply.Error) {
 	dctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
@@ -273,35 +258,35 @@ func (c *Client) startTLS(ctx context.Context, raw net.Conn) (*conn, *tls.Connec
 	start := time.Now()
 	stop := context.AfterFunc(ctx, func() { _ = raw.Close() }) // unblocks I/O; Close error irrelevant
 	defer stop()
-	pc := &phaseConn{Conn: raw}
-	cfg := &tls.Config{ServerName: c.opts.ServerName, RootCAs: c.opts.RootCAs, MinVersion: tls.VersionTLS12}
+	// Full-size TLS records from the first: dynamic record sizing (small
+	// records while a connection is new) helps a browser render early,
+	// and only costs a mail session records and writes.
+	cfg := &tls.Config{ServerName: c.opts.ServerName, RootCAs: c.opts.RootCAs, MinVersion: tls.VersionTLS12,
+		DynamicRecordSizingDisabled: true}
 	if err := raw.SetDeadline(time.Now().Add(c.opts.CommandTimeout)); err != nil {
 		c.closeRaw(raw)
 		return nil, nil, c.fail(netError(err, reply.StageConnect, "connection setup failed"))
 	}
-	sc, err := smtp.NewClientStartTLS(pc, cfg)
+	tc, sentSTARTTLS, err := plainToTLS(raw, cfg, c.opts.HelloName)
 	if err != nil {
-		c.closeRaw(raw) // NewClientStartTLS closed it on most paths; idempotent
+		c.closeRaw(raw)
 		if ctx.Err() != nil {
-			return nil, nil, c.fail(ctxError(ctx, reply.StageConnect))
+			return nil, nil, c.fail(ctxError(ctx, stageOf(sentSTARTTLS)))
 		}
-		if err.Error() == errNoSTARTTLS {
+		if errors.Is(err, errNoSTARTTLSOffered) {
 			return nil, nil, c.fail(&reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 7, 10}, Stage: reply.StageTLS,
 				Text: fmt.Sprintf("%s does not offer STARTTLS; refusing to send credentials without TLS (check the upstream address)", c.opts.Addr)})
 		}
-		stage := reply.StageConnect
-		if pc.sentSTARTTLS.Load() {
-			stage = reply.StageTLS
-		}
-		return nil, nil, c.fail(c.classify(err, stage))
+		return nil, nil, c.fail(c.classify(err, stageOf(sentSTARTTLS)))
 	}
-	cn := &conn{cl: c, smtp: sc, raw: raw, created: c.opts.Clock()}
+	// go-smtp reads a greeting first on a new client; the server's came
+	// before STARTTLS.
+	sc := smtp.NewClient(&tlsSession{Conn: tc, greeting: []byte("220 " + c.host + " TLS on\r\n")})
+	cn := &conn{cl: c, smtp: sc, raw: raw, tls: tc, created: c.opts.Clock()}
 	c.open.Add(1)
 	connectionsOpen.Inc()
 	sc.CommandTimeout = c.opts.CommandTimeout
 	sc.SubmissionTimeout = c.opts.DataTimeout
-	// go-smtp performs the handshake lazily; Hello is where a certificate
-	// that does not verify shows up (exchange-online.md §5.2).
 	if err := sc.Hello(c.opts.HelloName); err != nil {
 		cn.close(false)
 		if ctx.Err() != nil {
@@ -309,8 +294,8 @@ func (c *Client) startTLS(ctx context.Context, raw net.Conn) (*conn, *tls.Connec
 		}
 		return nil, nil, c.fail(c.classify(err, reply.StageTLS))
 	}
-	st, ok := sc.TLSConnectionState()
-	if !ok || !st.HandshakeComplete || st.Version < tls.VersionTLS12 {
+	st := tc.ConnectionState()
+	if !st.HandshakeComplete || st.Version < tls.VersionTLS12 {
 		cn.close(false)
 		return nil, nil, c.fail(&reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 5}, Stage: reply.StageTLS,
 			Text: fmt.Sprintf("TLS session with %s not established", c.host)})
@@ -330,7 +315,7 @@ func (c *Client) closeRaw(raw net.Conn) {
 func (c *Client) auth(ctx context.Context, cn *conn, mailbox string, tok token.Token) *reply.Error {
 	// Never put a token on a connection that is not TLS, whatever
 	// happened before (house rule; RFC 4954 §4 leaves it to the client).
-	if st, ok := cn.smtp.TLSConnectionState(); !ok || !st.HandshakeComplete {
+	if cn.tls == nil || !cn.tls.ConnectionState().HandshakeComplete {
 		return c.fail(&reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 5}, Stage: reply.StageTLS,
 			Text: "refusing to authenticate on a connection without TLS"})
 	}
@@ -528,6 +513,11 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *envelope.Envelope,
 		// relayed; retrying will not help.
 		return nil, &txError{err: c.fail(&reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 6, 7}, Stage: reply.StageMail,
 			Text: "upstream does not support SMTPUTF8; internationalized addresses cannot be relayed"})}, false
+	}
+	if ok, _ := cn.smtp.Extension("PIPELINING"); ok && cn.tls != nil {
+		if group, err := commandGroup(cn, env); err == nil && len(group) <= maxGroup {
+			return c.transactPipelined(cn, env, group, body)
+		}
 	}
 	// SIZE= (RFC 1870 §5) lets Exchange refuse an oversized message before
 	// the body is sent (552 5.3.4).
