@@ -6,14 +6,17 @@
 //
 // Rules this package enforces (exchange-online.md §2, §5):
 //   - The token is only ever sent on a connection whose TLS handshake
-//     completed and verified the server (checked via TLSConnectionState
+//     completed and verified the server (checked on the TLS connection
 //     right before AUTH). A server that does not offer STARTTLS gets
 //     nothing secret; the error carries StageTLS, and like every failure
 //     before MAIL FROM (a stage of token, connect, tls or auth) the
 //     delivery scheduler treats it as the path's, not the message's: the
 //     mailbox is held and its mail stays queued.
-//   - go-smtp verifies the certificate lazily (§5.2), so Hello is called
-//     explicitly right after STARTTLS to surface the verification error.
+//   - Greeting, EHLO, STARTTLS and the handshake (which verifies the
+//     certificate, §5.2) are done here (starttls.go); go-smtp speaks EHLO,
+//     AUTH and QUIT over the TLS connection. With PIPELINING offered, a
+//     transaction's commands go in one write and its body in another
+//     (pipelining.go); each reply keeps its meaning.
 //   - A 535 at AUTH gets one token refresh and one new connection; a second
 //     535 is returned (5.7.3 is permanent for that token, §2.4).
 //   - Upstream replies are kept exactly (FromSMTP); network, timeout
@@ -70,8 +73,8 @@ type Options struct {
 	RootCAs *x509.CertPool
 	// Tokens supplies access tokens. Required.
 	Tokens token.Source
-	// HelloName is the EHLO name after STARTTLS; default "localhost".
-	// (go-smtp always says "localhost" in the EHLO before STARTTLS.)
+	// HelloName is the EHLO name, before and after STARTTLS; default
+	// "localhost".
 	HelloName string
 	// Dial opens the TCP connection; default a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
