@@ -109,6 +109,9 @@ type Options struct {
 	// NoSTARTTLS makes a server that never offers STARTTLS (and therefore
 	// never AUTH): a misconfigured or intercepting endpoint.
 	NoSTARTTLS bool
+	// NoPipelining leaves PIPELINING (RFC 2920) out of EHLO, so a client
+	// sends one command at a time.
+	NoPipelining bool
 	// TokenKey verifies access tokens (the fake Entra ID's signing key).
 	TokenKey *rsa.PublicKey
 	// Tenant is the expected tid claim.

@@ -111,15 +111,19 @@ func (c *faultConn) out() net.Conn {
 func (c *faultConn) isTLS() bool { return c.tlsConn != nil }
 
 // Write passes go-smtp's replies on. It adds STARTTLS to the EHLO reply
-// (go-smtp, having no TLS configuration, does not list it) and notes the
-// 354 that starts a message.
+// (go-smtp, having no TLS configuration, does not list it), leaves
+// PIPELINING out with NoPipelining, and notes the 354 that starts a
+// message.
 func (c *faultConn) Write(p []byte) (int, error) {
 	w := c.out()
-	if _, err := w.Write(p); err != nil {
-		return 0, err
+	pipelining := bytes.Equal(p, []byte("250-PIPELINING\r\n"))
+	if !pipelining || !c.s.opts.NoPipelining {
+		if _, err := w.Write(p); err != nil {
+			return 0, err
+		}
 	}
 	switch {
-	case bytes.Equal(p, []byte("250-PIPELINING\r\n")):
+	case pipelining:
 		// go-smtp's first EHLO keyword line.
 		if c.tlsConn == nil && !c.noSTARTTLS && !c.s.opts.NoSTARTTLS {
 			if _, err := w.Write([]byte("250-STARTTLS\r\n")); err != nil {

@@ -3,6 +3,7 @@ package smtpd
 import (
 	"bytes"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/o365relay/o365relay/relay/reply"
@@ -48,12 +49,12 @@ const (
 type dataReader struct {
 	c     *trackedConn
 	state dataState
-	n     int64 // content octets so far
-	max   int64 // refuse content beyond this (0: no limit)
-	line  int   // raw octets since the last LF
-	done  bool  // the end-of-data line was read
-	err   error // sticky: a read error or a refusal
-	buf   []byte
+	n     int64   // content octets so far
+	max   int64   // refuse content beyond this (0: no limit)
+	line  int     // raw octets since the last LF
+	done  bool    // the end-of-data line was read
+	err   error   // sticky: a read error or a refusal
+	buf   *[]byte // read buffer, from c.bufs while the message is read
 }
 
 func newDataReader(c *trackedConn, max int64) *dataReader {
@@ -91,6 +92,9 @@ func (d *dataReader) Read(p []byte) (int, error) {
 			d.err = errLineTooLong
 			continue
 		}
+		if d.done {
+			d.release()
+		}
 		d.n += int64(n)
 		if d.max > 0 && d.n > d.max {
 			d.err = errDataTooLarge
@@ -119,12 +123,43 @@ func (d *dataReader) discard() error {
 		used, _ := d.frame(d.c.inbuf, scratch[:])
 		d.c.inbuf = d.c.inbuf[used:]
 	}
+	d.release()
 	return nil
 }
 
 // dataBuf is the read size during DATA: larger than the command buffer,
-// for fewer reads of a big message.
+// for fewer reads of a big message, and enough for a typical message in
+// one read.
 const dataBuf = 32 << 10
+
+// newDataBufs is the pool of DATA read buffers a Server's sessions share
+// (see dataReader.release): a buffer per message was most of what the
+// intake allocated, and the garbage collector's work grows with it.
+func newDataBufs() *sync.Pool {
+	return &sync.Pool{New: func() any {
+		b := make([]byte, dataBuf)
+		return &b
+	}}
+}
+
+// release gives the read buffer back once the message has been read. What
+// the client sent after the end of data (pipelined commands) is still to
+// be read as commands: it is copied out of the buffer first.
+func (d *dataReader) release() {
+	if d.buf == nil {
+		return
+	}
+	c := d.c
+	if len(c.inbuf) > 0 {
+		c.inbuf = append([]byte(nil), c.inbuf...)
+	} else {
+		c.inbuf = nil
+	}
+	if c.bufs != nil {
+		c.bufs.Put(d.buf)
+	}
+	d.buf = nil
+}
 
 // fill reads more of the client's stream into the connection's buffer
 // (which is empty), under the same session limit as Read.
@@ -140,10 +175,16 @@ func (d *dataReader) fill() error {
 		return io.ErrUnexpectedEOF
 	}
 	if d.buf == nil {
-		d.buf = make([]byte, dataBuf)
+		if c.bufs != nil {
+			d.buf = c.bufs.Get().(*[]byte)
+		} else {
+			b := make([]byte, dataBuf)
+			d.buf = &b
+		}
 	}
-	n, err := c.readConn(d.buf)
-	c.inbuf = d.buf[:n]
+	buf := *d.buf
+	n, err := c.readConn(buf)
+	c.inbuf = buf[:n]
 	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF

@@ -43,6 +43,8 @@ type guardedListener struct {
 	// before MAIL, see session.Mail).
 	authAvailable bool
 	beginData     func() bool // Server.beginData
+	// dataBufs lends DATA read buffers to the connections (data.go).
+	dataBufs *sync.Pool
 
 	*connCaps
 }
@@ -73,7 +75,8 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			continue
 		}
 		tc := &trackedConn{Conn: c, ip: ip, trusted: trusted, release: l.release, started: time.Now(), maxSession: l.maxSession,
-			log: l.log, sizeLine: l.sizeLine, handshakeTimeout: l.handshakeTimeout, beginData: l.beginData}
+			log: l.log, sizeLine: l.sizeLine, handshakeTimeout: l.handshakeTimeout, beginData: l.beginData,
+			bufs: l.dataBufs}
 		if l.implicitTLS {
 			// The handshake runs at the connection's first read or
 			// write (go-smtp's greeting), on go-smtp's goroutine, not in
@@ -195,6 +198,7 @@ type trackedConn struct {
 	// (dataEnd) once the rest has been read or discarded.
 	data    *dataReader
 	dataEnd []byte
+	bufs    *sync.Pool // DATA read buffers (nil: one per message)
 
 	// syntaxErrors counts replies that say the client does not speak SMTP
 	// properly (see countSyntaxError).
@@ -340,6 +344,10 @@ func (c *trackedConn) readConn(p []byte) (int, error) {
 // (and go-smtp refuses it as too long).
 const maxHeldLine = 2048
 
+// cmdBuf is the read size outside DATA: a held line start (at most
+// maxHeldLine) plus room for at least as much again.
+const cmdBuf = 2 * maxHeldLine
+
 // readCommand gives go-smtp at most one command line per Read outside DATA,
 // after command has looked at it. go-smtp asks for more only once it has
 // answered the previous line, so a line handled here (STARTTLS, BDAT) is
@@ -387,13 +395,15 @@ func (c *trackedConn) readCommand(p []byte) (int, error) {
 			return 0, err
 		}
 		if c.rbuf == nil {
-			c.rbuf = make([]byte, 4096)
+			c.rbuf = make([]byte, cmdBuf)
 		}
-		n, err := c.readConn(c.rbuf)
-		if len(c.inbuf) == 0 {
-			c.inbuf = nil // let a long line's array go
-		}
-		c.inbuf = append(c.inbuf, c.rbuf[:n]...)
+		// Here inbuf holds at most the start of one line (no LF, at
+		// most maxHeldLine octets): it moves to the front of rbuf and
+		// the read fills the rest, so reading a command allocates
+		// nothing.
+		held := copy(c.rbuf, c.inbuf)
+		n, err := c.readConn(c.rbuf[held:])
+		c.inbuf = c.rbuf[:held+n]
 		if err != nil {
 			if n == 0 || c.closing.Load() != connOpen {
 				return 0, err

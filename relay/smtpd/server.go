@@ -248,6 +248,7 @@ func (s *Server) Listen() error {
 		tlsCfg = tlsConfigFor(s.opts.TLSConfig)
 	}
 	caps := &connCaps{perIP: map[netip.Addr]int{}}
+	bufs := newDataBufs()
 	mk := func(addr string, implicit bool) (*guardedListener, error) {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -257,6 +258,7 @@ func (s *Server) Listen() error {
 			Listener: l, allowed: s.opts.AllowedNetworks,
 			maxTotal: s.opts.MaxConnections, maxPerIP: s.opts.MaxConnectionsPerClient,
 			log: s.log, onRefused: s.opts.OnRefused, connCaps: caps, beginData: s.beginData,
+			dataBufs:    bufs,
 			maxSession:  s.opts.MaxSessionDuration,
 			implicitTLS: implicit, tlsConfig: tlsCfg, handshakeTimeout: s.opts.CommandTimeout,
 			authAvailable: s.opts.Auth != nil,

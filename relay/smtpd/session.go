@@ -274,16 +274,19 @@ func (s *session) Data(r io.Reader) (err error) {
 			s.tc.closeAfterReply()
 		}
 	}
-	log := srv.log.With(zap.String("id", string(env.ID)), zap.String("client", env.Client),
-		zap.String("from", env.From), zap.Int("rcpts", len(env.To)), zap.String("mailbox", env.Mailbox))
+	// The fields go to the one log call (a logger With them would be
+	// built for every message).
+	fields := make([]zap.Field, 5, 9)
+	fields[0], fields[1], fields[2] = zap.String("id", string(env.ID)), zap.String("client", env.Client), zap.String("from", env.From)
+	fields[3], fields[4] = zap.Int("rcpts", len(env.To)), zap.String("mailbox", env.Mailbox)
 	if err != nil {
 		rep := ForClient(err)
-		log.Warn("message refused", zap.Int("code", rep.Code),
+		srv.log.Warn("message refused", append(fields, zap.Int("code", rep.Code),
 			zap.String("enhanced", reply.EnhancedString(rep.Code, reply.EnhancedCode(rep.EnhancedCode))),
-			zap.String("reply", rep.Message), zap.Error(err))
+			zap.String("reply", rep.Message), zap.Error(err))...)
 		return rep
 	}
-	log.Info("message accepted", zap.Int64("size", env.Size), zap.String("reply", text))
+	srv.log.Info("message accepted", append(fields, zap.Int64("size", env.Size), zap.String("reply", text))...)
 	// go-smtp's Session has no way to return a success text, but it
 	// writes whatever *smtp.SMTPError Data returns as the reply (the same
 	// type assertion ForClient relies on), so a 250 naming the

@@ -81,10 +81,12 @@ func (s *Spool) Put(env *envelope.Envelope, body io.Reader) (err error) {
 		}
 	}
 	s.reserved++
+	s.putting[env.ID] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
 		s.reserved--
+		delete(s.putting, env.ID)
 		s.mu.Unlock()
 	}()
 

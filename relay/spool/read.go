@@ -309,6 +309,9 @@ func (s *Spool) Rescan() (changed, gone []envelope.ID, err error) {
 		defer s.mu.Unlock()
 		for _, x := range batch {
 			e, ok := s.index[x.id]
+			if _, p := s.putting[x.id]; !ok && p {
+				continue // its Put adds it (see putting)
+			}
 			if !ok {
 				s.add(x.id, x.size, time.Unix(0, x.mod))
 				changed = append(changed, x.id)

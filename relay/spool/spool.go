@@ -78,6 +78,11 @@ type Spool struct {
 	gen      uint32   // Rescan generation
 	free     []string // reusable record files in free/ (recycle.go)
 	freeing  int      // retirements into free/ in progress
+	// putting holds the IDs whose Put is under way: between its rename
+	// into queue/ and its index entry, Rescan must not take the record
+	// for one added from outside (it would schedule it, and a worker
+	// could deliver it before the Put's caller does).
+	putting map[envelope.ID]struct{}
 }
 
 // indexEntry is small and held by value: a daemon with 100,000 messages
@@ -126,7 +131,7 @@ func open(opts Options, daemon bool) (*Spool, error) {
 		freeDir: filepath.Join(opts.Dir, "free"),
 		commits: make(chan chan error, 64), later: make(chan struct{}, 1),
 		stop: make(chan struct{}), stopped: make(chan struct{}),
-		index: map[envelope.ID]indexEntry{},
+		index: map[envelope.ID]indexEntry{}, putting: map[envelope.ID]struct{}{},
 	}
 	dirs := []string{s.tmp, s.queue, s.fail, s.corrupt}
 	if daemon {

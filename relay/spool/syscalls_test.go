@@ -139,6 +139,43 @@ func TestNoInodePerMessage(t *testing.T) {
 	}
 }
 
+// TestRemovalsShareThePutsFsync: a removal's directory fsync waits for the
+// next Put's (removalSyncDelay), so messages delivered one after another
+// cost one directory fsync each, not two; the last removal, with no Put
+// after it, still gets one. The old committer fsynced for each removal at
+// once (2 per message).
+func TestRemovalsShareThePutsFsync(t *testing.T) {
+	t.Parallel()
+	fs := &countFS{}
+	s := open_(t, t.TempDir(), func(o *Options) { o.FS = fs })
+	fs.mu.Lock()
+	fs.dirSyncs = 0
+	fs.mu.Unlock()
+	const n = 20
+	for i := range n {
+		lifecycle(t, s, newEnv(i), []byte(fmt.Sprintf("Subject: %d\r\n\r\nbody\r\n", i)))
+	}
+	fs.mu.Lock()
+	got := fs.dirSyncs
+	fs.mu.Unlock()
+	// n for the Puts; a stall of removalSyncDelay between a removal and
+	// the next Put (a loaded machine) would add one.
+	if got > n+n/4 {
+		t.Errorf("%d directory fsyncs for %d messages delivered one after another, want about %d", got, n, n)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		fs.mu.Lock()
+		done := fs.dirSyncs > got
+		fs.mu.Unlock()
+		if done {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the last removal got no directory fsync")
+		}
+	}
+}
+
 // BenchmarkLifecycle is one delivered message's spool work (10 KB, fsync
 // on, sequential): Put, Get, NoteAttempt, Body, Remove. creates/op and
 // fsyncs/op are exact; ns/op is report-only on a shared machine.
@@ -191,5 +228,27 @@ func BenchmarkOpen(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestCloseSyncsAWaitingRemoval: a removal still waiting for a Put to share
+// its directory fsync with gets one at Close.
+func TestCloseSyncsAWaitingRemoval(t *testing.T) {
+	t.Parallel()
+	fs := &countFS{}
+	s := open_(t, t.TempDir(), func(o *Options) { o.FS = fs })
+	lifecycle(t, s, newEnv(0), []byte("Subject: 0\r\n\r\nbody\r\n"))
+	fs.mu.Lock()
+	before := fs.dirSyncs
+	fs.mu.Unlock()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	// The removal's own fsync may have come already (a stall longer than
+	// removalSyncDelay); otherwise Close made one.
+	if fs.dirSyncs == before && before < 2 {
+		t.Errorf("no directory fsync for the removal (%d in all)", fs.dirSyncs)
 	}
 }

@@ -6,14 +6,17 @@
 //
 // Rules this package enforces (exchange-online.md §2, §5):
 //   - The token is only ever sent on a connection whose TLS handshake
-//     completed and verified the server (checked via TLSConnectionState
+//     completed and verified the server (checked on the TLS connection
 //     right before AUTH). A server that does not offer STARTTLS gets
 //     nothing secret; the error carries StageTLS, and like every failure
 //     before MAIL FROM (a stage of token, connect, tls or auth) the
 //     delivery scheduler treats it as the path's, not the message's: the
 //     mailbox is held and its mail stays queued.
-//   - go-smtp verifies the certificate lazily (§5.2), so Hello is called
-//     explicitly right after STARTTLS to surface the verification error.
+//   - Greeting, EHLO, STARTTLS and the handshake (which verifies the
+//     certificate, §5.2) are done here (starttls.go); go-smtp speaks EHLO,
+//     AUTH and QUIT over the TLS connection. With PIPELINING offered, a
+//     transaction's commands go in one write and its body in another
+//     (pipelining.go); each reply keeps its meaning.
 //   - A 535 at AUTH gets one token refresh and one new connection; a second
 //     535 is returned (5.7.3 is permanent for that token, §2.4).
 //   - Upstream replies are kept exactly (FromSMTP); network, timeout
@@ -33,7 +36,6 @@
 package upstream
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -41,6 +43,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/textproto"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -70,8 +73,8 @@ type Options struct {
 	RootCAs *x509.CertPool
 	// Tokens supplies access tokens. Required.
 	Tokens token.Source
-	// HelloName is the EHLO name after STARTTLS; default "localhost".
-	// (go-smtp always says "localhost" in the EHLO before STARTTLS.)
+	// HelloName is the EHLO name, before and after STARTTLS; default
+	// "localhost".
 	HelloName string
 	// Dial opens the TCP connection; default a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -121,6 +124,11 @@ type Client struct {
 	janitor sync.WaitGroup
 
 	dials, handshakes, auths, open atomic.Int64
+
+	// bodyBufs lends the buffer a body is copied to Exchange through
+	// (io.Copy would allocate 32 KiB per message); pipeBufs the buffers
+	// of a pipelined transaction's body (pipelining.go).
+	bodyBufs, pipeBufs sync.Pool
 }
 
 // Stats counts connection work since New.
@@ -202,6 +210,8 @@ type conn struct {
 	cl       *Client
 	smtp     *smtp.Client
 	raw      net.Conn
+	tls      *tls.Conn         // the session (go-smtp speaks over it too)
+	replies  *textproto.Reader // replies to pipelined transactions (pipelining.go)
 	mailbox  string
 	tok      token.Token
 	created  time.Time
@@ -232,24 +242,6 @@ func (cn *conn) close(graceful bool) {
 	})
 }
 
-// phaseConn notes whether STARTTLS was sent, to tell a refused STARTTLS
-// from a refused greeting or EHLO (go-smtp reports both as plain errors).
-type phaseConn struct {
-	net.Conn
-	sentSTARTTLS atomic.Bool
-}
-
-func (p *phaseConn) Write(b []byte) (int, error) {
-	if bytes.HasPrefix(b, []byte("STARTTLS")) {
-		p.sentSTARTTLS.Store(true)
-	}
-	return p.Conn.Write(b)
-}
-
-// errNoSTARTTLS is go-smtp v0.25.1's text when EHLO lacks STARTTLS
-// (client.go initStartTLS); TestNoSTARTTLS pins it.
-const errNoSTARTTLS = "smtp: server doesn't support STARTTLS"
-
 // dial opens a TCP connection.
 func (c *Client) dial(ctx context.Context) (net.Conn, *reply.Error) {
 	dctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
@@ -269,35 +261,35 @@ func (c *Client) startTLS(ctx context.Context, raw net.Conn) (*conn, *tls.Connec
 	start := time.Now()
 	stop := context.AfterFunc(ctx, func() { _ = raw.Close() }) // unblocks I/O; Close error irrelevant
 	defer stop()
-	pc := &phaseConn{Conn: raw}
-	cfg := &tls.Config{ServerName: c.opts.ServerName, RootCAs: c.opts.RootCAs, MinVersion: tls.VersionTLS12}
+	// Full-size TLS records from the first: dynamic record sizing (small
+	// records while a connection is new) helps a browser render early,
+	// and only costs a mail session records and writes.
+	cfg := &tls.Config{ServerName: c.opts.ServerName, RootCAs: c.opts.RootCAs, MinVersion: tls.VersionTLS12,
+		DynamicRecordSizingDisabled: true}
 	if err := raw.SetDeadline(time.Now().Add(c.opts.CommandTimeout)); err != nil {
 		c.closeRaw(raw)
 		return nil, nil, c.fail(netError(err, reply.StageConnect, "connection setup failed"))
 	}
-	sc, err := smtp.NewClientStartTLS(pc, cfg)
+	tc, sentSTARTTLS, err := plainToTLS(raw, cfg, c.opts.HelloName)
 	if err != nil {
-		c.closeRaw(raw) // NewClientStartTLS closed it on most paths; idempotent
+		c.closeRaw(raw)
 		if ctx.Err() != nil {
-			return nil, nil, c.fail(ctxError(ctx, reply.StageConnect))
+			return nil, nil, c.fail(ctxError(ctx, stageOf(sentSTARTTLS)))
 		}
-		if err.Error() == errNoSTARTTLS {
+		if errors.Is(err, errNoSTARTTLSOffered) {
 			return nil, nil, c.fail(&reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 7, 10}, Stage: reply.StageTLS,
 				Text: fmt.Sprintf("%s does not offer STARTTLS; refusing to send credentials without TLS (check the upstream address)", c.opts.Addr)})
 		}
-		stage := reply.StageConnect
-		if pc.sentSTARTTLS.Load() {
-			stage = reply.StageTLS
-		}
-		return nil, nil, c.fail(c.classify(err, stage))
+		return nil, nil, c.fail(c.classify(err, stageOf(sentSTARTTLS)))
 	}
-	cn := &conn{cl: c, smtp: sc, raw: raw, created: c.opts.Clock()}
+	// go-smtp reads a greeting first on a new client; the server's came
+	// before STARTTLS.
+	sc := smtp.NewClient(&tlsSession{Conn: tc, greeting: []byte("220 " + c.host + " TLS on\r\n")})
+	cn := &conn{cl: c, smtp: sc, raw: raw, tls: tc, created: c.opts.Clock()}
 	c.open.Add(1)
 	connectionsOpen.Inc()
 	sc.CommandTimeout = c.opts.CommandTimeout
 	sc.SubmissionTimeout = c.opts.DataTimeout
-	// go-smtp performs the handshake lazily; Hello is where a certificate
-	// that does not verify shows up (exchange-online.md §5.2).
 	if err := sc.Hello(c.opts.HelloName); err != nil {
 		cn.close(false)
 		if ctx.Err() != nil {
@@ -305,8 +297,8 @@ func (c *Client) startTLS(ctx context.Context, raw net.Conn) (*conn, *tls.Connec
 		}
 		return nil, nil, c.fail(c.classify(err, reply.StageTLS))
 	}
-	st, ok := sc.TLSConnectionState()
-	if !ok || !st.HandshakeComplete || st.Version < tls.VersionTLS12 {
+	st := tc.ConnectionState()
+	if !st.HandshakeComplete || st.Version < tls.VersionTLS12 {
 		cn.close(false)
 		return nil, nil, c.fail(&reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 5}, Stage: reply.StageTLS,
 			Text: fmt.Sprintf("TLS session with %s not established", c.host)})
@@ -326,7 +318,7 @@ func (c *Client) closeRaw(raw net.Conn) {
 func (c *Client) auth(ctx context.Context, cn *conn, mailbox string, tok token.Token) *reply.Error {
 	// Never put a token on a connection that is not TLS, whatever
 	// happened before (house rule; RFC 4954 §4 leaves it to the client).
-	if st, ok := cn.smtp.TLSConnectionState(); !ok || !st.HandshakeComplete {
+	if cn.tls == nil || !cn.tls.ConnectionState().HandshakeComplete {
 		return c.fail(&reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 5}, Stage: reply.StageTLS,
 			Text: "refusing to authenticate on a connection without TLS"})
 	}
@@ -525,6 +517,11 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *envelope.Envelope,
 		return nil, &txError{err: c.fail(&reply.Error{Code: 554, Enhanced: reply.EnhancedCode{5, 6, 7}, Stage: reply.StageMail,
 			Text: "upstream does not support SMTPUTF8; internationalized addresses cannot be relayed"})}, false
 	}
+	if ok, _ := cn.smtp.Extension("PIPELINING"); ok && cn.tls != nil {
+		if group, err := commandGroup(cn, env); err == nil && len(group) <= maxGroup {
+			return c.transactPipelined(cn, env, group, body)
+		}
+	}
 	// SIZE= (RFC 1870 §5) lets Exchange refuse an oversized message before
 	// the body is sent (552 5.3.4).
 	if err := cn.smtp.Mail(env.From, &smtp.MailOptions{UTF8: env.SMTPUTF8, Size: env.Size}); err != nil {
@@ -568,7 +565,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *envelope.Envelope,
 		return res, &txError{err: c.fail(netError(err, reply.StageData, "connection lost before data"))}, false
 	}
 	br := &bodyReader{r: body}
-	if _, err := io.Copy(dc, br); err != nil {
+	if err := c.copyBody(dc, br); err != nil {
 		// Close without the final dot: Exchange discards an unterminated
 		// message (RFC 5321 §4.1.1.4 — only "<CRLF>.<CRLF>" completes it).
 		cn.close(false)
@@ -587,6 +584,19 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *envelope.Envelope,
 	countReply(reply.StageData, 250)
 	res.Reply = resp.StatusText
 	return res, nil, true
+}
+
+// copyBody copies a message body to the DATA writer through a pooled
+// buffer.
+func (c *Client) copyBody(dst io.Writer, src io.Reader) error {
+	bp, _ := c.bodyBufs.Get().(*[]byte)
+	if bp == nil {
+		b := make([]byte, 32<<10)
+		bp = &b
+	}
+	defer c.bodyBufs.Put(bp)
+	_, err := io.CopyBuffer(dst, src, *bp)
+	return err
 }
 
 // resettable reports whether a session whose command just failed with err
