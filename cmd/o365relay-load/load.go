@@ -21,7 +21,7 @@ import (
 	"github.com/o365relay/o365relay/relay/relaytest"
 )
 
-// Per-operation deadlines: every network call has one (house rule). A
+// Per-operation deadlines: every network call has one. A
 // message's deadline grows with its size so that a 35 MB message on a busy
 // machine is not cut off; the duration cap bounds the run as a whole.
 const (

@@ -84,7 +84,8 @@ func runMain(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// Bounds on a run (house rule: load tests bounded in count and time).
+// Bounds on a run (a load run is bounded in count and time, so it can never
+// turn into a flood).
 const (
 	maxMessages = 1_000_000
 	maxClients  = 1_000

@@ -3,7 +3,7 @@
 // tests, end-to-end tests and the demo. It is ordinary non-test code (no
 // "testing" import) so the demo binary can embed it.
 //
-// It behaves like the observed service (exchange-online.md §2.2, §2.4, §2.5):
+// It behaves like the observed service (docs/exchange.md: The session, Replies, Limits):
 // STARTTLS is offered, AUTH XOAUTH2 only after TLS, the bearer token is
 // verified like Exchange would (RS256 signature by the fake Entra ID's key,
 // exp/nbf, aud = the Exchange resource, tid, roles ∋ SMTP.SendAsApp, and the
@@ -48,14 +48,14 @@ const Hostname = "fake.exchangetest"
 
 // Audiences Exchange Online accepts in an access token for SMTP: the
 // resource URI and the Office 365 Exchange Online application ID
-// (exchange-online.md §1.3, §2.3).
+// (docs/exchange.md#xoauth2).
 const (
 	AudienceResource = "https://outlook.office365.com"
 	AudienceAppID    = "00000002-0000-0ff1-ce00-000000000000"
 )
 
 // RoleSendAsApp is the application permission SMTP AUTH with client
-// credentials needs (exchange-online.md §2.3).
+// credentials needs (docs/azure.md#step-2-smtpsendasapp-and-admin-consent).
 const RoleSendAsApp = "SMTP.SendAsApp"
 
 // Stages at which a Fault can fire.
@@ -82,7 +82,7 @@ const (
 // Mailbox is one Exchange Online mailbox an app may send as.
 type Mailbox struct {
 	// Apps are app (client) IDs granted FullAccess on the mailbox
-	// (Add-MailboxPermission, exchange-online.md §2.3 step 3).
+	// (Add-MailboxPermission, Azure step 6: docs/azure.md#step-6-add-mailboxpermission).
 	Apps []string
 	// SendAs are further From addresses the mailbox may use.
 	SendAs []string
@@ -95,7 +95,8 @@ type Mailbox struct {
 	// RBACApps are app (client) IDs holding Exchange "RBAC for
 	// Applications" (New-ManagementRoleAssignment -Role 'Application
 	// SMTP.SendAsApp') with a management scope that contains this mailbox
-	// (smtp-app-rbac-onboarding.md, exchange-online.md §2.3). Their tokens
+	// (Microsoft's SMTP AUTH with RBAC for Applications;
+	// docs/azure.md#rbac-for-applications). Their tokens
 	// carry no SMTP.SendAsApp role and need no FullAccess; a token that
 	// does carry the role is checked for FullAccess as usual.
 	RBACApps []string
@@ -126,15 +127,16 @@ type Options struct {
 	// tests that would otherwise hold gigabytes.
 	Discard bool
 	// MaxConcurrentPerMailbox authenticated connections; default 3
-	// (exchange-online.md §2.5).
+	// (docs/exchange.md#connections-per-mailbox).
 	MaxConcurrentPerMailbox int
 	// JSONErrorChallenge makes a rejected XOAUTH2 response get Google's
 	// error challenge (334 + base64 JSON) before the 535, as some servers
-	// do (exchange-online.md §2.1); the client must answer with an empty
+	// do (docs/exchange.md#xoauth2); the client must answer with an empty
 	// line.
 	JSONErrorChallenge bool
 	// ReadTimeout and WriteTimeout of the go-smtp server; defaults 5 min
-	// (Exchange receive connectors' inactivity timeout, §2.5) and 1 min.
+	// (Exchange receive connectors' inactivity timeout,
+	// docs/exchange.md#idle-and-session-timeouts) and 1 min.
 	ReadTimeout, WriteTimeout time.Duration
 }
 
@@ -275,10 +277,10 @@ func NewServer(opts Options) (*Server, error) {
 
 	srv := smtp.NewServer(backend{s})
 	srv.Domain = Hostname
-	// Exchange advertises SIZE 157286400 (150 MiB, §2.2).
+	// Exchange advertises SIZE 157286400 (150 MiB, docs/exchange.md#message-size).
 	srv.MaxMessageBytes = 150 << 20
 	// XOAUTH2 continuation lines carry a 1.5–3 KB token base64-encoded;
-	// go-smtp's default 2000 would cut them off (§5.4).
+	// go-smtp's default 2000 would cut them off (docs/exchange.md#xoauth2).
 	srv.MaxLineLength = 16384
 	srv.MaxRecipients = 500
 	srv.EnableSMTPUTF8 = true
@@ -506,7 +508,7 @@ type session struct {
 var _ smtp.AuthSession = (*session)(nil)
 
 func (ss *session) AuthMechanisms() []string {
-	// Exchange lists AUTH only after STARTTLS (§2.2).
+	// Exchange lists AUTH only after STARTTLS (docs/exchange.md#tls).
 	if !ss.fc.isTLS() {
 		return nil
 	}
@@ -554,7 +556,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	var pending *smtp.SMTPError
 	return saslFunc(func(resp []byte) ([]byte, bool, error) {
 		if resp == nil && first {
-			// Two-step form: Microsoft's example answers "334 " (§2.1).
+			// Two-step form: Microsoft's example answers "334 " (docs/exchange.md#xoauth2).
 			first = false
 			return []byte{}, false, nil
 		}
@@ -589,7 +591,8 @@ type saslFunc func([]byte) ([]byte, bool, error)
 
 func (f saslFunc) Next(resp []byte) ([]byte, bool, error) { return f(resp) }
 
-// checkXOAuth2 validates "user=U\x01auth=Bearer T\x01\x01" (§2.1) and the
+// checkXOAuth2 validates "user=U\x01auth=Bearer T\x01\x01"
+// (docs/exchange.md#xoauth2) and the
 // token as Exchange would, then applies the concurrency limit.
 func (ss *session) checkXOAuth2(resp []byte) *smtp.SMTPError {
 	s := ss.s
@@ -780,7 +783,7 @@ func (ss *session) Data(io.Reader) error {
 	mb := s.mailboxes[ss.mailbox]
 	hf := parseHeader(hdr.buf)
 	if from := headerFrom(hf); from != "" && !mb.mb.SendAsAny && !mb.sendAs[strings.ToLower(from)] {
-		// Observed Exchange reply after DATA (§2.2).
+		// Observed Exchange reply after DATA (docs/exchange.md#554-52252-sendasdenied).
 		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 252},
 			Message: fmt.Sprintf("SendAsDenied; %s not allowed to send as %s; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied", ss.mailbox, from)}
 	}

@@ -29,7 +29,8 @@ func (k spoolSink) Submit(_ context.Context, env *envelope.Envelope, body io.Rea
 // TestIntakeStreamsToSpool: a large message goes from the client's socket
 // through go-smtp's DATA reader, the line-ending and hop checks and the
 // Received: header into the spool file without being read into memory
-// (issue 8). The heap is the whole process's (the client's side included),
+// (memory does not grow with message size). The heap is the whole process's
+// (the client's side included),
 // so the test is not parallel.
 func TestIntakeStreamsToSpool(t *testing.T) {
 	size := int64(memoryTestBytes) / 78 * 78

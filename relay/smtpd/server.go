@@ -419,7 +419,7 @@ func (s *Server) newSession(c *smtp.Conn) (sess smtp.Session, err error) {
 // logPanic logs a recovered panic. Its value is logged only when it is a
 // runtime error (index out of range, nil dereference: the runtime's own
 // words); any other value may be a string or error built from message data
-// or a credential (house rule 2), so only its type is. The stack names
+// or a credential (secrets never reach a log), so only its type is. The stack names
 // functions and holds argument words, not the bytes they point to.
 func logPanic(log *zap.Logger, v any, client netip.Addr, where string) {
 	val := fmt.Sprintf("%T (value withheld: it may hold message data)", v)

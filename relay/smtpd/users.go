@@ -28,7 +28,7 @@ type Users struct {
 	byName map[string]User
 	// dummy is compared against when the user is unknown, so that an
 	// unknown user costs one bcrypt comparison at the same cost as a
-	// known one with a wrong password (issue 7: equal timing); the
+	// known one with a wrong password (equal timing, so a response time tells nothing); the
 	// session's failure padding comes on top.
 	dummy []byte
 }

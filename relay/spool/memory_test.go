@@ -34,7 +34,7 @@ const heapBudget = 4 << 20
 
 // TestPutAndBodyStream: Put writes a 64 MiB body from a reader to disk, and
 // Body streams it back, without either reading the message into memory
-// (issue 8: memory does not grow with message size). Not parallel: the
+// (memory does not grow with message size). Not parallel: the
 // allocation count is the whole process's, so nothing else may run.
 func TestPutAndBodyStream(t *testing.T) {
 	size := memoryMessageBytes(t)

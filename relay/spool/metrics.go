@@ -2,7 +2,8 @@ package spool
 
 import "github.com/prometheus/client_golang/prometheus"
 
-// Metrics (house rule 6). Labels are failure reasons, never addresses.
+// Metrics (package-level collectors: the only mutable package state). Labels
+// are failure reasons, never addresses.
 var (
 	itemsGauge = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "o365relay_spool_items",

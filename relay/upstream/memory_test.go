@@ -11,7 +11,7 @@ import (
 )
 
 // TestDeliverStreamsBody: Deliver sends a 64 MiB body (8 MiB under -race) from a reader to the
-// fake Exchange over TLS without reading it into memory (issue 8: memory
+// fake Exchange over TLS without reading it into memory (memory
 // does not grow with message size). The heap is the whole process's, the
 // fake's side of the connection included (it keeps only size and hash), so
 // the test is not parallel. MEMTEST_MB overrides the size.

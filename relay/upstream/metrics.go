@@ -8,8 +8,8 @@ import (
 	"github.com/o365relay/o365relay/relay/reply"
 )
 
-// Metrics are package-level collectors (house rule 6); the admin endpoint
-// registers them via Collectors. Labels carry stages and reply codes only.
+// Metrics are package-level collectors (the only mutable package state); the
+// admin endpoint registers them via Collectors. Labels carry stages and reply codes only.
 var (
 	handshakeSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "o365relay_upstream_handshake_seconds",

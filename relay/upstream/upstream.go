@@ -4,7 +4,8 @@
 // every failure to a *reply.Error with the stage it happened at, and a
 // per-mailbox pool of authenticated connections.
 //
-// Rules this package enforces (exchange-online.md §2, §5):
+// Rules this package enforces (docs/exchange.md: TLS, XOAUTH2, Replies,
+// Limits, go-smtp quirks):
 //   - The token is only ever sent on a connection whose TLS handshake
 //     completed and verified the server (checked on the TLS connection
 //     right before AUTH). A server that does not offer STARTTLS gets
@@ -13,12 +14,14 @@
 //     delivery scheduler treats it as the path's, not the message's: the
 //     mailbox is held and its mail stays queued.
 //   - Greeting, EHLO, STARTTLS and the handshake (which verifies the
-//     certificate, §5.2) are done here (starttls.go); go-smtp speaks EHLO,
+//     certificate, docs/exchange.md#client-side) are done here
+//     (starttls.go); go-smtp speaks EHLO,
 //     AUTH and QUIT over the TLS connection. With PIPELINING offered, a
 //     transaction's commands go in one write and its body in another
 //     (pipelining.go); each reply keeps its meaning.
 //   - A 535 at AUTH gets one token refresh and one new connection; a second
-//     535 is returned (5.7.3 is permanent for that token, §2.4).
+//     535 is returned (5.7.3 is permanent for that token,
+//     docs/exchange.md#535-573-authentication-unsuccessful).
 //   - Upstream replies are kept exactly (FromSMTP); network, timeout
 //     and TLS failures become 451 4.4.x / 4.7.5, temporary.
 //   - The body is streamed. If reading it fails the connection is closed
@@ -317,7 +320,7 @@ func (c *Client) closeRaw(raw net.Conn) {
 // auth runs AUTH XOAUTH2 on a verified TLS session.
 func (c *Client) auth(ctx context.Context, cn *conn, mailbox string, tok token.Token) *reply.Error {
 	// Never put a token on a connection that is not TLS, whatever
-	// happened before (house rule; RFC 4954 §4 leaves it to the client).
+	// happened before (docs/exchange.md#tls; RFC 4954 §4 leaves it to the client).
 	if cn.tls == nil || !cn.tls.ConnectionState().HandshakeComplete {
 		return c.fail(&reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 7, 5}, Stage: reply.StageTLS,
 			Text: "refusing to authenticate on a connection without TLS"})
@@ -357,8 +360,9 @@ func (c *Client) getToken(ctx context.Context) (token.Token, *reply.Error) {
 }
 
 // connect opens an authenticated session for mailbox. A 535 gets one token
-// refresh and one more attempt on a fresh connection (exchange-online.md
-// §2.4: 5.7.3 is permanent for that token).
+// refresh and one more attempt on a fresh connection
+// (docs/exchange.md#535-573-authentication-unsuccessful:
+// 5.7.3 is permanent for that token).
 func (c *Client) connect(ctx context.Context, mailbox string) (*conn, *reply.Error) {
 	tok, rerr := c.getToken(ctx)
 	if rerr != nil {
@@ -719,8 +723,10 @@ func canonical(s string, smtputf8 bool) bool {
 }
 
 // ConcurrencyLimited reports Exchange's "432 4.3.2 Concurrent connections
-// limit exceeded" at AUTH on a new connection (exchange-online.md §2.4,
-// §2.5): more connections for the mailbox than Exchange grants right now.
+// limit exceeded" at AUTH on a new connection
+// (docs/exchange.md#432-432-concurrent-connections,
+// #connections-per-mailbox): more connections for the mailbox than Exchange
+// grants right now.
 func ConcurrencyLimited(re *reply.Error) bool {
 	return re.Stage == reply.StageAuth && re.Temporary() && re.Enhanced == reply.EnhancedCode{4, 3, 2}
 }

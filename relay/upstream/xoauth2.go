@@ -10,7 +10,7 @@ import (
 )
 
 // Mechanism is the SASL mechanism name, sent in upper case: Exchange Online
-// is reported to refuse "xoauth2" (exchange-online.md §2.1).
+// is reported to refuse "xoauth2" (docs/exchange.md#xoauth2).
 const Mechanism = "XOAUTH2"
 
 // ErrBadUser is returned for an XOAUTH2 user name that would corrupt the
@@ -30,7 +30,7 @@ func CheckUser(user string) error {
 }
 
 // XOAuth2Payload returns the un-encoded XOAUTH2 client response
-// "user=" user "^Aauth=Bearer " token "^A^A" (exchange-online.md §2.1,
+// "user=" user "^Aauth=Bearer " token "^A^A" (docs/exchange.md#xoauth2,
 // learn.microsoft.com …/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth).
 // It does not validate its inputs; NewXOAuth2's Start does.
 func XOAuth2Payload(user string, tok secret.Secret) secret.Secret {
@@ -43,7 +43,8 @@ func XOAuth2Payload(user string, tok secret.Secret) secret.Secret {
 // line limit that RFC 4954 §4 says still applies; Microsoft's own example is
 // two-step too. Any further challenge is Google's JSON error report; the
 // answer is an empty response so that the server finishes with 535 (a nil
-// response would make go-smtp treat the exchange as successful, §5.2).
+// response would make go-smtp treat the exchange as successful,
+// docs/exchange.md#client-side).
 func NewXOAuth2(user string, tok secret.Secret) sasl.Client {
 	return &xoauth2{user: user, tok: tok}
 }

@@ -1,5 +1,5 @@
 // Package memtest owns the measuring tools of the memory regression tests
-// (issue 8: memory does not grow with message size): a reader that yields a
+// (memory does not grow with message size): a reader that yields a
 // message of any size without holding it, and heap measurements that a
 // message held whole cannot slip past. It imports no "testing" so that
 // benchmarks and tests of several packages share one implementation.
