@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/config/tlstest"
 	"github.com/o365relay/o365relay/config/waitfor"
 	"github.com/o365relay/o365relay/token"
@@ -64,6 +65,7 @@ func TestListenerCertificateWatcherInterval(t *testing.T) {
 		// A client-secret source: no certificate of its own to watch, and
 		// no request is made.
 		tokens, err := token.NewSource(token.Options{TenantID: "00000000-0000-0000-0000-0000000000aa", ClientID: "11111111-2222-3333-4444-555555555555",
+			AuthorityHost: config.DefaultAuthorityHost, Scope: config.DefaultScope,
 			Credential: token.Credential{ClientSecret: "not-used"}})
 		if err != nil {
 			t.Fatal(err)

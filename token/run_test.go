@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/confidential"
+	"github.com/o365relay/o365relay/config"
 )
 
 // Run's schedule — refresh ahead of expiry, back off during an outage — in
@@ -58,6 +59,7 @@ func lifetimeToken(life time.Duration) func(int) (confidential.AuthResult, error
 func runScripted(t *testing.T, sc *scripted) *EntraSource {
 	t.Helper()
 	s, err := NewSource(Options{TenantID: "00000000-0000-0000-0000-0000000000aa", ClientID: testClientID,
+		AuthorityHost: config.DefaultAuthorityHost, Scope: config.DefaultScope,
 		Credential: Credential{ClientSecret: "not-sent"}})
 	if err != nil {
 		t.Fatal(err)

@@ -42,7 +42,7 @@ func newBubble(t *testing.T, fw *fake, opts func(*Options)) *bubble {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := Options{Spool: sp, Forwarder: fw, Rand: func() float64 { return 0.5 }} // 0.5: no jitter
+	o := withSettings(Options{Spool: sp, Forwarder: fw, Rand: func() float64 { return 0.5 }}) // 0.5: no jitter
 	if opts != nil {
 		opts(&o)
 	}
