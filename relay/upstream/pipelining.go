@@ -87,7 +87,7 @@ func (c *Client) transactPipelined(cn *conn, env *envelope.Envelope, group []byt
 		case err == nil:
 			countReply(reply.StageRcpt, 250)
 			res.Accepted = append(res.Accepted, rcpt)
-		case errors.As(err, &se) && se.Code != 421:
+		case errors.As(err, &se) && se.Code != 421 && !outOfStep(se):
 			res.Rejected[rcpt] = c.fail(FromSMTP(se, reply.StageRcpt))
 		default:
 			return nil, mailFail(err, reply.StageRcpt), false
@@ -102,7 +102,7 @@ func (c *Client) transactPipelined(cn *conn, env *envelope.Envelope, group []byt
 			}
 		}
 		synced := c.endGroup(cn, 0)
-		return res, &txError{err: pick}, synced && !TokenExpired(pick) && cn.rset(c.opts.CommandTimeout) == nil
+		return res, &txError{err: pick}, synced && !TokenExpired(pick) && cn.rset(c.opts.CommandTimeout) == nil && inStep(cn)
 	}
 	if _, err := read(354); err != nil {
 		return res, mailFail(err, reply.StageData), isReply(err) && c.resettablePipelined(cn, err)
@@ -120,6 +120,12 @@ func (c *Client) transactPipelined(cn *conn, env *envelope.Envelope, group []byt
 		}
 		return res, &txError{err: c.fail(c.classify(err, reply.StageData))}, false
 	}
+	// The wait for the verdict gets its own DataTimeout, as go-smtp's
+	// Close gives it: a body that took most of the first one to send must
+	// not turn a slow 250 into a retry, and so into a second copy.
+	if err := cn.tls.SetDeadline(time.Now().Add(c.opts.DataTimeout)); err != nil {
+		return res, &txError{err: c.fail(netError(err, reply.StageData, "connection lost before the reply to the end of data"))}, false
+	}
 	msg, err := readReply(r, 250)
 	if err != nil {
 		// Exchange's verdict on the message (e.g. 554 5.2.252): the
@@ -128,8 +134,14 @@ func (c *Client) transactPipelined(cn *conn, env *envelope.Envelope, group []byt
 	}
 	countReply(reply.StageData, 250)
 	res.Reply = msg
-	return res, nil, true
+	return res, nil, inStep(cn)
 }
+
+// inStep says whether nothing is left unread after the last reply the
+// relay expected: a server that sent more replies than commands is out of
+// step, and its session is not used again (the next transaction would
+// read this one's leftovers as its own).
+func inStep(cn *conn) bool { return cn.replies.R.Buffered() == 0 }
 
 // commandGroup is MAIL FROM, the RCPTs and DATA, as go-smtp writes them
 // (v0.25.1 Client.Mail with MailOptions{UTF8, Size}, Client.Rcpt with no
@@ -183,9 +195,9 @@ func (c *Client) endGroup(cn *conn, rcpts int) bool {
 			return false
 		}
 		_, err = readReply(r, 250)
-		return err == nil || isReply(err)
+		return (err == nil || isReply(err)) && inStep(cn)
 	case errors.As(err, &se):
-		return se.Code != 421
+		return se.Code != 421 && !outOfStep(se) && inStep(cn)
 	}
 	return false
 }
@@ -193,10 +205,10 @@ func (c *Client) endGroup(cn *conn, rcpts int) bool {
 // resettablePipelined is resettable for a pipelined session.
 func (c *Client) resettablePipelined(cn *conn, err error) bool {
 	var se *smtp.SMTPError
-	if !errors.As(err, &se) || se.Code == 421 || se.Code == 501 && se.EnhancedCode == (smtp.EnhancedCode{5, 5, 127}) {
+	if !errors.As(err, &se) || se.Code == 421 || outOfStep(se) || se.Code == 501 && se.EnhancedCode == (smtp.EnhancedCode{5, 5, 127}) {
 		return false
 	}
-	return cn.rset(c.opts.CommandTimeout) == nil
+	return cn.rset(c.opts.CommandTimeout) == nil && inStep(cn)
 }
 
 // rset sends RSET (RFC 5321 §4.1.1.5) and reads its reply.

@@ -540,7 +540,7 @@ func (c *Client) transact(ctx context.Context, cn *conn, env *envelope.Envelope,
 		case err == nil:
 			countReply(reply.StageRcpt, 250)
 			res.Accepted = append(res.Accepted, rcpt)
-		case errors.As(err, &se) && se.Code != 421:
+		case errors.As(err, &se) && se.Code != 421 && !outOfStep(se):
 			res.Rejected[rcpt] = c.fail(FromSMTP(se, reply.StageRcpt))
 		default:
 			// 421 (service closing, RFC 5321 §3.8) or a broken connection:
@@ -606,11 +606,11 @@ func (c *Client) copyBody(dst io.Writer, src io.Reader) error {
 // resettable reports whether a session whose command just failed with err
 // (as go-smtp returned it) can carry another transaction: err must be an
 // SMTP reply, not a network error; not 421 (the server is closing, RFC 5321
-// §3.8); not 501 5.5.127 (the session's token expired); and RSET
-// (§4.1.1.5) must be answered 250.
+// §3.8); not 501 5.5.127 (the session's token expired); not a positive
+// reply out of step (FromSMTP); and RSET (§4.1.1.5) must be answered 250.
 func resettable(cn *conn, err error) bool {
 	var se *smtp.SMTPError
-	if !errors.As(err, &se) || se.Code == 421 || se.Code == 501 && se.EnhancedCode == (smtp.EnhancedCode{5, 5, 127}) {
+	if !errors.As(err, &se) || se.Code == 421 || outOfStep(se) || se.Code == 501 && se.EnhancedCode == (smtp.EnhancedCode{5, 5, 127}) {
 		return false
 	}
 	return cn.smtp.Reset() == nil
