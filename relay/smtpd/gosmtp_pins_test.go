@@ -350,6 +350,7 @@ func TestPinServerFixedReplies(t *testing.T) {
 		for i := 0; i < maxSyntaxErrors; i++ {
 			c.cmd("NOSU", "500 5.5.2 ")
 		}
+		c.cmd("NOOP", "250 ") // go-smtp has not given up yet
 		c.send("NOSU\r\n")
 		pinWaitClosed(t, c)
 		writes, _ := rec.snapshot()
