@@ -21,63 +21,23 @@
 package exchangetest
 
 import (
-	"bufio"
-	"bytes"
-	"context"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/mail"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
-	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
 )
 
 // Hostname is the name the fake announces and puts in its replies.
 const Hostname = "fake.exchangetest"
-
-// Audiences Exchange Online accepts in an access token for SMTP: the
-// resource URI and the Office 365 Exchange Online application ID
-// (docs/exchange.md#xoauth2).
-const (
-	AudienceResource = "https://outlook.office365.com"
-	AudienceAppID    = "00000002-0000-0ff1-ce00-000000000000"
-)
-
-// RoleSendAsApp is the application permission SMTP AUTH with client
-// credentials needs (docs/azure.md#step-2-smtpsendasapp-and-admin-consent).
-const RoleSendAsApp = "SMTP.SendAsApp"
-
-// Stages at which a Fault can fire.
-const (
-	StageConnect  = "connect"  // before the greeting: reply (e.g. 421, 554) and close, or drop
-	StageEHLO     = "ehlo"     // the next EHLO (the pre-TLS one on a new connection)
-	StageSTARTTLS = "starttls" // reply to STARTTLS (then close), or drop
-	// StageNoSTARTTLS: the session's EHLO does not offer STARTTLS (as
-	// when a middlebox strips it). Counted per session.
-	StageNoSTARTTLS = "nostarttls"
-	// StageTLS: after "220" to STARTTLS, serve Fault.Certificate in the
-	// handshake (one the client must not trust), or close (Drop).
-	StageTLS = "tls"
-	// StageNoXOAUTH2: the session's EHLO after TLS offers AUTH LOGIN
-	// only. Counted per session.
-	StageNoXOAUTH2 = "noxoauth2"
-	StageAuth      = "auth" // reply to AUTH instead of the challenge
-	StageMail      = "mail" // reply to MAIL FROM
-	StageRcpt      = "rcpt" // reply to RCPT TO (optionally one recipient)
-	StageData      = "data" // Drop: close mid-body; Reply: refuse the data (sent after the dot, see Data)
-	StageDot       = "dot"  // after the whole body was read: final reply, or drop without one
-)
 
 // Mailbox is one Exchange Online mailbox an app may send as.
 type Mailbox struct {
@@ -180,19 +140,6 @@ type Stats struct {
 	MaxConcurrentPerMailbox map[string]int
 }
 
-// Fault is a scripted failure. Faults are kept in a queue; at each stage the
-// first queued fault for that stage (and recipient, if Rcpt is set) fires and
-// is removed after Times uses (0 means once).
-type Fault struct {
-	Stage string
-	Reply *smtp.SMTPError
-	Drop  bool   // close the TCP connection instead of replying
-	Rcpt  string // StageRcpt only: fire only for this recipient
-	Times int
-	// Certificate is served in the TLS handshake (StageTLS only).
-	Certificate *tls.Certificate
-}
-
 // Server is a running fake. It is safe for concurrent use.
 type Server struct {
 	opts      Options
@@ -261,20 +208,50 @@ func NewServer(opts Options) (*Server, error) {
 		s.log = zap.NewNop()
 	}
 	for addr, mb := range opts.Mailboxes {
-		e := mailboxEntry{addr: strings.ToLower(addr), apps: map[string]bool{}, rbac: map[string]bool{}, sendAs: map[string]bool{}, mb: mb}
-		for _, a := range mb.Apps {
-			e.apps[strings.ToLower(a)] = true
-		}
-		for _, a := range mb.RBACApps {
-			e.rbac[strings.ToLower(a)] = true
-		}
-		e.sendAs[e.addr] = true
-		for _, a := range mb.SendAs {
-			e.sendAs[strings.ToLower(a)] = true
-		}
+		e := newMailboxEntry(addr, mb)
 		s.mailboxes[e.addr] = e
 	}
+	s.srv = s.newSMTPServer()
+	// go-smtp gets no TLSConfig: faultConn runs STARTTLS underneath it
+	// (wire.go), so that the fake sees the client's plaintext.
+	if !opts.NoSTARTTLS {
+		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{opts.TLS}, MinVersion: tls.VersionTLS12}
+	}
 
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("exchangetest: listen: %w", err)
+	}
+	s.ln = ln
+	go func() {
+		// Owned by the Server: Close stops it and waits on s.done.
+		defer close(s.done)
+		s.serveErr = s.srv.Serve(&listener{Listener: ln, s: s})
+	}()
+	return s, nil
+}
+
+// newMailboxEntry indexes one configured mailbox by lower-cased address,
+// app ID and Send-As address, so AUTH and MAIL look them up directly.
+func newMailboxEntry(addr string, mb Mailbox) mailboxEntry {
+	e := mailboxEntry{addr: strings.ToLower(addr), apps: map[string]bool{}, rbac: map[string]bool{}, sendAs: map[string]bool{}, mb: mb}
+	for _, a := range mb.Apps {
+		e.apps[strings.ToLower(a)] = true
+	}
+	for _, a := range mb.RBACApps {
+		e.rbac[strings.ToLower(a)] = true
+	}
+	e.sendAs[e.addr] = true
+	for _, a := range mb.SendAs {
+		e.sendAs[strings.ToLower(a)] = true
+	}
+	return e
+}
+
+// newSMTPServer configures go-smtp with Exchange's advertised limits; kept
+// apart from NewServer so the list of limits reads as one table.
+func (s *Server) newSMTPServer() *smtp.Server {
+	opts := s.opts
 	srv := smtp.NewServer(backend{s})
 	srv.Domain = Hostname
 	// Exchange advertises SIZE 157286400 (150 MiB, docs/exchange.md#message-size).
@@ -292,24 +269,7 @@ func NewServer(opts Options) (*Server, error) {
 	// credentials before TLS is seen and recorded as a violation.
 	srv.AllowInsecureAuth = true
 	srv.ErrorLog = zapLogger{s.log}
-	// go-smtp gets no TLSConfig: faultConn runs STARTTLS underneath it
-	// (wire.go), so that the fake sees the client's plaintext.
-	if !opts.NoSTARTTLS {
-		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{opts.TLS}, MinVersion: tls.VersionTLS12}
-	}
-	s.srv = srv
-
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("exchangetest: listen: %w", err)
-	}
-	s.ln = ln
-	go func() {
-		// Owned by the Server: Close stops it and waits on s.done.
-		defer close(s.done)
-		s.serveErr = srv.Serve(&listener{Listener: ln, s: s})
-	}()
-	return s, nil
+	return srv
 }
 
 // Addr is host:port to dial.
@@ -334,537 +294,7 @@ func (s *Server) Close() error {
 // an outage would; SetDown(false) restores service.
 func (s *Server) SetDown(down bool) { s.down.Store(down) }
 
-// Inject queues a fault.
-func (s *Server) Inject(f Fault) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if f.Times <= 0 {
-		f.Times = 1
-	}
-	s.faults = append(s.faults, &f)
-}
-
-// PendingFaults is the number of injected fault uses that have not fired
-// yet, so a test can tell that the fault it injected was exercised.
-func (s *Server) PendingFaults() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
-	for _, f := range s.faults {
-		n += f.Times
-	}
-	return n
-}
-
-// Reset clears recorded messages, counters, violations and pending faults.
-func (s *Server) Reset() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.messages = nil
-	s.faults = nil
-	s.violations = nil
-	s.stats = Stats{MaxConcurrentPerMailbox: make(map[string]int)}
-}
-
-// Messages returns a copy of the accepted messages in order of acceptance.
-func (s *Server) Messages() []Message {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]Message(nil), s.messages...)
-}
-
-// WaitMessages blocks until at least n messages were accepted or ctx ends.
-func (s *Server) WaitMessages(ctx context.Context, n int) error {
-	stop := context.AfterFunc(ctx, func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		s.cond.Broadcast()
-	})
-	defer stop()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for len(s.messages) < n {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("exchangetest: have %d of %d messages: %w", len(s.messages), n, err)
-		}
-		s.cond.Wait()
-	}
-	return nil
-}
-
-// Stats returns a snapshot of the counters.
-func (s *Server) Stats() Stats {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := s.stats
-	st.MaxConcurrentPerMailbox = make(map[string]int, len(s.stats.MaxConcurrentPerMailbox))
-	for k, v := range s.stats.MaxConcurrentPerMailbox {
-		st.MaxConcurrentPerMailbox[k] = v
-	}
-	return st
-}
-
-// Violations lists protocol violations the clients made: credentials on a
-// plaintext connection, a mechanism name not in upper case, an AUTH line
-// longer than RFC 5321 §4.5.3.1.4 allows, a malformed XOAUTH2 response.
-func (s *Server) Violations() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]string(nil), s.violations...)
-}
-
-// PlainAuthAttempts is the number of AUTH commands seen before STARTTLS.
-func (s *Server) PlainAuthAttempts() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stats.AuthBeforeTLS
-}
-
-func (s *Server) violation(format string, args ...any) {
-	v := fmt.Sprintf(format, args...)
-	s.log.Warn("client protocol violation", zap.String("violation", v))
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.violations = append(s.violations, v)
-}
-
-// take returns the first queued fault for stage (and rcpt), consuming one use.
-func (s *Server) take(stage, rcpt string) *Fault {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for i, f := range s.faults {
-		if f.Stage != stage {
-			continue
-		}
-		if stage == StageRcpt && f.Rcpt != "" && !strings.EqualFold(f.Rcpt, rcpt) {
-			continue
-		}
-		f.Times--
-		if f.Times <= 0 {
-			s.faults = append(s.faults[:i:i], s.faults[i+1:]...)
-		}
-		out := *f
-		return &out
-	}
-	return nil
-}
-
-func replyLine(e *smtp.SMTPError) []byte {
-	if e.EnhancedCode == smtp.NoEnhancedCode {
-		return fmt.Appendf(nil, "%d %s\r\n", e.Code, e.Message)
-	}
-	enh := e.EnhancedCode
-	if enh == smtp.EnhancedCodeNotSet {
-		enh = smtp.EnhancedCode{e.Code / 100, 0, 0}
-	}
-	return fmt.Appendf(nil, "%d %d.%d.%d %s\r\n", e.Code, enh[0], enh[1], enh[2], e.Message)
-}
-
 type zapLogger struct{ l *zap.Logger }
 
 func (z zapLogger) Printf(format string, v ...any) { z.l.Debug(fmt.Sprintf(format, v...)) }
 func (z zapLogger) Println(v ...any)               { z.l.Debug(fmt.Sprintln(v...)) }
-
-type backend struct{ s *Server }
-
-func (b backend) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	s := b.s
-	fc, ok := c.Conn().(*faultConn)
-	if !ok {
-		return nil, errors.New("exchangetest: unexpected connection type")
-	}
-	if f := s.take(StageEHLO, ""); f != nil {
-		return nil, s.fire(fc, f)
-	}
-	return &session{s: s, fc: fc}, nil
-}
-
-// fire applies a fault: drops the connection or returns its reply.
-func (s *Server) fire(fc *faultConn, f *Fault) error {
-	if f.Drop || f.Reply == nil {
-		if err := fc.Close(); err != nil {
-			s.log.Debug("close dropped connection", zap.Error(err))
-		}
-		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 4, 2}, Message: "connection dropped (fault)"}
-	}
-	return f.Reply
-}
-
-type session struct {
-	s  *Server
-	fc *faultConn
-
-	mailbox string // authenticated mailbox, "" before AUTH
-	appID   string
-
-	from       Path
-	rcpts      []Path
-	mailParams []Param
-	rcptParams [][]Param
-	utf8       bool
-	body       smtp.BodyType
-}
-
-var _ smtp.AuthSession = (*session)(nil)
-
-func (ss *session) AuthMechanisms() []string {
-	// Exchange lists AUTH only after STARTTLS (docs/exchange.md#tls).
-	if !ss.fc.isTLS() {
-		return nil
-	}
-	if ss.fc.noXOAUTH2 {
-		return []string{"LOGIN"}
-	}
-	return []string{"XOAUTH2"}
-}
-
-var (
-	errMustStartTLS = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Must issue a STARTTLS command first"}
-	errAuthFailed   = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 3}, Message: "Authentication unsuccessful [fake]"}
-	errAuthDisabled = &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 139}, Message: "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox"}
-	errUnknownMech  = &smtp.SMTPError{Code: 504, EnhancedCode: smtp.EnhancedCode{5, 7, 4}, Message: "Unrecognized authentication type"}
-	errConcurrent   = &smtp.SMTPError{Code: 432, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "Concurrent connections limit exceeded"}
-	errNotAuthed    = &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 57}, Message: "Client not authenticated to send mail"}
-	errSendAsEnv    = &smtp.SMTPError{Code: 550, EnhancedCode: smtp.EnhancedCode{5, 7, 60}, Message: "SMTP; Client does not have permissions to send as this sender"}
-)
-
-func (ss *session) Auth(mech string) (sasl.Server, error) {
-	s := ss.s
-	if !ss.fc.isTLS() {
-		s.mu.Lock()
-		s.stats.AuthBeforeTLS++
-		s.stats.AuthFailures++
-		s.mu.Unlock()
-		// Return a server so that an initial response, if the client sent
-		// one, is seen: that is a credential on a plaintext connection.
-		return saslFunc(func(resp []byte) ([]byte, bool, error) {
-			if len(resp) > 0 {
-				s.violation("credentials sent on a plaintext connection (AUTH %s before STARTTLS)", mech)
-			}
-			return nil, true, errMustStartTLS
-		}), nil
-	}
-	if mech != "XOAUTH2" || ss.fc.noXOAUTH2 {
-		ss.authFailed()
-		return nil, errUnknownMech
-	}
-	if f := s.take(StageAuth, ""); f != nil {
-		ss.authFailed()
-		return nil, s.fire(ss.fc, f)
-	}
-	first := true
-	var pending *smtp.SMTPError
-	return saslFunc(func(resp []byte) ([]byte, bool, error) {
-		if resp == nil && first {
-			// Two-step form: Microsoft's example answers "334 " (docs/exchange.md#xoauth2).
-			first = false
-			return []byte{}, false, nil
-		}
-		if pending != nil {
-			// Answer to the JSON error challenge: must be empty.
-			if len(resp) != 0 {
-				s.violation("non-empty response to an XOAUTH2 error challenge")
-			}
-			err := pending
-			pending = nil
-			return nil, true, err
-		}
-		if err := ss.checkXOAuth2(resp); err != nil {
-			ss.authFailed()
-			if s.opts.JSONErrorChallenge && err.Code == 535 {
-				pending = err
-				return []byte(`{"status":"401","schemes":"bearer","scope":"https://outlook.office365.com/.default"}`), false, nil
-			}
-			return nil, true, err
-		}
-		return nil, true, nil
-	}), nil
-}
-
-func (ss *session) authFailed() {
-	ss.s.mu.Lock()
-	defer ss.s.mu.Unlock()
-	ss.s.stats.AuthFailures++
-}
-
-type saslFunc func([]byte) ([]byte, bool, error)
-
-func (f saslFunc) Next(resp []byte) ([]byte, bool, error) { return f(resp) }
-
-// checkXOAuth2 validates "user=U\x01auth=Bearer T\x01\x01"
-// (docs/exchange.md#xoauth2) and the
-// token as Exchange would, then applies the concurrency limit.
-func (ss *session) checkXOAuth2(resp []byte) *smtp.SMTPError {
-	s := ss.s
-	parts := strings.Split(string(resp), "\x01")
-	if len(parts) != 4 || parts[2] != "" || parts[3] != "" ||
-		!strings.HasPrefix(parts[0], "user=") || !strings.HasPrefix(parts[1], "auth=Bearer ") {
-		s.violation("malformed XOAUTH2 response (%d fields)", len(parts))
-		return errAuthFailed
-	}
-	user := strings.ToLower(strings.TrimPrefix(parts[0], "user="))
-	raw := strings.TrimPrefix(parts[1], "auth=Bearer ")
-
-	claims := jwt.MapClaims{}
-	_, err := jwt.ParseWithClaims(raw, claims,
-		func(*jwt.Token) (any, error) { return s.opts.TokenKey, nil },
-		jwt.WithValidMethods([]string{"RS256"}),
-		jwt.WithTimeFunc(s.clock),
-		jwt.WithExpirationRequired(),
-		jwt.WithAudience(AudienceResource, AudienceAppID),
-	)
-	if err != nil {
-		s.log.Info("token rejected", zap.String("user", user), zap.Error(err))
-		return errAuthFailed
-	}
-	tid, _ := claims["tid"].(string)
-	if tid != s.opts.Tenant {
-		s.log.Info("token rejected: wrong tenant", zap.String("user", user), zap.String("tid", tid))
-		return errAuthFailed
-	}
-	appID, _ := claims["appid"].(string)
-	if appID == "" {
-		appID, _ = claims["azp"].(string) // v2 tokens name the client azp
-	}
-	mb, ok := s.mailboxes[user]
-	switch {
-	case hasRole(claims["roles"], RoleSendAsApp):
-		if !ok || !mb.apps[strings.ToLower(appID)] {
-			s.log.Info("token rejected: app has no FullAccess on mailbox", zap.String("user", user), zap.String("appid", appID))
-			return errAuthFailed
-		}
-	case ok && mb.rbac[strings.ToLower(appID)]:
-		// RBAC for Applications: no role in the token, no mailbox
-		// permission needed; the role assignment's scope decides.
-	default:
-		s.log.Info("token rejected: no SMTP.SendAsApp role and no RBAC role assignment", zap.String("user", user), zap.String("appid", appID))
-		return errAuthFailed
-	}
-	if mb.mb.AuthDisabled {
-		return errAuthDisabled
-	}
-
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.active[user] >= s.opts.MaxConcurrentPerMailbox {
-		s.stats.AuthFailures++
-		return errConcurrent
-	}
-	s.active[user]++
-	if s.active[user] > s.stats.MaxConcurrentPerMailbox[user] {
-		s.stats.MaxConcurrentPerMailbox[user] = s.active[user]
-	}
-	s.stats.Auths++
-	ss.mailbox = user
-	ss.appID = appID
-	return nil
-}
-
-func hasRole(v any, role string) bool {
-	switch r := v.(type) {
-	case []any:
-		for _, x := range r {
-			if x == role {
-				return true
-			}
-		}
-	case string:
-		return r == role
-	}
-	return false
-}
-
-var errSyntax = &smtp.SMTPError{Code: 501, EnhancedCode: smtp.EnhancedCode{5, 5, 4}, Message: "Invalid arguments"}
-
-// Mail and Rcpt parse the client's own line (faultConn.line) strictly;
-// go-smtp's arguments are not used. A line that is not strict RFC 5321
-// is a protocol violation of the relay.
-func (ss *session) Mail(string, *smtp.MailOptions) error {
-	line := ss.fc.line
-	ss.fc.line = ""
-	_, p, params, err := ParseCommand(line, false)
-	if err != nil {
-		ss.s.violation("MAIL line %q: %v", line, err)
-		return errSyntax
-	}
-	if ss.mailbox == "" {
-		return errNotAuthed
-	}
-	if f := ss.s.take(StageMail, ""); f != nil {
-		return ss.s.fire(ss.fc, f)
-	}
-	if mb := ss.s.mailboxes[ss.mailbox]; !mb.mb.SendAsAny && !mb.sendAs[strings.ToLower(p.Mailbox())] {
-		return errSendAsEnv
-	}
-	ss.from, ss.mailParams = p, params
-	ss.rcpts, ss.rcptParams = nil, nil
-	ss.utf8, ss.body = false, ""
-	for _, pr := range params {
-		switch strings.ToUpper(pr.Keyword) {
-		case "SMTPUTF8":
-			ss.utf8 = true
-		case "BODY":
-			ss.body = smtp.BodyType(strings.ToUpper(pr.Value))
-		}
-	}
-	return nil
-}
-
-func (ss *session) Rcpt(string, *smtp.RcptOptions) error {
-	line := ss.fc.line
-	ss.fc.line = ""
-	_, p, params, err := ParseCommand(line, ss.utf8)
-	if err != nil {
-		ss.s.violation("RCPT line %q: %v", line, err)
-		return errSyntax
-	}
-	if f := ss.s.take(StageRcpt, p.Mailbox()); f != nil {
-		return ss.s.fire(ss.fc, f)
-	}
-	ss.rcpts = append(ss.rcpts, p)
-	ss.rcptParams = append(ss.rcptParams, params)
-	return nil
-}
-
-// headerCapture keeps the first bytes of the message, enough for the header.
-type headerCapture struct {
-	buf []byte
-	max int
-}
-
-func (h *headerCapture) Write(p []byte) (int, error) {
-	if room := h.max - len(h.buf); room > 0 {
-		h.buf = append(h.buf, p[:min(room, len(p))]...)
-	}
-	return len(p), nil
-}
-
-// Data records the message. go-smtp sends "354" itself and sends whatever
-// Data returns only after the terminating dot, so a "data" Reply fault is
-// seen by the client as the final reply (as Exchange's content rejections
-// are); a "data" Drop closes the connection after the first chunk of body.
-// The success reply is returned as an *smtp.SMTPError with code 250 because
-// go-smtp writes an SMTPError's code verbatim and otherwise says "OK: queued".
-func (ss *session) Data(io.Reader) error {
-	s := ss.s
-	// The message as faultConn framed it (wire.go); go-smtp's reader only
-	// gets the end of data.
-	var r io.Reader = ss.fc.data
-	if r == nil {
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "data transfer failed"}
-	}
-	if f := s.take(StageData, ""); f != nil {
-		if f.Drop || f.Reply == nil {
-			if _, err := r.Read(make([]byte, 1024)); err != nil {
-				s.log.Debug("read before drop", zap.Error(err))
-			}
-		}
-		return s.fire(ss.fc, f)
-	}
-	h := sha256.New()
-	hdr := &headerCapture{max: 256 << 10}
-	var data bytes.Buffer
-	w := io.MultiWriter(h, hdr)
-	if !s.opts.Discard {
-		w = io.MultiWriter(h, hdr, &data)
-	}
-	n, err := io.Copy(w, r)
-	if err != nil {
-		// Too large (go-smtp's 552) or the client went away: nothing is kept.
-		var se *smtp.SMTPError
-		if errors.As(err, &se) {
-			return se
-		}
-		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: "data transfer failed"}
-	}
-	if f := s.take(StageDot, ""); f != nil {
-		return s.fire(ss.fc, f)
-	}
-	mb := s.mailboxes[ss.mailbox]
-	hf := parseHeader(hdr.buf)
-	if from := headerFrom(hf); from != "" && !mb.mb.SendAsAny && !mb.sendAs[strings.ToLower(from)] {
-		// Observed Exchange reply after DATA (docs/exchange.md#554-52252-sendasdenied).
-		return &smtp.SMTPError{Code: 554, EnhancedCode: smtp.EnhancedCode{5, 2, 252},
-			Message: fmt.Sprintf("SendAsDenied; %s not allowed to send as %s; STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied", ss.mailbox, from)}
-	}
-	m := Message{
-		MailFrom:   ss.from.Mailbox(),
-		From:       ss.from,
-		To:         append([]Path(nil), ss.rcpts...),
-		MailParams: ss.mailParams,
-		RcptTo:     rcptMailboxes(ss.rcpts),
-		RcptParams: append([][]Param(nil), ss.rcptParams...),
-		AuthUser:   ss.mailbox,
-		AppID:      ss.appID,
-		Size:       n,
-		TLS:        ss.fc.isTLS(),
-		Session:    ss.fc.id,
-		SMTPUTF8:   ss.utf8,
-		BodyType:   ss.body,
-		Accepted:   time.Now(),
-	}
-	if hf != nil {
-		m.MessageID = strings.TrimSpace(hf.Get("Message-Id"))
-	}
-	copy(m.SHA256[:], h.Sum(nil))
-	if !s.opts.Discard {
-		m.Data = data.Bytes()
-	}
-	id := s.msgID.Add(1)
-	s.mu.Lock()
-	s.messages = append(s.messages, m)
-	s.cond.Broadcast()
-	s.mu.Unlock()
-	return &smtp.SMTPError{Code: 250, EnhancedCode: smtp.EnhancedCode{2, 0, 0},
-		Message: fmt.Sprintf("OK <%d@fake> [Hostname=%s]", id, Hostname)}
-}
-
-func rcptMailboxes(ps []Path) []string {
-	out := make([]string, len(ps))
-	for i, p := range ps {
-		out[i] = p.Mailbox()
-	}
-	return out
-}
-
-// parseHeader parses the header section; nil if it does not parse.
-func parseHeader(b []byte) mail.Header {
-	msg, err := mail.ReadMessage(bufio.NewReader(bytes.NewReader(b)))
-	if err != nil {
-		return nil
-	}
-	return msg.Header
-}
-
-// headerFrom returns the address in the From: header, "" if there is none
-// (a message without From is accepted; Exchange's behaviour there is not
-// documented).
-func headerFrom(h mail.Header) string {
-	v := h.Get("From")
-	if v == "" {
-		return ""
-	}
-	a, err := mail.ParseAddress(v)
-	if err != nil {
-		return v
-	}
-	return a.Address
-}
-
-func (ss *session) Reset() {
-	ss.from, ss.mailParams = Path{}, nil
-	ss.rcpts, ss.rcptParams = nil, nil
-	ss.utf8 = false
-	ss.body = ""
-}
-
-// Logout ends the session: on STARTTLS, and when the connection closes.
-func (ss *session) Logout() error {
-	if ss.mailbox != "" {
-		ss.s.mu.Lock()
-		ss.s.active[ss.mailbox]--
-		ss.s.mu.Unlock()
-		ss.mailbox = ""
-	}
-	return nil
-}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/o365relay/o365relay/config/waitfor"
 	"github.com/o365relay/o365relay/relay/envelope"
 )
 
@@ -171,24 +171,29 @@ func TestSlowDripDataHitsTheDataDeadline(t *testing.T) {
 	c.cmd("MAIL FROM:<app@contoso.com>", "250")
 	c.cmd("RCPT TO:<a@example.org>", "250")
 	c.cmd("DATA", "354")
-	var stop atomic.Bool
+	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		// Body lines that are also commands: they must not be executed.
+		// One byte every 20 ms: each read is well inside CommandTimeout,
+		// the whole body is not inside DataTimeout. Body lines that are
+		// also commands: they must not be executed.
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
 		for _, b := range []byte("Subject: drip\r\n\r\nRSET\r\nMAIL FROM:<x@contoso.com>\r\n") {
-			if stop.Load() {
-				return
-			}
 			if _, err := c.c.Write([]byte{b}); err != nil {
 				return
 			}
-			time.Sleep(20 * time.Millisecond)
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
 		}
 	}()
 	start := time.Now()
 	got := c.reply()
-	stop.Store(true)
+	close(stop)
 	<-done
 	if !strings.HasPrefix(got, "421 4.4.2 ") {
 		t.Fatalf("slow-drip DATA got %q", got)
@@ -336,7 +341,9 @@ func TestNothingHappensAfterTheLastWord(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 	c.expectClosed()
-	time.Sleep(50 * time.Millisecond) // let go-smtp finish its buffer
+	// go-smtp has finished with the connection (and whatever it had
+	// buffered) once it has closed it, giving back its slot.
+	waitfor.Cond(t, "go-smtp done with the connection", func() bool { return s.OpenConnections() == 0 })
 	sink.mu.Lock()
 	defer sink.mu.Unlock()
 	if len(sink.envs) != 0 {

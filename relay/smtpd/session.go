@@ -209,6 +209,20 @@ func (s *session) Data(r io.Reader) (err error) {
 		return ForClient(errShuttingDown)
 	}
 
+	env, checker, body, err := s.message()
+	if err != nil {
+		return err
+	}
+	text, err := srv.opts.Sink.Submit(srv.baseCtx, env, body)
+	err = s.bodyVerdict(env, checker, err)
+	return s.answer(env, text, err)
+}
+
+// message sets DATA's own read deadline and builds the envelope and the
+// body the sink reads: our Received: header, then the client's content
+// through the body checks. Apart from Data so each reads as one step.
+func (s *session) message() (*envelope.Envelope, *bodyChecker, io.Reader, error) {
+	srv := s.srv
 	// go-smtp reads the whole body under the deadline it set when the DATA
 	// line arrived (one CommandTimeout). Give the body its own, longer,
 	// deadline: long enough for a 35 MB attachment, short enough that a
@@ -217,7 +231,7 @@ func (s *session) Data(r io.Reader) (err error) {
 	if s.tc == nil || s.tc.data == nil {
 		// Every connection of a Server is a trackedConn, which framed
 		// the 354 that brought go-smtp here.
-		return ForClient(errUnframed)
+		return nil, nil, nil, ForClient(errUnframed)
 	}
 	_ = s.tc.SetReadDeadline(time.Now().Add(srv.opts.DataTimeout))
 	content := s.tc.data
@@ -242,8 +256,14 @@ func (s *session) Data(r io.Reader) (err error) {
 		checker.maxHead = int64(rewrite.MaxHeader - len(hdr))
 	}
 	body := io.MultiReader(strings.NewReader(hdr), checker)
+	return env, checker, body, nil
+}
 
-	text, err := srv.opts.Sink.Submit(srv.baseCtx, env, body)
+// bodyVerdict gives the client's answer once the sink returned err: a body
+// not received in full or one that broke a rule overrides what the sink
+// said, and ends the session where the rest could be taken for commands.
+func (s *session) bodyVerdict(env *envelope.Envelope, checker *bodyChecker, err error) error {
+	srv := s.srv
 	if rerr := checker.readErr(); rerr != nil {
 		// A DATA deadline (a slow-drip client) or a dropped connection:
 		// the rest of the message must not be taken for commands, so the
@@ -274,6 +294,13 @@ func (s *session) Data(r io.Reader) (err error) {
 			s.tc.closeAfterReply()
 		}
 	}
+	return err
+}
+
+// answer logs the outcome once and turns it into the reply: the refusal,
+// or a 250 that names the queue ID.
+func (s *session) answer(env *envelope.Envelope, text string, err error) error {
+	srv := s.srv
 	// The fields go to the one log call (a logger With them would be
 	// built for every message).
 	fields := make([]zap.Field, 5, 9)

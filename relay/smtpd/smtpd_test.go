@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/o365relay/o365relay/config/waitfor"
 	"github.com/o365relay/o365relay/relay/envelope"
 	"github.com/o365relay/o365relay/relay/reply"
 	"github.com/o365relay/o365relay/relay/rewrite"
@@ -238,16 +239,13 @@ func TestPerClientConnectionCap(t *testing.T) {
 		t.Fatalf("third connection got %q", got)
 	}
 	a.cmd("QUIT", "221")
-	// The slot is given back once the first connection is closed.
-	var got string
-	for i := 0; i < 50; i++ {
-		d := dial(t, s.Addr().String())
-		if got = d.reply(); strings.HasPrefix(got, "220 ") {
-			return
-		}
-		time.Sleep(20 * time.Millisecond) // the server closes asynchronously after QUIT
+	// The slot is given back once the server has closed the first
+	// connection (asynchronously after QUIT); then a new one is let in.
+	waitfor.Cond(t, "the first connection's slot given back", func() bool { return s.OpenConnections() == 1 })
+	d := dial(t, s.Addr().String())
+	if got := d.reply(); !strings.HasPrefix(got, "220 ") {
+		t.Fatalf("connection after the slot was given back got %q", got)
 	}
-	t.Fatalf("slot never released: %q", got)
 }
 
 func TestBareLineEndings(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"crypto/tls"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/o365relay/o365relay/config/waitfor"
 )
 
 // The intake's protections live in trackedConn, below go-smtp. These tests
@@ -282,13 +285,12 @@ func TestSTARTTLSRefusals(t *testing.T) {
 	c.cmd("STARTTLS", "220 ")
 	c.send("EHLO not-tls\r\n")
 	c.expectClosed()
-	deadline := time.Now().Add(5 * time.Second)
-	for s.OpenConnections() != 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := s.OpenConnections(); n != 0 {
-		t.Fatalf("%d connections still counted", n)
-	}
+	waitfor.Check(t, "the refused handshake's slot given back", func() error {
+		if n := s.OpenConnections(); n != 0 {
+			return fmt.Errorf("%d connections still counted", n)
+		}
+		return nil
+	})
 	if logs.FilterMessageSnippet("TLS handshake failed").Len() == 0 {
 		t.Fatal("failed handshake not logged")
 	}

@@ -67,28 +67,11 @@ func (s *Spool) Put(env *envelope.Envelope, body io.Reader) (err error) {
 	if !env.ID.Valid() {
 		return reply.Wrap(fmt.Errorf("invalid id %q", env.ID), 451, enhLocal, "Local error in processing")
 	}
-	s.mu.Lock()
-	if s.opts.MaxItems > 0 && len(s.index)+s.reserved >= s.opts.MaxItems {
-		s.mu.Unlock()
-		return limitError("spool item limit reached")
+	room, err := s.reserve(env.ID)
+	if err != nil {
+		return err
 	}
-	var room int64
-	if s.opts.MaxBytes > 0 {
-		room = s.opts.MaxBytes - s.bytes
-		if room <= 0 {
-			s.mu.Unlock()
-			return limitError("spool byte limit reached")
-		}
-	}
-	s.reserved++
-	s.putting[env.ID] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		s.reserved--
-		delete(s.putting, env.ID)
-		s.mu.Unlock()
-	}()
+	defer s.unreserve(env.ID)
 
 	env.Size = 0
 	hdr, err := encodeHeader(env)
@@ -119,42 +102,9 @@ func (s *Spool) Put(env *envelope.Envelope, body io.Reader) (err error) {
 			_ = s.fs.Remove(tmp)
 		}
 	}()
-	h := crc32.New(castagnoli)
-	bw := getWriter(f)
-	defer putWriter(bw)
-	w := io.MultiWriter(bw, h)
-	if _, err = w.Write(hdr); err != nil {
-		return storageError(err)
-	}
-	br := &bodyReader{r: body, max: room}
-	n, err := bw.ReadFromCounting(struct{ io.Reader }{br}, h)
-	if br.err == errTooBig {
-		return limitError("spool byte limit reached")
-	}
-	if br.err != nil {
-		putFailures.WithLabelValues("body").Inc()
-		err = br.err
-		return err
-	}
+	n, err := s.writeRecord(f, hdr, body, room, reused)
 	if err != nil {
-		return storageError(err)
-	}
-	if _, err = bw.Write(encodeTrailer(n, h.Sum32())); err != nil {
-		return storageError(err)
-	}
-	if err = bw.Flush(); err != nil {
-		return storageError(err)
-	}
-	if reused {
-		// Cut what a longer previous record left behind.
-		if err = f.Truncate(int64(len(hdr)) + n + trailerSize); err != nil {
-			return storageError(err)
-		}
-	}
-	if s.opts.Fsync {
-		if err = f.Sync(); err != nil {
-			return storageError(err)
-		}
+		return err
 	}
 	closed = true
 	if err = f.Close(); err != nil {
@@ -174,4 +124,76 @@ func (s *Spool) Put(env *envelope.Envelope, body io.Reader) (err error) {
 	s.mu.Unlock()
 	putDuration.Observe(time.Since(start).Seconds())
 	return nil
+}
+
+// reserve admits one more Put under max_items and max_bytes and returns
+// the bytes left for its body (0: unlimited). The reservation holds until
+// unreserve, so concurrent Puts cannot overshoot the limits together.
+func (s *Spool) reserve(id envelope.ID) (room int64, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.opts.MaxItems > 0 && len(s.index)+s.reserved >= s.opts.MaxItems {
+		return 0, limitError("spool item limit reached")
+	}
+	if s.opts.MaxBytes > 0 {
+		room = s.opts.MaxBytes - s.bytes
+		if room <= 0 {
+			return 0, limitError("spool byte limit reached")
+		}
+	}
+	s.reserved++
+	s.putting[id] = struct{}{}
+	return room, nil
+}
+
+// unreserve ends a Put's reservation, whatever its outcome.
+func (s *Spool) unreserve(id envelope.ID) {
+	s.mu.Lock()
+	s.reserved--
+	delete(s.putting, id)
+	s.mu.Unlock()
+}
+
+// writeRecord writes header, body and trailer (with the body's length and
+// CRC) into f and makes them durable when Fsync is on; it returns the body
+// length. Its errors are Put's: a limit, the body reader's own error, or a
+// storage error. Put closes, renames and cleans up.
+func (s *Spool) writeRecord(f File, hdr []byte, body io.Reader, room int64, reused bool) (n int64, err error) {
+	h := crc32.New(castagnoli)
+	bw := getWriter(f)
+	defer putWriter(bw)
+	w := io.MultiWriter(bw, h)
+	if _, err = w.Write(hdr); err != nil {
+		return 0, storageError(err)
+	}
+	br := &bodyReader{r: body, max: room}
+	n, err = bw.ReadFromCounting(struct{ io.Reader }{br}, h)
+	if br.err == errTooBig {
+		return 0, limitError("spool byte limit reached")
+	}
+	if br.err != nil {
+		putFailures.WithLabelValues("body").Inc()
+		return 0, br.err
+	}
+	if err != nil {
+		return 0, storageError(err)
+	}
+	if _, err = bw.Write(encodeTrailer(n, h.Sum32())); err != nil {
+		return 0, storageError(err)
+	}
+	if err = bw.Flush(); err != nil {
+		return 0, storageError(err)
+	}
+	if reused {
+		// Cut what a longer previous record left behind.
+		if err = f.Truncate(int64(len(hdr)) + n + trailerSize); err != nil {
+			return 0, storageError(err)
+		}
+	}
+	if s.opts.Fsync {
+		if err = f.Sync(); err != nil {
+			return 0, storageError(err)
+		}
+	}
+	return n, nil
 }

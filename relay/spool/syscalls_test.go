@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/o365relay/o365relay/config/waitfor"
 	"github.com/o365relay/o365relay/relay/envelope"
 )
 
@@ -19,6 +20,9 @@ type countFS struct {
 	creates, opens, renames, removes int
 	dirSyncs, fileSyncs, waitedSyncs int
 	waiting                          bool
+	// dirSynced is notified after each SyncDir is counted, so a test can
+	// wait for one instead of polling.
+	dirSynced waitfor.Changes
 }
 
 type countFile struct {
@@ -62,6 +66,7 @@ func (c *countFS) SyncDir(name string) error {
 	c.mu.Lock()
 	c.dirSyncs++
 	c.mu.Unlock()
+	c.dirSynced.Notify()
 	return c.OSFS.SyncDir(name)
 }
 
@@ -163,17 +168,11 @@ func TestRemovalsShareThePutsFsync(t *testing.T) {
 	if got > n+n/4 {
 		t.Errorf("%d directory fsyncs for %d messages delivered one after another, want about %d", got, n, n)
 	}
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+	waitfor.On(t, &fs.dirSynced, "the last removal's directory fsync", func() bool {
 		fs.mu.Lock()
-		done := fs.dirSyncs > got
-		fs.mu.Unlock()
-		if done {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the last removal got no directory fsync")
-		}
-	}
+		defer fs.mu.Unlock()
+		return fs.dirSyncs > got
+	})
 }
 
 // BenchmarkLifecycle is one delivered message's spool work (10 KB, fsync
