@@ -347,50 +347,12 @@ func (s *Server) apiVersion() string {
 	return IMDSAPIVersion
 }
 
+// token is the token endpoint: it checks the request as the source does,
+// runs Arc's handshake, finds the identity and has Entra issue its token.
 func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	refuse := func(status int, code, text string) {
-		s.log(r, "", text)
-		s.writeErr(w, status, code, text)
-	}
-	if r.Method != http.MethodGet {
-		s.violation("%s instead of GET", r.Method)
-		refuse(http.StatusMethodNotAllowed, "invalid_request", "Only GET is allowed.")
-		return
-	}
-	if v := q.Get("api-version"); v != s.apiVersion() {
-		s.violation("api-version %q, want %s", v, s.apiVersion())
-		refuse(http.StatusBadRequest, "invalid_request", "Invalid or missing api-version: "+v)
-		return
-	}
-	if msg := s.checkHeaders(r); msg != "" {
-		s.violation("%s", msg)
-		refuse(http.StatusBadRequest, "invalid_request", msg)
-		return
-	}
-	allowed := map[string]bool{"api-version": true, "resource": true}
-	var selector, value string
-	for _, k := range s.selectors() {
-		allowed[k] = true
-		if v := q.Get(k); v != "" {
-			if selector != "" {
-				s.violation("two identity selectors, %s and %s", selector, k)
-				refuse(http.StatusBadRequest, "invalid_request", "Only one of client_id, object_id and the resource ID may be given.")
-				return
-			}
-			selector, value = k, v
-		}
-	}
-	for k := range q {
-		if !allowed[k] {
-			s.violation("unexpected query parameter %q for %s", k, s.o.Source)
-			refuse(http.StatusBadRequest, "invalid_request", "Unexpected parameter: "+k)
-			return
-		}
-	}
-	if q.Get("resource") == "" {
-		s.violation("no resource")
-		refuse(http.StatusBadRequest, "invalid_request", "Required query variable 'resource' is missing")
+	selector, value, ok := s.checkRequest(w, r, q)
+	if !ok {
 		return
 	}
 	if s.o.Source == Arc && !s.arcAuthorized(w, r) {
@@ -402,15 +364,74 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		s.writeNotFound(w)
 		return
 	}
+	s.issue(w, r, id, selector, q.Get("resource"))
+}
+
+// refuse logs and answers a request the endpoint turns down.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, status int, code, text string) {
+	s.log(r, "", text)
+	s.writeErr(w, status, code, text)
+}
+
+// checkRequest is token's strictness, split out to keep token short: the
+// method, api-version, headers and query parameters the source requires.
+// It returns the identity selector given (if any) and its value; when ok is
+// false it has answered the request itself.
+func (s *Server) checkRequest(w http.ResponseWriter, r *http.Request, q url.Values) (selector, value string, ok bool) {
+	if r.Method != http.MethodGet {
+		s.violation("%s instead of GET", r.Method)
+		s.refuse(w, r, http.StatusMethodNotAllowed, "invalid_request", "Only GET is allowed.")
+		return "", "", false
+	}
+	if v := q.Get("api-version"); v != s.apiVersion() {
+		s.violation("api-version %q, want %s", v, s.apiVersion())
+		s.refuse(w, r, http.StatusBadRequest, "invalid_request", "Invalid or missing api-version: "+v)
+		return "", "", false
+	}
+	if msg := s.checkHeaders(r); msg != "" {
+		s.violation("%s", msg)
+		s.refuse(w, r, http.StatusBadRequest, "invalid_request", msg)
+		return "", "", false
+	}
+	allowed := map[string]bool{"api-version": true, "resource": true}
+	for _, k := range s.selectors() {
+		allowed[k] = true
+		if v := q.Get(k); v != "" {
+			if selector != "" {
+				s.violation("two identity selectors, %s and %s", selector, k)
+				s.refuse(w, r, http.StatusBadRequest, "invalid_request", "Only one of client_id, object_id and the resource ID may be given.")
+				return "", "", false
+			}
+			selector, value = k, v
+		}
+	}
+	for k := range q {
+		if !allowed[k] {
+			s.violation("unexpected query parameter %q for %s", k, s.o.Source)
+			s.refuse(w, r, http.StatusBadRequest, "invalid_request", "Unexpected parameter: "+k)
+			return "", "", false
+		}
+	}
+	if q.Get("resource") == "" {
+		s.violation("no resource")
+		s.refuse(w, r, http.StatusBadRequest, "invalid_request", "Required query variable 'resource' is missing")
+		return "", "", false
+	}
+	return selector, value, true
+}
+
+// issue is token's answer for a found identity, split out to keep token
+// short: Entra signs the token, and the body has the source's fields.
+func (s *Server) issue(w http.ResponseWriter, r *http.Request, id *Identity, selector, resource string) {
 	s.mu.Lock()
 	lifetime := s.o.Lifetime
 	s.mu.Unlock()
 	tok, issued, exp, err := s.o.Entra.Issue(entratest.Principal{
 		AppID: id.ClientID, ObjectID: id.ObjectID, Roles: id.Roles,
 		Extra: map[string]any{"xms_mirid": id.ResourceID},
-	}, q.Get("resource"), lifetime)
+	}, resource, lifetime)
 	if err != nil {
-		refuse(http.StatusBadRequest, "invalid_resource", err.Error())
+		s.refuse(w, r, http.StatusBadRequest, "invalid_resource", err.Error())
 		return
 	}
 	s.mu.Lock()
@@ -422,7 +443,7 @@ func (s *Server) token(w http.ResponseWriter, r *http.Request) {
 		"access_token": tok,
 		"client_id":    id.ClientID,
 		"expires_on":   strconv.FormatInt(exp.Unix(), 10),
-		"resource":     q.Get("resource"),
+		"resource":     resource,
 		"token_type":   "Bearer",
 	}
 	if s.o.Source != AppService {
