@@ -61,6 +61,32 @@ type pbkdf2Params struct {
 // EncryptedPrivateKeyInfo. maxIter bounds PBKDF2 iterations (the fuzz target
 // passes a small bound). Errors never contain key material or the password.
 func decryptPKCS8(der []byte, password []byte, maxIter int) ([]byte, error) {
+	c, err := parsePBES2(der, maxIter)
+	if err != nil {
+		return nil, err
+	}
+	key, err := pbkdf2.Key(c.prf, string(password), c.salt, c.iter, c.keyLen)
+	if err != nil {
+		return nil, fmt.Errorf("PBKDF2: %v", err)
+	}
+	return decryptAESCBC(key, c.iv, c.ct)
+}
+
+// pbes2Cipher is what an EncryptedPrivateKeyInfo asks for: how to derive
+// the key (PBKDF2) and what to decrypt with it (AES-CBC).
+type pbes2Cipher struct {
+	prf    func() hash.Hash
+	salt   []byte
+	iter   int
+	keyLen int
+	iv     []byte
+	ct     []byte
+}
+
+// parsePBES2 is decryptPKCS8's parsing, split out to keep it short: it
+// checks every parameter before any key is derived, so a file we cannot
+// read costs no PBKDF2 work.
+func parsePBES2(der []byte, maxIter int) (*pbes2Cipher, error) {
 	var info encryptedPrivateKeyInfo
 	rest, err := asn1.Unmarshal(der, &info)
 	if err != nil {
@@ -86,25 +112,13 @@ func decryptPKCS8(der []byte, password []byte, maxIter int) ([]byte, error) {
 	if kdf.Iteration < 1 || kdf.Iteration > maxIter {
 		return nil, fmt.Errorf("PBKDF2 iteration count %d out of range 1..%d", kdf.Iteration, maxIter)
 	}
-	var prf func() hash.Hash
-	switch {
-	case len(kdf.PRF.Algorithm) == 0 || kdf.PRF.Algorithm.Equal(oidHMACSHA1):
-		prf = sha1.New // RFC 8018 §A.2: the default PRF is hmacWithSHA1
-	case kdf.PRF.Algorithm.Equal(oidHMACSHA256):
-		prf = sha256.New
-	default:
-		return nil, fmt.Errorf("PBKDF2 PRF %v not supported; only HMAC-SHA1 and HMAC-SHA256", kdf.PRF.Algorithm)
+	prf, err := pbkdf2PRF(kdf.PRF.Algorithm)
+	if err != nil {
+		return nil, err
 	}
-	var keyLen int
-	switch enc := p.EncryptionScheme.Algorithm; {
-	case enc.Equal(oidAES128CBC):
-		keyLen = 16
-	case enc.Equal(oidAES192CBC):
-		keyLen = 24
-	case enc.Equal(oidAES256CBC):
-		keyLen = 32
-	default:
-		return nil, fmt.Errorf("PBES2 cipher %v not supported; only AES-CBC", enc)
+	keyLen, err := aesCBCKeyLen(p.EncryptionScheme.Algorithm)
+	if err != nil {
+		return nil, err
 	}
 	if kdf.KeyLength != 0 && kdf.KeyLength != keyLen {
 		return nil, errors.New("PBKDF2 key length does not match the cipher")
@@ -117,10 +131,36 @@ func decryptPKCS8(der []byte, password []byte, maxIter int) ([]byte, error) {
 	if len(ct) == 0 || len(ct)%aes.BlockSize != 0 {
 		return nil, errors.New("encrypted key length is not a multiple of the AES block size")
 	}
-	key, err := pbkdf2.Key(prf, string(password), kdf.Salt, kdf.Iteration, keyLen)
-	if err != nil {
-		return nil, fmt.Errorf("PBKDF2: %v", err)
+	return &pbes2Cipher{prf: prf, salt: kdf.Salt, iter: kdf.Iteration, keyLen: keyLen, iv: iv, ct: ct}, nil
+}
+
+// pbkdf2PRF is the hash of PBKDF2's HMAC named by alg (empty: the default).
+func pbkdf2PRF(alg asn1.ObjectIdentifier) (func() hash.Hash, error) {
+	switch {
+	case len(alg) == 0 || alg.Equal(oidHMACSHA1):
+		return sha1.New, nil // RFC 8018 §A.2: the default PRF is hmacWithSHA1
+	case alg.Equal(oidHMACSHA256):
+		return sha256.New, nil
 	}
+	return nil, fmt.Errorf("PBKDF2 PRF %v not supported; only HMAC-SHA1 and HMAC-SHA256", alg)
+}
+
+// aesCBCKeyLen is the key length of the AES-CBC scheme named by enc.
+func aesCBCKeyLen(enc asn1.ObjectIdentifier) (int, error) {
+	switch {
+	case enc.Equal(oidAES128CBC):
+		return 16, nil
+	case enc.Equal(oidAES192CBC):
+		return 24, nil
+	case enc.Equal(oidAES256CBC):
+		return 32, nil
+	}
+	return 0, fmt.Errorf("PBES2 cipher %v not supported; only AES-CBC", enc)
+}
+
+// decryptAESCBC is decryptPKCS8's decryption, split out to keep it short:
+// AES-CBC, then the padding and DER checks that tell a wrong password.
+func decryptAESCBC(key, iv, ct []byte) ([]byte, error) {
 	block, err := aes.NewCipher(key)
 	if err != nil {
 		return nil, fmt.Errorf("AES: %v", err)
