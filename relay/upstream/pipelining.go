@@ -47,9 +47,6 @@ type bodyBuffers struct{ in, out []byte }
 // commandGroup; transact has checked SMTPUTF8 and owns the context's
 // cancellation.
 func (c *Client) transactPipelined(cn *conn, env *envelope.Envelope, group []byte, body io.Reader) (res *envelope.Result, txe *txError, reusable bool) {
-	mailFail := func(err error, stage reply.Stage) *txError {
-		return &txError{err: c.fail(c.classify(err, stage)), beforeData: true}
-	}
 	if cn.replies == nil {
 		cn.replies = replyReader(cn.tls)
 	}
@@ -63,20 +60,20 @@ func (c *Client) transactPipelined(cn *conn, env *envelope.Envelope, group []byt
 		return readReply(r, expect)
 	}
 	if err := cn.tls.SetDeadline(time.Now().Add(c.opts.CommandTimeout)); err != nil {
-		return nil, mailFail(err, reply.StageMail), false
+		return nil, c.mailFail(err, reply.StageMail), false
 	}
 	if _, err := cn.tls.Write(group); err != nil {
-		return nil, mailFail(err, reply.StageMail), false
+		return nil, c.mailFail(err, reply.StageMail), false
 	}
 	if _, err := read(250); err != nil {
 		if !isReply(err) {
-			return nil, mailFail(err, reply.StageMail), false
+			return nil, c.mailFail(err, reply.StageMail), false
 		}
 		// The RCPTs and the DATA behind it are answered too (503, as a
 		// rule): read them before the session can carry another
 		// transaction.
 		synced := c.endGroup(cn, len(env.To))
-		return nil, mailFail(err, reply.StageMail), synced && c.resettablePipelined(cn, err)
+		return nil, c.mailFail(err, reply.StageMail), synced && c.resettablePipelined(cn, err)
 	}
 	countReply(reply.StageMail, 250)
 	res = &envelope.Result{Rejected: map[string]*reply.Error{}}
@@ -90,7 +87,7 @@ func (c *Client) transactPipelined(cn *conn, env *envelope.Envelope, group []byt
 		case errors.As(err, &se) && se.Code != 421 && !outOfStep(se):
 			res.Rejected[rcpt] = c.fail(FromSMTP(se, reply.StageRcpt))
 		default:
-			return nil, mailFail(err, reply.StageRcpt), false
+			return nil, c.mailFail(err, reply.StageRcpt), false
 		}
 	}
 	if len(res.Accepted) == 0 {
@@ -105,36 +102,43 @@ func (c *Client) transactPipelined(cn *conn, env *envelope.Envelope, group []byt
 		return res, &txError{err: pick}, synced && !TokenExpired(pick) && cn.rset(c.opts.CommandTimeout) == nil && inStep(cn)
 	}
 	if _, err := read(354); err != nil {
-		return res, mailFail(err, reply.StageData), isReply(err) && c.resettablePipelined(cn, err)
+		return res, c.mailFail(err, reply.StageData), isReply(err) && c.resettablePipelined(cn, err)
 	}
+	txe, reusable = c.pipelinedBody(cn, res, body)
+	return res, txe, reusable
+}
+
+// pipelinedBody writes the body after the 354 and reads Exchange's verdict
+// on the message into res.Reply.
+func (c *Client) pipelinedBody(cn *conn, res *envelope.Result, body io.Reader) (txe *txError, reusable bool) {
 	if err := cn.tls.SetDeadline(time.Now().Add(c.opts.DataTimeout)); err != nil {
-		return res, &txError{err: c.fail(netError(err, reply.StageData, "connection lost before data"))}, false
+		return &txError{err: c.fail(netError(err, reply.StageData, "connection lost before data"))}, false
 	}
 	if bodyErr, err := c.writeBody(cn, body); err != nil || bodyErr != nil {
 		// Closed without the end of data: Exchange discards an
 		// unterminated message (RFC 5321 §4.1.1.4).
 		cn.close(false)
 		if bodyErr != nil {
-			return res, &txError{err: c.fail(&reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 3, 0}, Stage: reply.StageData,
+			return &txError{err: c.fail(&reply.Error{Code: 451, Enhanced: reply.EnhancedCode{4, 3, 0}, Stage: reply.StageData,
 				Text: "message body could not be read; transfer aborted before the end of data", Err: bodyErr})}, false
 		}
-		return res, &txError{err: c.fail(c.classify(err, reply.StageData))}, false
+		return &txError{err: c.fail(c.classify(err, reply.StageData))}, false
 	}
 	// The wait for the verdict gets its own DataTimeout, as go-smtp's
 	// Close gives it: a body that took most of the first one to send must
 	// not turn a slow 250 into a retry, and so into a second copy.
 	if err := cn.tls.SetDeadline(time.Now().Add(c.opts.DataTimeout)); err != nil {
-		return res, &txError{err: c.fail(netError(err, reply.StageData, "connection lost before the reply to the end of data"))}, false
+		return &txError{err: c.fail(netError(err, reply.StageData, "connection lost before the reply to the end of data"))}, false
 	}
-	msg, err := readReply(r, 250)
+	msg, err := readReply(cn.replies, 250)
 	if err != nil {
 		// Exchange's verdict on the message (e.g. 554 5.2.252): the
 		// transaction is over and the session is fine.
-		return res, &txError{err: c.fail(c.classify(err, reply.StageData))}, isReply(err) && c.resettablePipelined(cn, err)
+		return &txError{err: c.fail(c.classify(err, reply.StageData))}, isReply(err) && c.resettablePipelined(cn, err)
 	}
 	countReply(reply.StageData, 250)
 	res.Reply = msg
-	return res, nil, inStep(cn)
+	return nil, inStep(cn)
 }
 
 // inStep says whether nothing is left unread after the last reply the
