@@ -64,31 +64,12 @@ func (r *report) acked() int {
 	return n
 }
 
+// print writes the run's report: what ran, the fsync floor, then the
+// clients' figures, delivery, restart, errors and the relay's resources.
 func (r *report) print(w io.Writer) {
 	c := r.cfg
 	p := func(format string, a ...any) { fmt.Fprintf(w, format+"\n", a...) }
-	pacing := "pacing off"
-	if c.Paced {
-		pacing = "paced to Exchange's limits"
-	}
-	mode := fmt.Sprintf("child process pid %d (ack=%s, %s, spool in the run's directory), fakes of Entra ID and Exchange in-process", r.pid, c.Ack, pacing)
-	if c.Relay != "" {
-		mode = "external " + c.Relay + " (client-side figures only)"
-	}
-	conn := "each client reuses its connection"
-	if c.NewConn {
-		conn = "one connection per message"
-	}
-	if c.Command != "" {
-		p("o365relay-load: %d messages from: %s; %d idle connections", c.Messages, c.Command, c.Idle)
-	} else {
-		p("o365relay-load: %d messages x %s, %d clients (%s), %d idle connections", c.Messages, bytesize(int64(c.Size)), c.Clients, conn, c.Idle)
-	}
-	p("relay:          %s", mode)
-	if len(r.fsync.file) > 0 {
-		p("fsync floor:    write+fsync 10 KB p50 %s p99 %s; +rename+dir fsync p50 %s p99 %s (%d samples, same filesystem, before the load)",
-			ms(pct(r.fsync.file, 0.50)), ms(pct(r.fsync.file, 0.99)), ms(pct(r.fsync.put, 0.50)), ms(pct(r.fsync.put, 0.99)), len(r.fsync.file))
-	}
+	r.printHeader(p)
 	if c.Command != "" {
 		r.printCommand(p)
 		return
@@ -121,24 +102,7 @@ func (r *report) print(w io.Writer) {
 		p("transaction:    p50 %s p95 %s p99 %s max %s (MAIL FROM -> 250)", ms(pct(tx, .5)), ms(pct(tx, .95)), ms(pct(tx, .99)), ms(pct(tx, 1)))
 	}
 	if r.pid != 0 && r.restart == nil {
-		d := r.delivered
-		if len(d) > 0 {
-			span := r.lastArrival.Sub(r.started)
-			p("delivery:       p50 %s p95 %s p99 %s max %s (250 -> fake Exchange has it); %d of %d delivered, last %s after the first MAIL (%.0f messages/s end to end)",
-				ms(pct(d, .5)), ms(pct(d, .95)), ms(pct(d, .99)), ms(pct(d, 1)), len(d), len(to250), sec(span), float64(len(d))/span.Seconds())
-		} else if c.Defer {
-			p("delivery:       none: the fake Exchange deferred every attempt (-defer)")
-		} else {
-			p("delivery:       none of %d delivered", len(to250))
-		}
-		if len(r.deliveries) > 0 {
-			cv := makeCurve(r.deliveries)
-			p("by position:    %s (in the order of the 250s: latency of the n-th message acknowledged)", cv)
-			p("order:          arrival rank - ack rank p99 %d, max %d; %d messages overtaken by a later one by more than 1 s", cv.p99Displaced, cv.maxDisplaced, cv.overtakenBy1s)
-		}
-		if r.unmatched > 0 && c.Command == "" {
-			p("                %d messages at Exchange not matched to an acknowledgement", r.unmatched)
-		}
+		r.printDelivery(p, len(to250))
 	}
 	if r.restart != nil {
 		r.restart.print(p, rate)
@@ -148,6 +112,57 @@ func (r *report) print(w io.Writer) {
 		p("idle:           %d of %d connections open; errors: %s", r.idleOpen, c.Idle, counts(r.idleErrors))
 	}
 	r.printRelay(p, len(to250))
+}
+
+// printHeader says what ran: the clients, the relay and the fsync floor.
+func (r *report) printHeader(p func(string, ...any)) {
+	c := r.cfg
+	pacing := "pacing off"
+	if c.Paced {
+		pacing = "paced to Exchange's limits"
+	}
+	mode := fmt.Sprintf("child process pid %d (ack=%s, %s, spool in the run's directory), fakes of Entra ID and Exchange in-process", r.pid, c.Ack, pacing)
+	if c.Relay != "" {
+		mode = "external " + c.Relay + " (client-side figures only)"
+	}
+	conn := "each client reuses its connection"
+	if c.NewConn {
+		conn = "one connection per message"
+	}
+	if c.Command != "" {
+		p("o365relay-load: %d messages from: %s; %d idle connections", c.Messages, c.Command, c.Idle)
+	} else {
+		p("o365relay-load: %d messages x %s, %d clients (%s), %d idle connections", c.Messages, bytesize(int64(c.Size)), c.Clients, conn, c.Idle)
+	}
+	p("relay:          %s", mode)
+	if len(r.fsync.file) > 0 {
+		p("fsync floor:    write+fsync 10 KB p50 %s p99 %s; +rename+dir fsync p50 %s p99 %s (%d samples, same filesystem, before the load)",
+			ms(pct(r.fsync.file, 0.50)), ms(pct(r.fsync.file, 0.99)), ms(pct(r.fsync.put, 0.50)), ms(pct(r.fsync.put, 0.99)), len(r.fsync.file))
+	}
+}
+
+// printDelivery reports delivery latency per message, the curve by queue
+// position and how far arrival order strays from acknowledgement order.
+func (r *report) printDelivery(p func(string, ...any), acked int) {
+	d := r.delivered
+	switch {
+	case len(d) > 0:
+		span := r.lastArrival.Sub(r.started)
+		p("delivery:       p50 %s p95 %s p99 %s max %s (250 -> fake Exchange has it); %d of %d delivered, last %s after the first MAIL (%.0f messages/s end to end)",
+			ms(pct(d, .5)), ms(pct(d, .95)), ms(pct(d, .99)), ms(pct(d, 1)), len(d), acked, sec(span), float64(len(d))/span.Seconds())
+	case r.cfg.Defer:
+		p("delivery:       none: the fake Exchange deferred every attempt (-defer)")
+	default:
+		p("delivery:       none of %d delivered", acked)
+	}
+	if len(r.deliveries) > 0 {
+		cv := makeCurve(r.deliveries)
+		p("by position:    %s (in the order of the 250s: latency of the n-th message acknowledged)", cv)
+		p("order:          arrival rank - ack rank p99 %d, max %d; %d messages overtaken by a later one by more than 1 s", cv.p99Displaced, cv.maxDisplaced, cv.overtakenBy1s)
+	}
+	if r.unmatched > 0 {
+		p("                %d messages at Exchange not matched to an acknowledgement", r.unmatched)
+	}
 }
 
 // printCommand reports a run of an external client.
