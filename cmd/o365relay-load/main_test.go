@@ -59,7 +59,10 @@ func TestSmallRun(t *testing.T) {
 	if rep.violations != 0 {
 		t.Errorf("%d protocol violations at the fake Exchange", rep.violations)
 	}
-	if rep.rssIdle <= 0 || rep.rssPeak <= 0 || rep.hwm < rep.rssPeak {
+	// VmHWM is not compared with the sampled peak: the kernel updates its
+	// high-water mark lazily (per-thread counters, not at every unmap), so
+	// a sample of VmRSS can exceed a VmHWM read later.
+	if rep.rssIdle <= 0 || rep.rssPeak <= 0 || rep.hwm <= 0 {
 		t.Errorf("memory not read: idle %d peak %d hwm %d", rep.rssIdle, rep.rssPeak, rep.hwm)
 	}
 	if len(rep.fsync.file) != 20 || len(rep.fsync.put) != 20 {
