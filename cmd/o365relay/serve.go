@@ -143,6 +143,7 @@ func newLogger(cfg *config.Config, w io.Writer) (*zap.Logger, zap.AtomicLevel, e
 	return zap.New(core, zap.ErrorOutput(zapcore.AddSync(w))), lvl, nil
 }
 
+// runServe runs the daemon until SIGINT or SIGTERM, reloading on SIGHUP.
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("serve", "serve [--config FILE] [--SETTING VALUE ...]\n\nRuns the relay. Every setting is also an environment variable and a key of the\nconfiguration file (README.md, Configuration reference).", stdout, stderr)
 	// SIGHUP (systemd's ExecReload, kill -HUP) re-reads the configuration
@@ -152,25 +153,47 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	in, _, code, ok := parseCommand(fs, args, false, stderr)
-	if !ok {
+	in, cfg, code := loadServe(fs, args, stderr)
+	if cfg == nil {
 		return code
-	}
-	cfg, err := config.Load(in)
-	if err == nil {
-		// What the daemon needs, before anything is logged: `config
-		// check` says the same thing.
-		err = cfg.CheckDaemon()
-	}
-	if err != nil {
-		printConfigError(stderr, err)
-		return 2
 	}
 	log, level, err := newLogger(cfg, stderr)
 	if err != nil {
 		return exitErr(stderr, err)
 	}
 	defer func() { _ = log.Sync() }()
+	logStart(log, cfg)
+	ready := make(chan struct{})
+	r, code := newServeRelay(cfg, log, &level, ready, stderr)
+	if r == nil {
+		return code
+	}
+	return serveRelay(ctx, r, in, log, ready, hup)
+}
+
+// loadServe parses the flags and loads the configuration, checked for what
+// the daemon needs before anything is logged (`config check` says the same
+// thing). The inputs are kept for SIGHUP. A nil config comes with the exit
+// code.
+func loadServe(fs *flag.FlagSet, args []string, stderr io.Writer) (config.Input, *config.Config, int) {
+	in, _, code, ok := parseCommand(fs, args, false, stderr)
+	if !ok {
+		return in, nil, code
+	}
+	cfg, err := config.Load(in)
+	if err == nil {
+		err = cfg.CheckDaemon()
+	}
+	if err != nil {
+		printConfigError(stderr, err)
+		return in, nil, 2
+	}
+	return in, cfg, 0
+}
+
+// logStart logs the configuration's warnings and the "starting" line with
+// every setting's effective value and source, keys sorted.
+func logStart(log *zap.Logger, cfg *config.Config) {
 	for _, w := range cfg.Warnings {
 		log.Warn("configuration: " + w)
 	}
@@ -185,11 +208,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fields = append(fields, zap.String(k, eff[k]))
 	}
 	log.Info("starting", fields...)
+}
 
-	ready := make(chan struct{})
+// newServeRelay builds the relay; ready is closed (and systemd told
+// READY=1) once it accepts mail. A nil relay comes with the exit code.
+func newServeRelay(cfg *config.Config, log *zap.Logger, level *zap.AtomicLevel, ready chan struct{}, stderr io.Writer) (*relay.Relay, int) {
 	r, err := relay.New(cfg, relay.Deps{
 		Logger: log,
-		Level:  &level,
+		Level:  level,
 		OnReady: func() {
 			if err := sdNotify("READY=1"); err != nil {
 				log.Warn("systemd notify", zap.Error(err))
@@ -204,11 +230,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		// taken port) is a failed start, exit 1, in the log's format.
 		if ce := (*config.Error)(nil); errors.As(err, &ce) {
 			printConfigError(stderr, err)
-			return 2
+			return nil, 2
 		}
 		log.Error("cannot start", zap.Error(err))
-		return 1
+		return nil, 1
 	}
+	return r, 0
+}
+
+// serveRelay runs r, with the systemd status line, until it stops; the
+// exit code says whether it stopped cleanly.
+func serveRelay(ctx context.Context, r *relay.Relay, in config.Input, log *zap.Logger, ready <-chan struct{}, hup <-chan os.Signal) int {
 	done := make(chan error, 1)
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -221,7 +253,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return st.Line()
 		})
 	}()
-	err = waitServe(ctx, done, hup, func() { reload(runCtx, r, in, log) }, cancel)
+	err := waitServe(ctx, done, hup, func() { reload(runCtx, r, in, log) }, cancel)
 	cancel()
 	<-notified
 	if err != nil {
