@@ -57,86 +57,104 @@ func authFileOnly() []FileOnlySetting {
 // authUsersValue parses auth_users into a fileValue whose setter stores
 // the accounts (the list is not a scalar Setting).
 func authUsersValue(path string, k, v *yaml.Node) (fileValue, []error) {
-	var errs []error
-	bad := func(n *yaml.Node, format string, args ...any) {
-		errs = append(errs, &Error{Key: authUsersKey, Where: fmt.Sprintf("%s:%d %s", path, n.Line, authUsersKey), Reason: fmt.Sprintf(format, args...)})
-	}
-	var users []AuthUser
-	if v.Kind != yaml.SequenceNode {
-		bad(v, "expected a list of accounts (- user: NAME, password_bcrypt: HASH, senders: [ADDRESS]), found %s", kindName(v))
-	} else {
-		seen := map[string]int{}
-		for _, it := range v.Content {
-			if it.Kind != yaml.MappingNode {
-				bad(it, "each account must be a mapping with user, password_bcrypt and senders, found %s", kindName(it))
-				continue
-			}
-			u := AuthUser{Line: it.Line}
-			for i := 0; i+1 < len(it.Content); i += 2 {
-				fk, fv := it.Content[i], it.Content[i+1]
-				switch fk.Value {
-				case "user":
-					if fv.Kind != yaml.ScalarNode || fv.Value == "" || strings.ContainsAny(fv.Value, "\x00\r\n") {
-						bad(fk, "user must be a non-empty name without NUL or line breaks")
-						continue
-					}
-					u.User = fv.Value
-				case "password_bcrypt":
-					if fv.Kind != yaml.ScalarNode {
-						bad(fk, "password_bcrypt must be a single value")
-						continue
-					}
-					if _, err := bcrypt.Cost([]byte(fv.Value)); err != nil {
-						// The reason, never the value.
-						bad(fk, "password_bcrypt is not a bcrypt hash (%v); make one with htpasswd -nBC 12 USER (the part after the colon), or python3 -c 'import bcrypt; print(bcrypt.hashpw(b\"PASSWORD\", bcrypt.gensalt(12)).decode())'", err)
-						continue
-					}
-					u.PasswordBcrypt = secret.Secret(fv.Value)
-				case "senders":
-					items := []*yaml.Node{fv}
-					if fv.Kind == yaml.SequenceNode {
-						items = fv.Content
-					}
-					for _, s := range items {
-						if s.Kind != yaml.ScalarNode {
-							bad(s, "senders must be addresses, \"*@domain\" or \"*\"")
-							continue
-						}
-						p, err := parseSenderPattern(s.Value)
-						if err != nil {
-							bad(s, "%v", err)
-							continue
-						}
-						u.Senders = append(u.Senders, p)
-					}
-				default:
-					bad(fk, "unknown field %q in an account (user, password_bcrypt, senders)", fk.Value)
-				}
-			}
-			switch {
-			case u.User == "":
-				bad(it, "account without user; add user: NAME")
-				continue
-			case u.PasswordBcrypt.IsZero():
-				bad(it, "account %s has no password_bcrypt", u.User)
-				continue
-			case len(u.Senders) == 0:
-				bad(it, "account %s has no senders; list the addresses it may send as (or \"*\")", u.User)
-				continue
-			}
-			if first, dup := seen[u.User]; dup {
-				bad(it, "account %s is already on line %d", u.User, first)
-				continue
-			}
-			seen[u.User] = it.Line
-			users = append(users, u)
-		}
-	}
+	e := &nodeErrs{path: path, key: authUsersKey}
+	users := parseAuthUsers(v, e)
 	s := Setting{Key: authUsersKey, accessor: accessor{
 		set: func(c *Config, _ string) error { c.AuthUsers = users; return nil },
 		get: func(c *Config) string { return authUsersSummary(c.AuthUsers) },
 	}}
-	return fileValue{setting: s, line: k.Line}, errs
+	return fileValue{setting: s, line: k.Line}, e.errs
+}
+
+// parseAuthUsers reads the auth_users list: complete accounts only, each
+// user once.
+func parseAuthUsers(v *yaml.Node, e *nodeErrs) []AuthUser {
+	if v.Kind != yaml.SequenceNode {
+		e.bad(v, "expected a list of accounts (- user: NAME, password_bcrypt: HASH, senders: [ADDRESS]), found %s", kindName(v))
+		return nil
+	}
+	var users []AuthUser
+	seen := map[string]int{}
+	for _, it := range v.Content {
+		if it.Kind != yaml.MappingNode {
+			e.bad(it, "each account must be a mapping with user, password_bcrypt and senders, found %s", kindName(it))
+			continue
+		}
+		u := parseAuthUser(it, e)
+		switch {
+		case u.User == "":
+			e.bad(it, "account without user; add user: NAME")
+			continue
+		case u.PasswordBcrypt.IsZero():
+			e.bad(it, "account %s has no password_bcrypt", u.User)
+			continue
+		case len(u.Senders) == 0:
+			e.bad(it, "account %s has no senders; list the addresses it may send as (or \"*\")", u.User)
+			continue
+		}
+		if first, dup := seen[u.User]; dup {
+			e.bad(it, "account %s is already on line %d", u.User, first)
+			continue
+		}
+		seen[u.User] = it.Line
+		users = append(users, u)
+	}
+	return users
+}
+
+// parseAuthUser reads the fields of one account (a mapping); the caller
+// checks that it is complete.
+func parseAuthUser(it *yaml.Node, e *nodeErrs) AuthUser {
+	u := AuthUser{Line: it.Line}
+	for i := 0; i+1 < len(it.Content); i += 2 {
+		fk, fv := it.Content[i], it.Content[i+1]
+		switch fk.Value {
+		case "user":
+			if fv.Kind != yaml.ScalarNode || fv.Value == "" || strings.ContainsAny(fv.Value, "\x00\r\n") {
+				e.bad(fk, "user must be a non-empty name without NUL or line breaks")
+				continue
+			}
+			u.User = fv.Value
+		case "password_bcrypt":
+			if fv.Kind != yaml.ScalarNode {
+				e.bad(fk, "password_bcrypt must be a single value")
+				continue
+			}
+			if _, err := bcrypt.Cost([]byte(fv.Value)); err != nil {
+				// The reason, never the value.
+				e.bad(fk, "password_bcrypt is not a bcrypt hash (%v); make one with htpasswd -nBC 12 USER (the part after the colon), or python3 -c 'import bcrypt; print(bcrypt.hashpw(b\"PASSWORD\", bcrypt.gensalt(12)).decode())'", err)
+				continue
+			}
+			u.PasswordBcrypt = secret.Secret(fv.Value)
+		case "senders":
+			u.Senders = append(u.Senders, parseAuthSenders(fv, e)...)
+		default:
+			e.bad(fk, "unknown field %q in an account (user, password_bcrypt, senders)", fk.Value)
+		}
+	}
+	return u
+}
+
+// parseAuthSenders reads an account's senders: one pattern or a list.
+func parseAuthSenders(fv *yaml.Node, e *nodeErrs) []string {
+	items := []*yaml.Node{fv}
+	if fv.Kind == yaml.SequenceNode {
+		items = fv.Content
+	}
+	var out []string
+	for _, s := range items {
+		if s.Kind != yaml.ScalarNode {
+			e.bad(s, "senders must be addresses, \"*@domain\" or \"*\"")
+			continue
+		}
+		p, err := parseSenderPattern(s.Value)
+		if err != nil {
+			e.bad(s, "%v", err)
+			continue
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 func authUsersSummary(users []AuthUser) string {

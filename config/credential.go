@@ -123,3 +123,37 @@ func (c *Config) checkNamedCredential() []error {
 	}
 	return []error{&Error{Key: need.key, Where: need.env, Reason: fmt.Sprintf("not set, but %s is %s; set it to %s, or change %s", c.where("credential"), c.CredentialKind, need.what, c.where("credential"))}}
 }
+
+// credentialKeys lists the credential settings that are set.
+func (c *Config) credentialKeys() []string {
+	var ks []string
+	if c.CertificatePath != "" {
+		ks = append(ks, "client_certificate_path")
+	}
+	if c.FederatedTokenFile != "" {
+		ks = append(ks, "federated_token_file")
+	}
+	if !c.ClientSecret.IsZero() {
+		ks = append(ks, "client_secret")
+	}
+	return ks
+}
+
+// Credential names the credential in use: "certificate", "federated",
+// "secret", "managed_identity", or "" when none is set. The credential
+// setting wins; without it the kind is the one whose setting is present,
+// never a managed identity (see the Cred* constants above).
+func (c *Config) Credential() string {
+	if c.CredentialKind != "" {
+		return c.CredentialKind
+	}
+	switch {
+	case c.CertificatePath != "":
+		return "certificate"
+	case c.FederatedTokenFile != "":
+		return "federated"
+	case !c.ClientSecret.IsZero():
+		return "secret"
+	}
+	return ""
+}

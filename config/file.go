@@ -139,3 +139,14 @@ func kindName(n *yaml.Node) string {
 	}
 	return "a value"
 }
+
+// nodeErrs collects the errors found in one structured key of the file
+// (senders, mailboxes, auth_users), each naming the file, line and key.
+type nodeErrs struct {
+	path, key string
+	errs      []error
+}
+
+func (e *nodeErrs) bad(n *yaml.Node, format string, args ...any) {
+	e.errs = append(e.errs, &Error{Key: e.key, Where: fmt.Sprintf("%s:%d %s", e.path, n.Line, e.key), Reason: fmt.Sprintf(format, args...)})
+}

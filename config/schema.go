@@ -29,7 +29,7 @@ func stringSchema(pattern string) func(valueType) map[string]any {
 }
 
 // The value types of the settings. Patterns say what the parsers in
-// config.go accept, as far as a regular expression can; a value that passes
+// values.go accept, as far as a regular expression can; a value that passes
 // the schema can still be refused at start (a CIDR with host bits set, a
 // file that cannot be read), and the error then names the key.
 var (

@@ -109,113 +109,134 @@ func FileOnly() []FileOnlySetting {
 	}
 }
 
+// parseStructured reads the file's senders or mailboxes key into fr.
 func parseStructured(path string, k, v *yaml.Node, fr *fileRules) []error {
-	where := func(n *yaml.Node) string { return fmt.Sprintf("%s:%d %s", path, n.Line, k.Value) }
 	fr.line[k.Value] = k.Line
-	var errs []error
-	bad := func(n *yaml.Node, format string, args ...any) {
-		errs = append(errs, &Error{Key: k.Value, Where: where(n), Reason: fmt.Sprintf(format, args...)})
-	}
+	e := &nodeErrs{path: path, key: k.Value}
 	switch k.Value {
 	case "senders":
-		if v.Kind != yaml.SequenceNode {
-			bad(v, "expected a list of rules (- sender: ADDRESS, mailbox: MAILBOX), found %s", kindName(v))
-			return errs
-		}
-		seen := map[string]int{}
-		for _, it := range v.Content {
-			if it.Kind != yaml.MappingNode {
-				bad(it, "each rule must be a mapping with sender, mailbox and rewrite, found %s", kindName(it))
-				continue
-			}
-			r := SenderRule{Line: it.Line}
-			for i := 0; i+1 < len(it.Content); i += 2 {
-				fk, fv := it.Content[i], it.Content[i+1]
-				if fv.Kind != yaml.ScalarNode {
-					bad(fk, "%s must be a single value", fk.Value)
-					continue
-				}
-				switch fk.Value {
-				case "sender":
-					p, err := parseSenderPattern(fv.Value)
-					if err != nil {
-						bad(fk, "%v", err)
-					}
-					r.Sender = p
-				case "mailbox":
-					m, err := parseMailbox(fv.Value)
-					if err != nil {
-						bad(fk, "mailbox %v", err)
-					}
-					r.Mailbox = m
-				case "rewrite":
-					rw, err := parseRewrite(fv.Value)
-					if err != nil {
-						bad(fk, "rewrite %v", err)
-					}
-					r.Rewrite = rw
-				default:
-					bad(fk, "unknown field %q in a sender rule (sender, mailbox, rewrite)", fk.Value)
-				}
-			}
-			if r.Sender == "" {
-				bad(it, "rule without sender; add sender: ADDRESS, \"*@domain\" or \"*\"")
-				continue
-			}
-			if first, dup := seen[r.Sender]; dup {
-				bad(it, "a rule for %s is already on line %d", r.Sender, first)
-				continue
-			}
-			seen[r.Sender] = it.Line
-			fr.senders = append(fr.senders, r)
-		}
+		parseSenders(v, fr, e)
 	case "mailboxes":
-		if v.Kind != yaml.MappingNode {
-			bad(v, "expected a mapping of mailbox: {connections, rate, daily_recipients}, found %s", kindName(v))
-			return errs
+		parseMailboxes(v, fr, e)
+	}
+	return e.errs
+}
+
+// parseSenders reads the senders list: one rule per item, each sender once.
+func parseSenders(v *yaml.Node, fr *fileRules, e *nodeErrs) {
+	if v.Kind != yaml.SequenceNode {
+		e.bad(v, "expected a list of rules (- sender: ADDRESS, mailbox: MAILBOX), found %s", kindName(v))
+		return
+	}
+	seen := map[string]int{}
+	for _, it := range v.Content {
+		if it.Kind != yaml.MappingNode {
+			e.bad(it, "each rule must be a mapping with sender, mailbox and rewrite, found %s", kindName(it))
+			continue
 		}
-		for i := 0; i+1 < len(v.Content); i += 2 {
-			mk, mv := v.Content[i], v.Content[i+1]
-			addr, err := parseMailbox(mk.Value)
-			if err != nil || addr == "" {
-				bad(mk, "%q is not a mailbox address", mk.Value)
-				continue
+		r := parseSenderRule(it, e)
+		if r.Sender == "" {
+			e.bad(it, "rule without sender; add sender: ADDRESS, \"*@domain\" or \"*\"")
+			continue
+		}
+		if first, dup := seen[r.Sender]; dup {
+			e.bad(it, "a rule for %s is already on line %d", r.Sender, first)
+			continue
+		}
+		seen[r.Sender] = it.Line
+		fr.senders = append(fr.senders, r)
+	}
+}
+
+// parseSenderRule reads the fields of one sender rule (a mapping); the
+// caller checks that it has a sender.
+func parseSenderRule(it *yaml.Node, e *nodeErrs) SenderRule {
+	r := SenderRule{Line: it.Line}
+	for i := 0; i+1 < len(it.Content); i += 2 {
+		fk, fv := it.Content[i], it.Content[i+1]
+		if fv.Kind != yaml.ScalarNode {
+			e.bad(fk, "%s must be a single value", fk.Value)
+			continue
+		}
+		switch fk.Value {
+		case "sender":
+			p, err := parseSenderPattern(fv.Value)
+			if err != nil {
+				e.bad(fk, "%v", err)
 			}
-			if mv.Kind != yaml.MappingNode {
-				bad(mk, "%s: expected {connections, rate, daily_recipients}, found %s", addr, kindName(mv))
-				continue
+			r.Sender = p
+		case "mailbox":
+			m, err := parseMailbox(fv.Value)
+			if err != nil {
+				e.bad(fk, "mailbox %v", err)
 			}
-			key := strings.ToLower(addr)
-			if _, dup := fr.mailboxes[key]; dup {
-				bad(mk, "%s is listed twice", addr)
-				continue
+			r.Mailbox = m
+		case "rewrite":
+			rw, err := parseRewrite(fv.Value)
+			if err != nil {
+				e.bad(fk, "rewrite %v", err)
 			}
-			o := mailboxOverride{line: mk.Line}
-			for j := 0; j+1 < len(mv.Content); j += 2 {
-				fk, fv := mv.Content[j], mv.Content[j+1]
-				n, err := parseCount(fv.Value)
-				if fv.Kind != yaml.ScalarNode || err != nil {
-					bad(fk, "%s.%s: %q is not a whole number ≥ 0", addr, fk.Value, fv.Value)
-					continue
-				}
-				switch fk.Value {
-				case "connections":
-					if n == 0 {
-						bad(fk, "%s.connections must be at least 1", addr)
-					}
-					o.connections = &n
-				case "rate":
-					o.rate = &n
-				case "daily_recipients":
-					o.daily = &n
-				default:
-					bad(fk, "unknown field %q for %s (connections, rate, daily_recipients)", fk.Value, addr)
-				}
-			}
-			fr.mailboxes[key] = o
+			r.Rewrite = rw
+		default:
+			e.bad(fk, "unknown field %q in a sender rule (sender, mailbox, rewrite)", fk.Value)
 		}
 	}
-	return errs
+	return r
+}
+
+// parseMailboxes reads the mailboxes mapping: per-mailbox limits, each
+// mailbox once (compared in lower case).
+func parseMailboxes(v *yaml.Node, fr *fileRules, e *nodeErrs) {
+	if v.Kind != yaml.MappingNode {
+		e.bad(v, "expected a mapping of mailbox: {connections, rate, daily_recipients}, found %s", kindName(v))
+		return
+	}
+	for i := 0; i+1 < len(v.Content); i += 2 {
+		mk, mv := v.Content[i], v.Content[i+1]
+		addr, err := parseMailbox(mk.Value)
+		if err != nil || addr == "" {
+			e.bad(mk, "%q is not a mailbox address", mk.Value)
+			continue
+		}
+		if mv.Kind != yaml.MappingNode {
+			e.bad(mk, "%s: expected {connections, rate, daily_recipients}, found %s", addr, kindName(mv))
+			continue
+		}
+		key := strings.ToLower(addr)
+		if _, dup := fr.mailboxes[key]; dup {
+			e.bad(mk, "%s is listed twice", addr)
+			continue
+		}
+		fr.mailboxes[key] = parseMailboxOverride(addr, mk, mv, e)
+	}
+}
+
+// parseMailboxOverride reads one mailbox's {connections, rate,
+// daily_recipients}.
+func parseMailboxOverride(addr string, mk, mv *yaml.Node, e *nodeErrs) mailboxOverride {
+	o := mailboxOverride{line: mk.Line}
+	for j := 0; j+1 < len(mv.Content); j += 2 {
+		fk, fv := mv.Content[j], mv.Content[j+1]
+		n, err := parseCount(fv.Value)
+		if fv.Kind != yaml.ScalarNode || err != nil {
+			e.bad(fk, "%s.%s: %q is not a whole number ≥ 0", addr, fk.Value, fv.Value)
+			continue
+		}
+		switch fk.Value {
+		case "connections":
+			if n == 0 {
+				e.bad(fk, "%s.connections must be at least 1", addr)
+			}
+			o.connections = &n
+		case "rate":
+			o.rate = &n
+		case "daily_recipients":
+			o.daily = &n
+		default:
+			e.bad(fk, "unknown field %q for %s (connections, rate, daily_recipients)", fk.Value, addr)
+		}
+	}
+	return o
 }
 
 // parseSenderPattern accepts an address, *@domain or *.

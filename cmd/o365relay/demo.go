@@ -16,6 +16,7 @@ import (
 
 	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/relay"
+	"github.com/o365relay/o365relay/relay/exchangetest"
 	"github.com/o365relay/o365relay/relay/relaytest"
 )
 
@@ -39,6 +40,8 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// demo starts the fakes and a relay between them, sends one message and
+// prints what Exchange received.
 func demo(ctx context.Context, stdout, stderr io.Writer, verbose bool, from, to string) error {
 	dir, err := os.MkdirTemp("", "o365relay-demo-")
 	if err != nil {
@@ -55,21 +58,9 @@ func demo(ctx context.Context, stdout, stderr io.Writer, verbose bool, from, to 
 	say("fake Entra ID      %s (tenant %s; app %s with certificate %s)", cloud.Entra.URL(), cloud.Entra.Tenant(), relaytest.ClientID, thumb(cloud))
 	say("fake Exchange      %s (STARTTLS, AUTH XOAUTH2; %s grants the app FullAccess)", cloud.Exchange.Addr(), relaytest.Mailbox)
 
-	flags := cloud.Settings()
-	flags["listen"] = "127.0.0.1:0"
-	flags["admin_listen"] = ""
-	flags["spool_dir"] = dir + "/spool"
-	flags["hostname"] = "o365relay-demo.localhost"
-	cfg, err := config.Load(config.Input{Flags: flags})
+	cfg, log, err := demoConfig(cloud, dir, verbose, stderr)
 	if err != nil {
 		return err
-	}
-	log := zap.NewNop()
-	if verbose {
-		cfg.LogFormat = "console"
-		if log, _, err = newLogger(cfg, stderr); err != nil {
-			return err
-		}
 	}
 	r, err := relay.New(cfg, relay.Deps{Logger: log, HTTPClient: cloud.HTTPClient(), RootCAs: cloud.CA.Pool()})
 	if err != nil {
@@ -94,18 +85,55 @@ func demo(ctx context.Context, stdout, stderr io.Writer, verbose bool, from, to 
 		return fmt.Errorf("sending to the relay: %w", err)
 	}
 	say("\napplication        MAIL FROM:<%s> RCPT TO:<%s>, %d bytes -> %s", from, to, len(msg), replyText)
-	// Wait for Exchange to have it, or for the relay to give up on it.
+	got, err := demoDelivered(wait, cloud, r)
+	if err != nil {
+		return err
+	}
+	return demoReport(say, cloud, got, msg)
+}
+
+// demoConfig is the relay's configuration for the demo: the fakes'
+// settings, an ephemeral loopback listener, no admin listener, a spool
+// under dir; with verbose, the daemon's console log on stderr.
+func demoConfig(cloud *relaytest.Cloud, dir string, verbose bool, stderr io.Writer) (*config.Config, *zap.Logger, error) {
+	flags := cloud.Settings()
+	flags["listen"] = "127.0.0.1:0"
+	flags["admin_listen"] = ""
+	flags["spool_dir"] = dir + "/spool"
+	flags["hostname"] = "o365relay-demo.localhost"
+	cfg, err := config.Load(config.Input{Flags: flags})
+	if err != nil {
+		return nil, nil, err
+	}
+	log := zap.NewNop()
+	if verbose {
+		cfg.LogFormat = "console"
+		if log, _, err = newLogger(cfg, stderr); err != nil {
+			return nil, nil, err
+		}
+	}
+	return cfg, log, nil
+}
+
+// demoDelivered waits for Exchange to have the message, or for the relay
+// to give up on it.
+func demoDelivered(wait context.Context, cloud *relaytest.Cloud, r *relay.Relay) (exchangetest.Message, error) {
 	for len(cloud.Exchange.Messages()) == 0 {
 		if failed, _ := r.Spool().ListFailed(); len(failed) > 0 {
-			return fmt.Errorf("Exchange refused the message: %s", failed[0].State.Final)
+			return exchangetest.Message{}, fmt.Errorf("Exchange refused the message: %s", failed[0].State.Final)
 		}
 		select {
 		case <-wait.Done():
-			return fmt.Errorf("waiting for Exchange to receive the message: %w", wait.Err())
+			return exchangetest.Message{}, fmt.Errorf("waiting for Exchange to receive the message: %w", wait.Err())
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	got := cloud.Exchange.Messages()[0]
+	return cloud.Exchange.Messages()[0], nil
+}
+
+// demoReport prints what Exchange received and fails unless it is the
+// application's message byte for byte after one Received: header.
+func demoReport(say func(string, ...any), cloud *relaytest.Cloud, got exchangetest.Message, msg []byte) error {
 	say("\nExchange received:")
 	say("  authenticated as %s (app %s) over TLS: %v", got.AuthUser, got.AppID, got.TLS)
 	say("  MAIL FROM:<%s> RCPT TO:<%s>", got.MailFrom, strings.Join(got.RcptTo, ">, <"))

@@ -42,22 +42,9 @@ func runQueue(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fs.Usage()
 		return 2
 	}
-	needID := func() (envelope.ID, error) {
-		if len(rest) != 2 {
-			return "", fmt.Errorf("queue %s needs one message ID: %w", rest[0], errUsage)
-		}
-		id := envelope.ID(strings.ToUpper(rest[1]))
-		if !id.Valid() {
-			return "", fmt.Errorf("%q is not a message ID (23 characters, as in 'o365relay queue list')", rest[1])
-		}
-		return id, nil
-	}
-	var id envelope.ID
-	if rest[0] == "show" || rest[0] == "delete" || (rest[0] == "retry" && !(len(rest) == 2 && rest[1] == "all")) {
-		var err error
-		if id, err = needID(); err != nil {
-			return exitErr(stderr, err)
-		}
+	id, err := queueID(rest)
+	if err != nil {
+		return exitErr(stderr, err)
 	}
 	q, closeQ, err := openAdmin(ctx, cfg.SpoolDir)
 	if err != nil {
@@ -68,17 +55,38 @@ func runQueue(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			fmt.Fprintln(stderr, "o365relay: closing spool:", err)
 		}
 	}()
-	switch rest[0] {
+	return queueAction(ctx, q, rest[0], id, stdout, stderr)
+}
+
+// queueID checks the message ID of show, delete and retry ID before the
+// spool is opened; it is "" for the actions that take none (retry all).
+func queueID(rest []string) (envelope.ID, error) {
+	if !(rest[0] == "show" || rest[0] == "delete" || (rest[0] == "retry" && !(len(rest) == 2 && rest[1] == "all"))) {
+		return "", nil
+	}
+	if len(rest) != 2 {
+		return "", fmt.Errorf("queue %s needs one message ID: %w", rest[0], errUsage)
+	}
+	id := envelope.ID(strings.ToUpper(rest[1]))
+	if !id.Valid() {
+		return "", fmt.Errorf("%q is not a message ID (23 characters, as in 'o365relay queue list')", rest[1])
+	}
+	return id, nil
+}
+
+// queueAction carries out one checked action through q.
+func queueAction(ctx context.Context, q control.Admin, action string, id envelope.ID, stdout, stderr io.Writer) int {
+	switch action {
 	case "list", "failed":
 		list := q.List
-		if rest[0] == "failed" {
+		if action == "failed" {
 			list = q.ListFailed
 		}
 		ms, err := list(ctx)
 		if err != nil {
 			return exitErr(stderr, err)
 		}
-		printEntries(stdout, ms, rest[0] == "failed")
+		printEntries(stdout, ms, action == "failed")
 	case "show":
 		m, err := q.Get(ctx, id)
 		if err != nil {

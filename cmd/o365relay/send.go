@@ -38,12 +38,7 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
-	var rcpts []string
-	for _, r := range strings.Split(*to, ",") {
-		if r = strings.TrimSpace(r); r != "" {
-			rcpts = append(rcpts, r)
-		}
-	}
+	rcpts := splitRcpts(*to)
 	if len(rcpts) == 0 {
 		fmt.Fprintln(stderr, "o365relay send: --to is required")
 		fs.Usage()
@@ -53,39 +48,79 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		printConfigError(stderr, err)
 		return 2
 	}
-	sender := *from
-	if sender == "" {
-		sender = cfg.Mailbox
-		if sender == "" {
-			if mbs := cfg.Mailboxes(); len(mbs) > 0 {
-				sender = mbs[0]
-			}
+	plan, code := planSend(cfg, sendSender(cfg, *from), rcpts, *subject, *bodyFile, stdout, stderr)
+	if plan == nil {
+		return code
+	}
+	return probeSend(ctx, cfg, plan, stdout, stderr)
+}
+
+// splitRcpts reads --to: comma-separated, blanks dropped.
+func splitRcpts(to string) []string {
+	var rcpts []string
+	for _, r := range strings.Split(to, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			rcpts = append(rcpts, r)
 		}
 	}
-	// The daemon's routing and rewriting, so the test goes the way the
-	// application's mail would (config.Route, the listener's refusal,
-	// rewrite.From).
+	return rcpts
+}
+
+// sendSender is --from, or else the mailbox, or else the first mailbox the
+// sender rules name.
+func sendSender(cfg *config.Config, from string) string {
+	if from != "" {
+		return from
+	}
+	if cfg.Mailbox != "" {
+		return cfg.Mailbox
+	}
+	if mbs := cfg.Mailboxes(); len(mbs) > 0 {
+		return mbs[0]
+	}
+	return ""
+}
+
+// sendPlan is the test message as the daemon would forward it.
+type sendPlan struct {
+	sender  string // as given (--from or the default)
+	envFrom string // MAIL FROM after the rule's rewrite
+	mailbox string
+	rewrite config.Rewrite
+	rcpts   []string
+	msg     []byte
+}
+
+// planSend builds the message and applies the daemon's routing and
+// rewriting, so the test goes the way the application's mail would
+// (config.Route, the listener's refusal, rewrite.From). A nil plan comes
+// with the exit code.
+func planSend(cfg *config.Config, sender string, rcpts []string, subject, bodyFile string, stdout, stderr io.Writer) (*sendPlan, int) {
 	mailbox, ok := cfg.Route(sender)
 	if !ok {
 		fmt.Fprintf(stdout, "✘ route: %v\n", smtpd.SenderRefused(sender))
-		return 1
+		return nil, 1
 	}
-	rw := cfg.RewriteFor(sender)
-	body, err := sendBody(*bodyFile, cfg.Hostname)
+	p := &sendPlan{sender: sender, envFrom: sender, mailbox: mailbox, rewrite: cfg.RewriteFor(sender), rcpts: rcpts}
+	body, err := sendBody(bodyFile, cfg.Hostname)
 	if err != nil {
-		return exitErr(stderr, err)
+		return nil, exitErr(stderr, err)
 	}
-	msg := sendMessage(sender, rcpts, *subject, body)
-	envFrom := sender
-	if rw != config.RewriteNone {
-		envFrom = mailbox
+	p.msg = sendMessage(sender, rcpts, subject, body)
+	if p.rewrite != config.RewriteNone {
+		p.envFrom = mailbox
 	}
-	if rw == config.RewriteEnvelopeFrom {
-		if msg, err = io.ReadAll(rewrite.From(bytes.NewReader(msg), mailbox)); err != nil {
-			return exitErr(stderr, err)
+	if p.rewrite == config.RewriteEnvelopeFrom {
+		if p.msg, err = io.ReadAll(rewrite.From(bytes.NewReader(p.msg), mailbox)); err != nil {
+			return nil, exitErr(stderr, err)
 		}
 	}
+	return p, 0
+}
 
+// probeSend sends the plan on one upstream connection without a pool and
+// reports each step.
+func probeSend(ctx context.Context, cfg *config.Config, p *sendPlan, stdout, stderr io.Writer) int {
 	src, err := newTokenSource(cfg, zap.NewNop())
 	if err != nil {
 		if ce := (*config.Error)(nil); errors.As(err, &ce) {
@@ -111,11 +146,17 @@ func runSend(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}()
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	env := &envelope.Envelope{ID: envelope.NewID(time.Now()), From: envFrom, To: rcpts, Mailbox: mailbox, Received: time.Now(),
-		Size: int64(len(msg)), SMTPUTF8: !ascii(envFrom + strings.Join(rcpts, ""))}
-	fmt.Fprintf(stdout, "✔ route: sender <%s> → mailbox %s (rewrite %s)\n", sender, mailbox, rw)
-	fmt.Fprintf(stdout, "sending %d bytes from <%s> to <%s> via %s as %s\n", len(msg), envFrom, strings.Join(rcpts, ">, <"), cfg.Upstream, mailbox)
-	res, perr := up.ProbeSend(ctx, env, bytes.NewReader(msg))
+	env := &envelope.Envelope{ID: envelope.NewID(time.Now()), From: p.envFrom, To: p.rcpts, Mailbox: p.mailbox, Received: time.Now(),
+		Size: int64(len(p.msg)), SMTPUTF8: !ascii(p.envFrom + strings.Join(p.rcpts, ""))}
+	fmt.Fprintf(stdout, "✔ route: sender <%s> → mailbox %s (rewrite %s)\n", p.sender, p.mailbox, p.rewrite)
+	fmt.Fprintf(stdout, "sending %d bytes from <%s> to <%s> via %s as %s\n", len(p.msg), p.envFrom, strings.Join(p.rcpts, ">, <"), cfg.Upstream, p.mailbox)
+	res, perr := up.ProbeSend(ctx, env, bytes.NewReader(p.msg))
+	return reportSend(stdout, cfg, res, perr, env, src)
+}
+
+// reportSend prints each step of the probe, with a hint for a failed one,
+// and each refused recipient; the exit code is 0 only if all was accepted.
+func reportSend(stdout io.Writer, cfg *config.Config, res *upstream.ProbeResult, perr error, env *envelope.Envelope, src *token.EntraSource) int {
 	for _, st := range res.Steps {
 		if st.Err != nil {
 			fmt.Fprintf(stdout, "✘ %s: %s\n", st.Name, oneLineErr(st.Err))

@@ -4,12 +4,10 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"sort"
-	"strings"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -18,106 +16,6 @@ import (
 	"github.com/o365relay/o365relay/config"
 	"github.com/o365relay/o365relay/relay"
 )
-
-// loadCommand registers --config and one flag per setting on fs, parses
-// args and loads the configuration (flags beat environment beat file). With
-// positional false no arguments may follow the flags. A nil config means the
-// command is done: help was shown (code 0) or the flags or a setting were
-// wrong (code 2, every bad setting printed).
-func loadCommand(fs *flag.FlagSet, args []string, positional bool, stderr io.Writer) (cfg *config.Config, rest []string, code int) {
-	in, rest, code, ok := parseCommand(fs, args, positional, stderr)
-	if !ok {
-		return nil, nil, code
-	}
-	cfg, err := config.Load(in)
-	if err != nil {
-		printConfigError(stderr, err)
-		return nil, nil, 2
-	}
-	return cfg, rest, 0
-}
-
-// parseCommand is loadCommand's flag half: it returns the configuration's
-// inputs, which serve keeps to load them again on SIGHUP. ok false means
-// the command is done with code.
-func parseCommand(fs *flag.FlagSet, args []string, positional bool, stderr io.Writer) (in config.Input, rest []string, code int, ok bool) {
-	file := fs.String("config", "", "YAML configuration `file` (flags beat environment beat file)")
-	envFile := fs.String("env-file", "", "read VAR=value lines from this systemd EnvironmentFile `file` (e.g. /etc/o365relay/o365relay.env) on top of the environment, at start")
-	vals := map[string]*string{}
-	keyOf := map[string]string{}
-	for _, s := range config.Settings() {
-		usage := s.Doc + " (env " + s.Env + ")"
-		if s.Secret {
-			usage = s.Doc + " Refused on the command line: set " + s.Env + "."
-		}
-		if s.Default != "" && !s.Secret {
-			usage += " (default " + s.Default + ")"
-		}
-		vals[s.Key] = fs.String(s.Flag(), "", usage)
-		keyOf[s.Flag()] = s.Key
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return in, nil, 0, false
-		}
-		return in, nil, 2, false
-	}
-	if helpShown(fs) {
-		return in, nil, 0, false
-	}
-	if code, ok := refuseSecretFlags(fs, stderr); !ok {
-		return in, nil, code, false
-	}
-	if !positional && fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "o365relay %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
-		return in, nil, 2, false
-	}
-	in = config.Input{File: *file, Env: os.Environ(), Flags: map[string]string{}}
-	if err := addEnvFile(&in, *envFile); err != nil {
-		fmt.Fprintln(stderr, "o365relay:", err)
-		return in, nil, 2, false
-	}
-	fs.Visit(func(f *flag.Flag) {
-		if k, ok := keyOf[f.Name]; ok {
-			in.Flags[k] = *vals[k]
-		}
-	})
-	return in, fs.Args(), 0, true
-}
-
-func printConfigError(stderr io.Writer, err error) {
-	fmt.Fprintf(stderr, "o365relay: configuration:\n%s\n", indent(err.Error()))
-}
-
-// newFlagSet makes a FlagSet whose errors go to stderr with the usage, and
-// whose -h/--help prints the usage to stdout (help.go).
-func newFlagSet(name, synopsis string, stdout, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { printUsage(stderr, fs, synopsis) }
-	h := &helpFlag{print: func() { printUsage(stdout, fs, synopsis) }}
-	fs.Var(h, "help", "show this help")
-	fs.Var(h, "h", "show this help")
-	return fs
-}
-
-// parseFlags parses args; it returns (exit code, done) for --help and errors.
-func parseFlags(fs *flag.FlagSet, args []string) (int, bool) {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0, true
-		}
-		return 2, true
-	}
-	if helpShown(fs) {
-		return 0, true
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(fs.Output(), "o365relay %s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
-		return 2, true
-	}
-	return 0, false
-}
 
 // newLogger builds the daemon's logger. Messages are structured; no part of
 // the relay passes a token, key or body to it, at any level.
@@ -143,6 +41,7 @@ func newLogger(cfg *config.Config, w io.Writer) (*zap.Logger, zap.AtomicLevel, e
 	return zap.New(core, zap.ErrorOutput(zapcore.AddSync(w))), lvl, nil
 }
 
+// runServe runs the daemon until SIGINT or SIGTERM, reloading on SIGHUP.
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("serve", "serve [--config FILE] [--SETTING VALUE ...]\n\nRuns the relay. Every setting is also an environment variable and a key of the\nconfiguration file (README.md, Configuration reference).", stdout, stderr)
 	// SIGHUP (systemd's ExecReload, kill -HUP) re-reads the configuration
@@ -152,25 +51,47 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	in, _, code, ok := parseCommand(fs, args, false, stderr)
-	if !ok {
+	in, cfg, code := loadServe(fs, args, stderr)
+	if cfg == nil {
 		return code
-	}
-	cfg, err := config.Load(in)
-	if err == nil {
-		// What the daemon needs, before anything is logged: `config
-		// check` says the same thing.
-		err = cfg.CheckDaemon()
-	}
-	if err != nil {
-		printConfigError(stderr, err)
-		return 2
 	}
 	log, level, err := newLogger(cfg, stderr)
 	if err != nil {
 		return exitErr(stderr, err)
 	}
 	defer func() { _ = log.Sync() }()
+	logStart(log, cfg)
+	ready := make(chan struct{})
+	r, code := newServeRelay(cfg, log, &level, ready, stderr)
+	if r == nil {
+		return code
+	}
+	return serveRelay(ctx, r, in, log, ready, hup)
+}
+
+// loadServe parses the flags and loads the configuration, checked for what
+// the daemon needs before anything is logged (`config check` says the same
+// thing). The inputs are kept for SIGHUP. A nil config comes with the exit
+// code.
+func loadServe(fs *flag.FlagSet, args []string, stderr io.Writer) (config.Input, *config.Config, int) {
+	in, _, code, ok := parseCommand(fs, args, false, stderr)
+	if !ok {
+		return in, nil, code
+	}
+	cfg, err := config.Load(in)
+	if err == nil {
+		err = cfg.CheckDaemon()
+	}
+	if err != nil {
+		printConfigError(stderr, err)
+		return in, nil, 2
+	}
+	return in, cfg, 0
+}
+
+// logStart logs the configuration's warnings and the "starting" line with
+// every setting's effective value and source, keys sorted.
+func logStart(log *zap.Logger, cfg *config.Config) {
 	for _, w := range cfg.Warnings {
 		log.Warn("configuration: " + w)
 	}
@@ -185,11 +106,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fields = append(fields, zap.String(k, eff[k]))
 	}
 	log.Info("starting", fields...)
+}
 
-	ready := make(chan struct{})
+// newServeRelay builds the relay; ready is closed (and systemd told
+// READY=1) once it accepts mail. A nil relay comes with the exit code.
+func newServeRelay(cfg *config.Config, log *zap.Logger, level *zap.AtomicLevel, ready chan struct{}, stderr io.Writer) (*relay.Relay, int) {
 	r, err := relay.New(cfg, relay.Deps{
 		Logger: log,
-		Level:  &level,
+		Level:  level,
 		OnReady: func() {
 			if err := sdNotify("READY=1"); err != nil {
 				log.Warn("systemd notify", zap.Error(err))
@@ -204,11 +128,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		// taken port) is a failed start, exit 1, in the log's format.
 		if ce := (*config.Error)(nil); errors.As(err, &ce) {
 			printConfigError(stderr, err)
-			return 2
+			return nil, 2
 		}
 		log.Error("cannot start", zap.Error(err))
-		return 1
+		return nil, 1
 	}
+	return r, 0
+}
+
+// serveRelay runs r, with the systemd status line, until it stops; the
+// exit code says whether it stopped cleanly.
+func serveRelay(ctx context.Context, r *relay.Relay, in config.Input, log *zap.Logger, ready <-chan struct{}, hup <-chan os.Signal) int {
 	done := make(chan error, 1)
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -221,7 +151,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return st.Line()
 		})
 	}()
-	err = waitServe(ctx, done, hup, func() { reload(runCtx, r, in, log) }, cancel)
+	err := waitServe(ctx, done, hup, func() { reload(runCtx, r, in, log) }, cancel)
 	cancel()
 	<-notified
 	if err != nil {
@@ -265,8 +195,4 @@ func reload(ctx context.Context, r *relay.Relay, in config.Input, log *zap.Logge
 	if err != nil {
 		log.Error("reload refused; the running configuration stays in use", zap.Error(err))
 	}
-}
-
-func indent(s string) string {
-	return "  " + strings.ReplaceAll(s, "\n", "\n  ")
 }
