@@ -16,6 +16,7 @@ import (
 
 	"github.com/o365relay/o365relay/config/secret"
 	"github.com/o365relay/o365relay/config/tlstest"
+	"github.com/o365relay/o365relay/config/waitfor"
 )
 
 const (
@@ -339,18 +340,10 @@ func TestConcurrentLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The slot is freed when the server closes the session after QUIT;
-	// poll AUTH on fresh connections until it is (bounded by the deadline).
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		c := f.dial(t)
-		err := c.Auth(&xo{mech: "XOAUTH2", user: mailbox, tok: f.good})
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("AUTH after QUIT: %v", err)
-		}
-	}
+	// AUTH on a fresh connection succeeds once it is.
+	waitfor.Check(t, "AUTH after QUIT", func() error {
+		return f.dial(t).Auth(&xo{mech: "XOAUTH2", user: mailbox, tok: f.good})
+	})
 }
 
 func TestFaultsAndDown(t *testing.T) {
