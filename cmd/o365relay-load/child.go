@@ -95,6 +95,13 @@ func startChild(ctx context.Context, bin, dir string, cloud *relaytest.Cloud, cf
 	if !cfg.Paced {
 		cmd.Env = append(cmd.Env, "O365RELAY_MAILBOX_RATE=0", "O365RELAY_MAILBOX_DAILY_RECIPIENTS=0")
 	}
+	// The Go runtime's own settings reach the relay, so that a run can
+	// measure it under GOGC, GOMEMLIMIT or GOMAXPROCS as an admin sets them.
+	for _, k := range []string{"GOGC", "GOMEMLIMIT", "GOMAXPROCS", "GODEBUG"} {
+		if v, ok := os.LookupEnv(k); ok {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
 	cmd.Env = append(cmd.Env, extraEnv...) // exec keeps the last value of a key
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
