@@ -79,25 +79,12 @@ func (c *Client) transactPipelined(cn *conn, env *envelope.Envelope, group []byt
 	res = &envelope.Result{Rejected: map[string]*reply.Error{}}
 	for _, rcpt := range env.To {
 		_, err := read(25)
-		var se *smtp.SMTPError
-		switch {
-		case err == nil:
-			countReply(reply.StageRcpt, 250)
-			res.Accepted = append(res.Accepted, rcpt)
-		case errors.As(err, &se) && se.Code != 421 && !outOfStep(se):
-			res.Rejected[rcpt] = c.fail(FromSMTP(se, reply.StageRcpt))
-		default:
+		if err := c.rcptReply(res, rcpt, err); err != nil {
 			return nil, c.mailFail(err, reply.StageRcpt), false
 		}
 	}
 	if len(res.Accepted) == 0 {
-		var pick *reply.Error
-		for _, rcpt := range env.To {
-			r := res.Rejected[rcpt]
-			if pick == nil || (r.Temporary() && !pick.Temporary()) {
-				pick = r
-			}
-		}
+		pick := pickRefusal(res, env.To)
 		synced := c.endGroup(cn, 0)
 		return res, &txError{err: pick}, synced && !TokenExpired(pick) && cn.rset(c.opts.CommandTimeout) == nil && inStep(cn)
 	}

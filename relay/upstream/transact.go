@@ -90,31 +90,13 @@ func (c *Client) mailRcpt(cn *conn, env *envelope.Envelope) (res *envelope.Resul
 	countReply(reply.StageMail, 250)
 	res = &envelope.Result{Rejected: map[string]*reply.Error{}}
 	for _, rcpt := range env.To {
-		err := cn.smtp.Rcpt(rcpt, nil)
-		var se *smtp.SMTPError
-		switch {
-		case err == nil:
-			countReply(reply.StageRcpt, 250)
-			res.Accepted = append(res.Accepted, rcpt)
-		case errors.As(err, &se) && se.Code != 421 && !outOfStep(se):
-			res.Rejected[rcpt] = c.fail(FromSMTP(se, reply.StageRcpt))
-		default:
-			// 421 (service closing, RFC 5321 §3.8) or a broken connection:
-			// the transaction as a whole failed.
+		if err := c.rcptReply(res, rcpt, cn.smtp.Rcpt(rcpt, nil)); err != nil {
 			return nil, c.mailFail(err, reply.StageRcpt), false
 		}
 	}
 	if len(res.Accepted) == 0 {
-		// Report a temporary rejection if there is one, so the caller does
-		// not give up on a recipient that may work later.
-		var pick *reply.Error
-		for _, rcpt := range env.To {
-			r := res.Rejected[rcpt]
-			if pick == nil || (r.Temporary() && !pick.Temporary()) {
-				pick = r
-			}
-		}
 		// Every recipient refused, none with 421 (that returned above).
+		pick := pickRefusal(res, env.To)
 		return res, &txError{err: pick}, !TokenExpired(pick) && cn.smtp.Reset() == nil
 	}
 	return res, nil, false
@@ -176,4 +158,35 @@ func resettable(cn *conn, err error) bool {
 		return false
 	}
 	return cn.smtp.Reset() == nil
+}
+
+// rcptReply records the reply to one RCPT in res. It returns err when the
+// reply ends the whole transaction instead: 421 (service closing, RFC 5321
+// §3.8), a broken connection, or a reply out of step (FromSMTP).
+func (c *Client) rcptReply(res *envelope.Result, rcpt string, err error) error {
+	var se *smtp.SMTPError
+	switch {
+	case err == nil:
+		countReply(reply.StageRcpt, 250)
+		res.Accepted = append(res.Accepted, rcpt)
+	case errors.As(err, &se) && se.Code != 421 && !outOfStep(se):
+		res.Rejected[rcpt] = c.fail(FromSMTP(se, reply.StageRcpt))
+	default:
+		return err
+	}
+	return nil
+}
+
+// pickRefusal is the reply reported when every recipient was refused: a
+// temporary one if there is one, so the caller does not give up on a
+// recipient that may work later.
+func pickRefusal(res *envelope.Result, to []string) *reply.Error {
+	var pick *reply.Error
+	for _, rcpt := range to {
+		r := res.Rejected[rcpt]
+		if pick == nil || (r.Temporary() && !pick.Temporary()) {
+			pick = r
+		}
+	}
+	return pick
 }
