@@ -22,8 +22,10 @@
 //   - A 535 at AUTH gets one token refresh and one new connection; a second
 //     535 is returned (5.7.3 is permanent for that token,
 //     docs/exchange.md#535-573-authentication-unsuccessful).
-//   - Upstream replies are kept exactly (FromSMTP); network, timeout
-//     and TLS failures become 451 4.4.x / 4.7.5, temporary.
+//   - Upstream replies are kept exactly (FromSMTP), except a positive
+//     reply out of step, which is 451 4.5.0 and retires the session;
+//     network, timeout and TLS failures become 451 4.4.x / 4.7.5,
+//     temporary.
 //   - The body is streamed. If reading it fails the connection is closed
 //     without the final dot, so Exchange never accepts a truncated message.
 //   - Authenticated connections are reused and retired before Exchange's
