@@ -14,7 +14,8 @@ import (
 // 0640, in /var/opt/azcmagent/tokens, where MSAL requires it to be) although
 // PrivateUsers=yes shows the group as nogroup inside the service: the
 // kernel checks the real group. Without the drop-in's group the file cannot
-// be read. The unit is the repository's, with only ExecStart (a reader of
+// be read; without the drop-in's empty LoadCredential= the service does not
+// start at all (no certificate on such a host). The unit is the repository's, with only ExecStart (a reader of
 // the file instead of the relay, which would need the Arc agent), Type and
 // where its output goes.
 func TestSystemdArcChallengeFileGroup(t *testing.T) {
@@ -53,21 +54,32 @@ cp /stage/arcprobe.service /etc/systemd/system/
 systemctl daemon-reload`); code != 0 {
 		t.Fatalf("setup: exit %d\n%s", code, out)
 	}
-	run := func(dropIn string) string {
+	// run starts the probe with dropIn and returns what it printed and
+	// systemd's Result for it.
+	run := func(dropIn string) (out, result string) {
 		t.Helper()
-		out, _ := sh(`mkdir -p /etc/systemd/system/arcprobe.service.d
+		out, _ = sh(`mkdir -p /etc/systemd/system/arcprobe.service.d
 printf '` + dropIn + `' > /etc/systemd/system/arcprobe.service.d/arc.conf
 systemctl daemon-reload
-systemctl start arcprobe || true
-cat /run/arcprobe.out`)
-		return out
+rm -f /run/arcprobe.out
+systemctl start arcprobe 2>/dev/null || true
+echo "result=$(systemctl show -p Result --value arcprobe)"
+cat /run/arcprobe.out 2>/dev/null || true`)
+		line, rest, _ := strings.Cut(out, "\n")
+		return rest, strings.TrimPrefix(line, "result=")
 	}
 	// The README's drop-in (credential lines that do not change the
 	// sandbox left out).
-	if out := run(`[Service]\nLoadCredential=\nSupplementaryGroups=himds\n`); !strings.Contains(out, "challenge-secret") {
-		t.Errorf("with SupplementaryGroups=himds the service cannot read the challenge file:\n%s", out)
+	if out, res := run(`[Service]\nLoadCredential=\nSupplementaryGroups=himds\n`); res != "success" || !strings.Contains(out, "challenge-secret") {
+		t.Errorf("with SupplementaryGroups=himds the service cannot read the challenge file (result %s):\n%s", res, out)
 	}
-	if out := run(`[Service]\nLoadCredential=\n`); strings.Contains(out, "challenge-secret") || !strings.Contains(out, "Permission denied") {
-		t.Errorf("without the himds group the service read the challenge file (the test proves nothing):\n%s", out)
+	if out, res := run(`[Service]\nLoadCredential=\n`); res != "exit-code" || strings.Contains(out, "challenge-secret") || !strings.Contains(out, "Permission denied") {
+		t.Errorf("without the himds group the service read the challenge file (result %s; the test proves nothing):\n%s", res, out)
+	}
+	// The drop-in's empty LoadCredential= matters too: the unit's own
+	// names a certificate that a managed-identity host does not have, and
+	// systemd refuses to start a service whose credential is missing.
+	if out, res := run(`[Service]\nSupplementaryGroups=himds\n`); res == "success" || strings.Contains(out, "challenge-secret") {
+		t.Errorf("the service ran without the drop-in's LoadCredential= although /etc/o365relay/o365relay.pem does not exist (result %s):\n%s", res, out)
 	}
 }
